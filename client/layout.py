@@ -1,16 +1,63 @@
-"""The Redis layout: the only module that builds key and channel names (filled in below)."""
+"""The Redis layout: key and channel names, the book codec and the atomic write scripts.
+
+This is the only module that knows how books look in Redis. The feeder and the client both go through it, and
+people read the same layout with ``redis-cli`` (see README, "Inspecting with redis-cli"):
+
+``<prefix>:<exchange>:<symbol>``  hash, one per book; also the pub/sub channel announcing each accepted write
+``<prefix>:feeder:<feeder_id>``   hash with an expiry: liveness and counters of one feeder process
+``<prefix>:symbols:<exchange>``   set of symbols that have a book on that exchange
+``<prefix>:exchanges``            set of exchanges that have at least one book
+``<prefix>:last:<exchange>``      the symbol most recently written on that exchange (legacy ``snapshot_upbit``)
+
+Writes go through one Lua script per book (ordering check, whole-hash update, ``seq`` bump, publish) so a
+reader never sees half a book and a message never announces something that is not stored. The script touches
+only the book's own key and publishes on the channel named like it, which keeps it valid on Redis Cluster;
+the index keys are written beside it in the same pipeline.
+
+Round trips are expressed as *flows*: generators that yield a list of Redis commands and receive their
+replies. One flow serves both the sync and the asyncio client (see `run_flow` and `arun_flow`), so the logic
+that matters is written once.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import math
 import re
+import time
+from collections.abc import Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from client.errors import InvalidSymbolError
+import orjson
+import redis
+import redis.asyncio
+from redis.exceptions import NoScriptError
+
+from client.errors import CorruptSnapshotError, InvalidSnapshotError, InvalidSymbolError
+from client.models import Level, OrderBookSnapshot
 
 MAX_SYMBOL_LENGTH = 64
 _SYMBOL_RE = re.compile(r"[A-Z0-9][A-Z0-9._-]*")
 _EXCHANGE_RE = re.compile(r"[a-z0-9][a-z0-9_-]*")
+_PREFIX_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+_WRITER_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,128}")
+# Names of the non-book keys; an exchange with one of these names would collide with them.
+_RESERVED_EXCHANGES = frozenset({"feeder", "symbols", "exchanges", "last"})
+
+# Ordering ids are compared as Lua numbers (doubles): beyond 2**53 they would no longer be exact.
+MAX_XID = 2**53
+MAX_TIMESTAMP = 1e12  # epoch seconds; its milliseconds stay below MAX_XID
+
+# Fields of the feeder status hash that readers rely on for liveness.
+FEEDER_STATE_FIELD = "state"
+FEEDER_OFFLINE = "offline"
+
+Command = tuple[Any, ...]
+Flow = Generator[list[Command], list[Any], Any]
 
 
+# --------------------------------------------------------------------------------------------- validation
 def validate_symbol(symbol: object) -> str:
     """Return the symbol unchanged, or raise InvalidSymbolError before it can become part of a key."""
     if not isinstance(symbol, str):
@@ -25,6 +72,435 @@ def validate_symbol(symbol: object) -> str:
 
 
 def validate_exchange(exchange: object) -> str:
-    if not isinstance(exchange, str) or not exchange or len(exchange) > 32 or not _EXCHANGE_RE.fullmatch(exchange):
-        raise InvalidSymbolError(f"invalid exchange name {exchange!r}: expected lower-case [a-z0-9_-], 1-32 chars")
+    if (
+        not isinstance(exchange, str)
+        or len(exchange) > 32
+        or not _EXCHANGE_RE.fullmatch(exchange)
+        or exchange in _RESERVED_EXCHANGES
+    ):
+        raise InvalidSymbolError(
+            f"invalid exchange name {exchange!r}: expected 1-32 characters of [a-z0-9_-], "
+            f"not one of {sorted(_RESERVED_EXCHANGES)}"
+        )
     return exchange
+
+
+def validate_writer_id(writer: object) -> str:
+    if not isinstance(writer, str) or not _WRITER_RE.fullmatch(writer):
+        raise InvalidSymbolError(
+            f"invalid writer/feeder id {writer!r}: expected 1-128 characters of [A-Za-z0-9_.:@-]"
+        )
+    return writer
+
+
+def validate_prefix(prefix: object) -> str:
+    if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
+        raise InvalidSymbolError(f"invalid key prefix {prefix!r}: expected 1-32 characters of [A-Za-z0-9_.-]")
+    return prefix
+
+
+# --------------------------------------------------------------------------------------------- key names
+class RedisLayout:
+    """Key and channel names under one prefix. Channel names equal key names on purpose (Cluster sharding)."""
+
+    __slots__ = ("_book_prefix", "prefix")
+
+    def __init__(self, prefix: str = "md") -> None:
+        self.prefix = validate_prefix(prefix)
+        self._book_prefix = prefix + ":"
+
+    def book_key(self, exchange: str, symbol: str) -> str:
+        return f"{self.prefix}:{validate_exchange(exchange)}:{validate_symbol(symbol)}"
+
+    def book_channel(self, exchange: str, symbol: str) -> str:
+        return self.book_key(exchange, symbol)
+
+    def book_pattern(self, exchange: str | None = None) -> str:
+        """Glob for PSUBSCRIBE/SCAN over one exchange's books (all exchanges when None)."""
+        return f"{self.prefix}:{validate_exchange(exchange)}:*" if exchange else f"{self.prefix}:*:*"
+
+    def parse_book_key(self, key: str | bytes) -> tuple[str, str]:
+        """(exchange, symbol) of a book key or channel; InvalidSymbolError for anything else."""
+        text = key.decode() if isinstance(key, bytes) else key
+        head, sep, rest = text.partition(":")
+        exchange, sep2, symbol = rest.partition(":")
+        if head != self.prefix or not sep or not sep2:
+            raise InvalidSymbolError(f"{text!r} is not a book key under prefix {self.prefix!r}")
+        return validate_exchange(exchange), validate_symbol(symbol)
+
+    def feeder_key(self, feeder_id: str) -> str:
+        return f"{self.prefix}:feeder:{validate_writer_id(feeder_id)}"
+
+    def feeder_pattern(self) -> str:
+        return f"{self.prefix}:feeder:*"
+
+    def symbols_key(self, exchange: str) -> str:
+        return f"{self.prefix}:symbols:{validate_exchange(exchange)}"
+
+    def exchanges_key(self) -> str:
+        return f"{self.prefix}:exchanges"
+
+    def last_key(self, exchange: str) -> str:
+        return f"{self.prefix}:last:{validate_exchange(exchange)}"
+
+
+# --------------------------------------------------------------------------------------------- scripts
+@dataclass(frozen=True)
+class LuaScript:
+    """A script called by SHA; `run_flow` loads it when Redis answers NOSCRIPT (e.g. after a restart)."""
+
+    name: str
+    source: str
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha1(self.source.encode()).hexdigest()
+
+
+# KEYS[1] book key (and channel). ARGV[1] xid, ARGV[2] writer id, ARGV[3] publish payload without its
+# leading '{"seq":N,' part, ARGV[4..] field/value pairs of the whole book. Returns the new seq, or 0 when
+# the write is older than the stored book (or as old and from another writer).
+WRITE_BOOK = LuaScript(
+    "write_book",
+    """
+local cur = redis.call('HMGET', KEYS[1], 'xid', 'feeder', 'seq')
+local old = tonumber(cur[1])
+if old then
+  local new = tonumber(ARGV[1])
+  if new < old or (new == old and cur[2] ~= ARGV[2]) then
+    return 0
+  end
+end
+local seq = (tonumber(cur[3]) or 0) + 1
+redis.call('HSET', KEYS[1], 'seq', seq, unpack(ARGV, 4))
+redis.call('PUBLISH', KEYS[1], '{"seq":' .. seq .. ',' .. ARGV[3])
+return seq
+""",
+)
+
+# KEYS[1] book key. ARGV[1] writer id, ARGV[2] status payload without its leading '{"seq":N,'.
+# Marks the book not live when (and only when) this writer wrote it, and announces that on the channel.
+MARK_DOWN = LuaScript(
+    "mark_down",
+    """
+local cur = redis.call('HMGET', KEYS[1], 'feeder', 'live', 'seq')
+if cur[1] ~= ARGV[1] or cur[2] == '0' then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'live', '0')
+redis.call('PUBLISH', KEYS[1], '{"seq":' .. (tonumber(cur[3]) or 0) .. ',' .. ARGV[2])
+return 1
+""",
+)
+
+
+# --------------------------------------------------------------------------------------------- codec
+@dataclass(frozen=True, slots=True)
+class EncodedBook:
+    """A book encoded once for both the hash and the publish payload."""
+
+    exchange: str
+    symbol: str
+    key: str
+    xid: int
+    writer: str
+    args: tuple[bytes | str, ...]  # ARGV for WRITE_BOOK
+
+    def script_command(self) -> Command:
+        return ("EVALSHA", WRITE_BOOK.sha, 1, self.key, *self.args)
+
+
+def _check_levels(levels: object, side: str) -> list[Level]:
+    if not isinstance(levels, list | tuple):
+        raise InvalidSnapshotError(f"{side} must be a list of (price, qty) pairs")
+    out: list[Level] = []
+    for level in levels:
+        try:
+            price, qty = level
+            price_f, qty_f = float(price), float(qty)
+        except (TypeError, ValueError) as exc:
+            raise InvalidSnapshotError(
+                f"{side}: level {level!r} is not a (price, qty) pair of numbers"
+            ) from exc
+        if isinstance(price, bool) or isinstance(qty, bool):
+            raise InvalidSnapshotError(f"{side}: level {level!r} holds a bool, not a number")
+        if not (math.isfinite(price_f) and math.isfinite(qty_f)) or price_f <= 0 or qty_f < 0:
+            raise InvalidSnapshotError(f"{side}: level {level!r} needs a finite price > 0 and qty >= 0")
+        out.append((price_f, qty_f))
+    return out
+
+
+def encode_book(
+    layout: RedisLayout,
+    snapshot: OrderBookSnapshot,
+    *,
+    exchange: str,
+    writer: str,
+    heartbeat: bool,
+    xid: int | None = None,
+    recv_ts: float | None = None,
+    validate: bool = True,
+) -> EncodedBook:
+    """Encode a snapshot for WRITE_BOOK.
+
+    `heartbeat` says whether the writer keeps ``<prefix>:feeder:<writer>`` alive: readers then judge the book
+    by that heartbeat, otherwise by ``max_age`` alone (books written directly by an engine's provider).
+    `validate=False` is for the feeder, whose protocol code has already checked every level.
+    """
+    key = layout.book_key(exchange, snapshot.symbol)
+    if validate:
+        validate_writer_id(writer)
+        bids = _check_levels(snapshot.bids, "bids")
+        asks = _check_levels(snapshot.asks, "asks")
+        if not isinstance(snapshot.timestamp, int | float) or not 0 <= snapshot.timestamp < MAX_TIMESTAMP:
+            raise InvalidSnapshotError(
+                f"timestamp must be epoch seconds in [0, {MAX_TIMESTAMP:.0e}), not {snapshot.timestamp!r}"
+            )
+    else:
+        bids, asks = snapshot.bids, snapshot.asks
+    if xid is None:
+        xid = snapshot.xid if snapshot.xid is not None else round(snapshot.timestamp * 1000)
+    if validate and not (isinstance(xid, int) and 0 <= xid < MAX_XID):
+        raise InvalidSnapshotError(f"ordering id must be an integer in [0, 2**53), not {xid!r}")
+    if recv_ts is None:
+        recv_ts = snapshot.recv_ts if snapshot.recv_ts is not None else time.time()
+    if validate and not (isinstance(recv_ts, int | float) and math.isfinite(recv_ts)):
+        raise InvalidSnapshotError(f"receive time must be a finite number, not {recv_ts!r}")
+    ts = float(snapshot.timestamp)
+    bids_json = orjson.dumps(bids)
+    asks_json = orjson.dumps(asks)
+    bid = repr(bids[0][0]) if bids else ""
+    ask = repr(asks[0][0]) if asks else ""
+    payload = orjson.dumps(
+        {
+            "exchange": exchange,
+            "symbol": snapshot.symbol,
+            "ts": ts,
+            "recv_ts": recv_ts,
+            "xid": xid,
+            "feeder": writer,
+            "live": True,
+            "bid": bids[0][0] if bids else None,
+            "ask": asks[0][0] if asks else None,
+            "bids": orjson.Fragment(bids_json),
+            "asks": orjson.Fragment(asks_json),
+        }
+    )[1:]
+    args: tuple[bytes | str, ...] = (
+        str(xid),
+        writer,
+        payload,
+        "exchange",
+        exchange,
+        "symbol",
+        snapshot.symbol,
+        "bids",
+        bids_json,
+        "asks",
+        asks_json,
+        "bid",
+        bid,
+        "ask",
+        ask,
+        "ts",
+        repr(ts),
+        "recv_ts",
+        repr(float(recv_ts)),
+        "xid",
+        str(xid),
+        "feeder",
+        writer,
+        "live",
+        "1",
+        "hb",
+        "1" if heartbeat else "0",
+    )
+    return EncodedBook(exchange, snapshot.symbol, key, xid, writer, args)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBook:
+    """A decoded book hash with the metadata that freshness rules need."""
+
+    key: str
+    snapshot: OrderBookSnapshot
+    feeder: str
+    live: bool  # False once the feeder reported the delivering connection down
+    heartbeat: bool  # True when liveness follows <prefix>:feeder:<feeder>
+    recv_ts: float
+    seq: int
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _decode_levels(key: str, field: str, raw: bytes | str) -> list[Level]:
+    try:
+        levels = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise CorruptSnapshotError(key, field, f"not valid JSON ({exc})") from None
+    if not isinstance(levels, list):
+        raise CorruptSnapshotError(key, field, "not a JSON array of [price, size] pairs")
+    try:
+        out = [(float(p), float(q)) for p, q in levels]
+    except (TypeError, ValueError):
+        raise CorruptSnapshotError(key, field, "not a JSON array of [price, size] pairs") from None
+    for p, q in out:
+        if not (math.isfinite(p) and math.isfinite(q)) or p <= 0 or q < 0:
+            raise CorruptSnapshotError(
+                key, field, f"level [{p}, {q}] is not a finite price > 0 and size >= 0"
+            )
+    return out
+
+
+def _decode_number(
+    key: str, fields: Mapping[str, bytes | str], name: str, kind: type[float] | type[int]
+) -> Any:
+    raw = fields.get(name)
+    if raw is None:
+        raise CorruptSnapshotError(key, name, "missing")
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError):
+        raise CorruptSnapshotError(key, name, f"{_text(raw)!r} is not a number") from None
+    if kind is float and not math.isfinite(value):
+        raise CorruptSnapshotError(key, name, f"{_text(raw)!r} is not finite")
+    return value
+
+
+def decode_book(layout: RedisLayout, key: str, raw: Mapping[Any, Any]) -> StoredBook | None:
+    """Decode a hash from HGETALL; None when the key does not exist; CorruptSnapshotError when unusable."""
+    if not raw:
+        return None
+    fields: dict[str, bytes | str] = {_text(k): v for k, v in raw.items()}
+    exchange, symbol = layout.parse_book_key(key)
+    for name in ("bids", "asks"):
+        if name not in fields:
+            raise CorruptSnapshotError(key, name, "missing")
+    bids = _decode_levels(key, "bids", fields["bids"])
+    asks = _decode_levels(key, "asks", fields["asks"])
+    ts = _decode_number(key, fields, "ts", float)
+    recv_ts = _decode_number(key, fields, "recv_ts", float)
+    xid = _decode_number(key, fields, "xid", int)
+    seq = _decode_number(key, fields, "seq", int)
+    feeder = _text(fields.get("feeder", b""))
+    heartbeat = _text(fields.get("hb", b"0")) == "1"
+    if heartbeat and not _WRITER_RE.fullmatch(feeder):
+        raise CorruptSnapshotError(key, "feeder", f"{feeder!r} is not a feeder id")
+    stored_symbol = fields.get("symbol")
+    if stored_symbol is not None and _text(stored_symbol) != symbol:
+        raise CorruptSnapshotError(key, "symbol", f"{_text(stored_symbol)!r} does not match the key")
+    snapshot = OrderBookSnapshot(symbol, ts, bids, asks, exchange=exchange, seq=seq, recv_ts=recv_ts, xid=xid)
+    return StoredBook(
+        key=key,
+        snapshot=snapshot,
+        feeder=feeder,
+        live=_text(fields.get("live", b"1")) != "0",
+        heartbeat=heartbeat,
+        recv_ts=recv_ts,
+        seq=seq,
+    )
+
+
+def decode_message(data: bytes | str) -> dict[str, Any]:
+    """Decode one pub/sub message from a book channel (a snapshot, or a status message with live=false)."""
+    message = orjson.loads(data)
+    if not isinstance(message, dict):
+        raise ValueError("book message is not a JSON object")
+    return message
+
+
+def feeder_alive(state: bytes | str | None) -> bool:
+    """Liveness of a feeder from HGET <prefix>:feeder:<id> state (None when the key has expired)."""
+    return state is not None and _text(state) != FEEDER_OFFLINE
+
+
+# --------------------------------------------------------------------------------------------- write flows
+def write_flow(
+    layout: RedisLayout, books: Sequence[EncodedBook], *, index: bool = True
+) -> Generator[list[Command], list[Any], list[int]]:
+    """Write books in one pipelined round trip; returns each book's new seq, 0 where rejected by ordering.
+
+    With `index`, the symbol and exchange indexes and the per-exchange "last written" pointer are updated in
+    the same pipeline (not inside the script: they live in other Cluster slots).
+    """
+    commands: list[Command] = [book.script_command() for book in books]
+    if index:
+        last: dict[str, str] = {}
+        for book in books:
+            commands.append(("SADD", layout.symbols_key(book.exchange), book.symbol))
+            last[book.exchange] = book.symbol
+        if last:
+            commands.append(("SADD", layout.exchanges_key(), *last))
+        for exchange, symbol in last.items():
+            commands.append(("SET", layout.last_key(exchange), symbol))
+    replies = yield commands
+    results: list[int] = [0] * len(books)
+    retry: list[int] = []
+    for i in range(len(books)):
+        reply = replies[i]
+        if isinstance(reply, NoScriptError):
+            retry.append(i)
+        elif isinstance(reply, Exception):
+            raise reply
+        else:
+            results[i] = int(reply)
+    for reply in replies[len(books) :]:
+        if isinstance(reply, Exception):
+            raise reply
+    if retry:
+        # Redis restarted (or SCRIPT FLUSH): NOSCRIPT means nothing ran, so loading and retrying is safe.
+        replies = yield [("SCRIPT", "LOAD", WRITE_BOOK.source)] + [books[i].script_command() for i in retry]
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        for i, reply in zip(retry, replies[1:], strict=True):
+            results[i] = int(reply)
+    return results
+
+
+def mark_down_flow(
+    layout: RedisLayout, writer: str, books: Iterable[tuple[str, str]]
+) -> Generator[list[Command], list[Any], int]:
+    """Mark the writer's books of these (exchange, symbol) pairs not live; returns how many it marked."""
+    commands: list[Command] = []
+    for exchange, symbol in books:
+        payload = orjson.dumps({"exchange": exchange, "symbol": symbol, "feeder": writer, "live": False})[1:]
+        commands.append(("EVALSHA", MARK_DOWN.sha, 1, layout.book_key(exchange, symbol), writer, payload))
+    if not commands:
+        return 0
+    replies = yield commands
+    if any(isinstance(r, NoScriptError) for r in replies):
+        replies = (yield [("SCRIPT", "LOAD", MARK_DOWN.source), *commands])[1:]
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return sum(int(r) for r in replies)
+
+
+# --------------------------------------------------------------------------------------------- flow drivers
+def run_flow(client: redis.Redis, flow: Generator[list[Command], list[Any], Any]) -> Any:
+    """Drive a flow with a sync client: one pipelined round trip per yielded command list."""
+    try:
+        commands = next(flow)
+        while True:
+            pipe = client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+            commands = flow.send(pipe.execute(raise_on_error=False))
+    except StopIteration as stop:
+        return stop.value
+
+
+async def arun_flow(client: redis.asyncio.Redis, flow: Generator[list[Command], list[Any], Any]) -> Any:
+    """Drive a flow with an asyncio client."""
+    try:
+        commands = next(flow)
+        while True:
+            pipe = client.pipeline(transaction=False)
+            for command in commands:
+                pipe.execute_command(*command)
+            commands = flow.send(await pipe.execute(raise_on_error=False))
+    except StopIteration as stop:
+        return stop.value

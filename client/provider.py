@@ -1,0 +1,591 @@
+"""`RedisMarketDataProvider`: the engines' `MarketDataProvider` interface, served from the shared Redis cache.
+
+Every read is one pipelined round trip in the steady state: the book hashes plus the heartbeat state of the
+feeders that wrote them last time (a book's feeder rarely changes, so it is guessed from the previous read and
+only checked again when the guess was wrong). Bare symbols are resolved to their exchange once, from the
+``<prefix>:symbols:<exchange>`` indexes, and the answer is cached for `RESOLVE_TTL` seconds.
+
+Every Redis interaction is written once as a flow (see `client.layout`) and run by the sync or the asyncio
+client, so the sync and async methods cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import socket
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import redis
+import redis.asyncio
+import redis.exceptions
+
+from client.errors import (
+    AmbiguousSymbolError,
+    CorruptSnapshotError,
+    MarketDataError,
+    MarketDataUnavailableError,
+    StaleSnapshotError,
+)
+from client.layout import (
+    Command,
+    RedisLayout,
+    StoredBook,
+    arun_flow,
+    decode_book,
+    encode_book,
+    feeder_alive,
+    run_flow,
+    validate_exchange,
+    validate_symbol,
+    write_flow,
+)
+from client.models import BookState, OrderBookSnapshot, SnapshotStatus
+from client.settings import ClientSettings, load_settings
+
+log = logging.getLogger(__name__)
+
+RESOLVE_TTL = 30.0  # seconds a bare symbol's exchange is cached
+_UNSET: Any = object()
+_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+_Result = tuple[SnapshotStatus, OrderBookSnapshot | None]
+_Flow = Any  # Generator[list[Command], list[Any], T]; spelled loosely to keep signatures readable
+
+
+class MarketDataProvider(ABC):
+    """The interface engines call today; unchanged so that engine code does not change."""
+
+    @abstractmethod
+    def get_latest_snapshot(self, symbol: str) -> OrderBookSnapshot | None: ...
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    @abstractmethod
+    async def aget_latest_snapshot(self, symbol: str) -> OrderBookSnapshot | None: ...
+
+    @abstractmethod
+    async def astart(self) -> None: ...
+
+    @abstractmethod
+    async def astop(self) -> None: ...
+
+
+def guess_exchange(symbol: str) -> str | None:
+    """The engines' old convention, used only when Redis has no book of the symbol on any exchange."""
+    if "-" in symbol:
+        return "upbit"
+    if symbol.endswith("USDT"):
+        return "binance"
+    return None
+
+
+def _default_writer_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64] or "host"
+    return f"client:{host}:{os.getpid()}"
+
+
+class RedisMarketDataProvider(MarketDataProvider):
+    """Order books from the shared Redis cache, with the legacy fields of the in-process provider.
+
+    Pass existing clients (``redis=`` sync, ``async_redis=`` asyncio; this is how tests use fakeredis), or
+    nothing to build them from settings (``MD_REDIS_URL`` …). Reads return ``None`` for a missing or stale book;
+    ``strict=True`` raises `StaleSnapshotError` / `CorruptSnapshotError` / `MarketDataUnavailableError` instead.
+    """
+
+    def __init__(
+        self,
+        redis: redis.Redis | None = None,
+        async_redis: redis.asyncio.Redis | None = None,
+        *,
+        settings: ClientSettings | None = None,
+        prefix: str | None = None,
+        max_age: float | None = _UNSET,
+        strict: bool | None = None,
+        writer_id: str | None = None,
+    ) -> None:
+        if settings is None:
+            overrides: dict[str, Any] = {}
+            if prefix is not None:
+                overrides["prefix"] = prefix
+            if max_age is not _UNSET:
+                overrides["max_age"] = max_age
+            if strict is not None:
+                overrides["strict"] = strict
+            settings = load_settings(ClientSettings, **overrides)
+        else:
+            updates: dict[str, Any] = {}
+            if prefix is not None:
+                updates["prefix"] = prefix
+            if max_age is not _UNSET:
+                updates["max_age"] = max_age
+            if strict is not None:
+                updates["strict"] = strict
+            if updates:
+                settings = load_settings(type(settings), **{**settings.model_dump(), **updates})
+        self.settings = settings
+        self.layout = RedisLayout(settings.prefix)
+        self.max_age = settings.max_age
+        self.strict = settings.strict
+        self.writer_id = writer_id or _default_writer_id()
+        self._redis = redis
+        self._async_redis = async_redis
+        self._owns_sync = False
+        self._owns_async = False
+        if redis is None and async_redis is None:
+            self._redis = self._build_sync_client()
+            self._owns_sync = True
+            self._owns_async = True  # built lazily, inside the event loop that first needs it
+        self._feeder_guess: dict[str, str] = {}
+        self._resolved: dict[str, tuple[str, float]] = {}
+        self._warned: set[tuple[str, str]] = set()
+        self._corrupt: dict[tuple[str, str], CorruptSnapshotError] = {}
+        self._last_unavailable_log = 0.0
+        self._pending_writes: set[asyncio.Task[bool]] = set()
+        self._latest = LatestSnapshots(self)
+
+    # ----------------------------------------------------------------------------------------- construction
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> RedisMarketDataProvider:
+        """A provider that owns clients built for `url` (closed by stop/astop)."""
+        settings = load_settings(ClientSettings, redis_url=url)
+        return cls(settings=settings, **kwargs)
+
+    @classmethod
+    def from_settings(cls, settings: ClientSettings | None = None, **kwargs: Any) -> RedisMarketDataProvider:
+        return cls(settings=settings or load_settings(ClientSettings), **kwargs)
+
+    def _client_options(self) -> dict[str, Any]:
+        timeout = self.settings.redis_timeout
+        return {"socket_timeout": timeout, "socket_connect_timeout": timeout, "health_check_interval": 30}
+
+    def _build_sync_client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.redis_url, **self._client_options())
+
+    def _sync(self) -> redis.Redis:
+        if self._redis is None:
+            raise MarketDataError(
+                "this provider was given only an asyncio Redis client: use the a* methods, or pass redis="
+            )
+        return self._redis
+
+    def _async(self) -> redis.asyncio.Redis:
+        if self._async_redis is None:
+            if not self._owns_async:
+                raise MarketDataError(
+                    "this provider was given only a sync Redis client: use the sync methods, or pass async_redis="
+                )
+            self._async_redis = redis.asyncio.Redis.from_url(
+                self.settings.redis_url, **self._client_options()
+            )
+        return self._async_redis
+
+    def __repr__(self) -> str:
+        return f"<RedisMarketDataProvider prefix={self.layout.prefix!r} strict={self.strict} max_age={self.max_age}>"
+
+    # ----------------------------------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Check that Redis answers; an engine may start before Redis does, so this only logs a warning."""
+        try:
+            self._sync().ping()
+        except _REDIS_DOWN as exc:
+            log.warning(
+                "Redis at %s does not answer yet (%s); reads return None until it does", self._where(), exc
+            )
+
+    def stop(self) -> None:
+        if self._owns_sync and self._redis is not None:
+            self._redis.close()
+
+    async def astart(self) -> None:
+        try:
+            await self._async().ping()
+        except _REDIS_DOWN as exc:
+            log.warning(
+                "Redis at %s does not answer yet (%s); reads return None until it does", self._where(), exc
+            )
+
+    async def astop(self) -> None:
+        if self._pending_writes:
+            await asyncio.gather(*self._pending_writes, return_exceptions=True)
+        if self._owns_async and self._async_redis is not None:
+            await self._async_redis.aclose()
+            self._async_redis = None
+        self.stop()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        await self.astart()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.astop()
+
+    def _where(self) -> str:
+        return re.sub(r"//[^@/]*@", "//***@", self.settings.redis_url)  # never log a password
+
+    # ----------------------------------------------------------------------------------------- reads
+    def get_latest_snapshot(self, symbol: str, exchange: str | None = None) -> OrderBookSnapshot | None:
+        """The live book of `symbol`, or None (missing or stale; strict mode raises for stale)."""
+        return self._serve(self._run(self._read_flow([(exchange, symbol)]), [(exchange, symbol)])[0])
+
+    async def aget_latest_snapshot(
+        self, symbol: str, exchange: str | None = None
+    ) -> OrderBookSnapshot | None:
+        targets = [(exchange, symbol)]
+        return self._serve((await self._arun(self._read_flow(targets), targets))[0])
+
+    def get_latest_snapshots(
+        self, symbols: Iterable[str], exchange: str | None = None
+    ) -> dict[str, OrderBookSnapshot | None]:
+        """Many books in one round trip (plus one to resolve bare symbols the first time)."""
+        targets = [(exchange, s) for s in symbols]
+        results = self._run(self._read_flow(targets), targets)
+        return {s: self._serve(r) for (_, s), r in zip(targets, results, strict=True)}
+
+    async def aget_latest_snapshots(
+        self, symbols: Iterable[str], exchange: str | None = None
+    ) -> dict[str, OrderBookSnapshot | None]:
+        targets = [(exchange, s) for s in symbols]
+        results = await self._arun(self._read_flow(targets), targets)
+        return {s: self._serve(r) for (_, s), r in zip(targets, results, strict=True)}
+
+    def snapshot_status(self, symbol: str, exchange: str | None = None) -> SnapshotStatus:
+        """Why a book is or is not served: live, missing, connection down, feeder dead, too old, corrupt."""
+        return self._run(self._read_flow([(exchange, symbol)]), [(exchange, symbol)])[0][0]
+
+    async def asnapshot_status(self, symbol: str, exchange: str | None = None) -> SnapshotStatus:
+        targets = [(exchange, symbol)]
+        return (await self._arun(self._read_flow(targets), targets))[0][0]
+
+    # ----------------------------------------------------------------------------------------- writes
+    def write_snapshot(self, snapshot: OrderBookSnapshot, exchange: str) -> bool:
+        """Store a snapshot through the atomic write; False when an equal or newer book is already stored.
+
+        The exchange ordering id is ``snapshot.xid`` or, for snapshots built by old adapters, the exchange
+        timestamp in milliseconds. The book has no feeder heartbeat behind it, so readers judge it by
+        ``max_age`` alone.
+        """
+        encoded = encode_book(
+            self.layout, snapshot, exchange=exchange, writer=self.writer_id, heartbeat=False
+        )
+        seqs: list[int] = run_flow(self._sync(), write_flow(self.layout, [encoded]))
+        return seqs[0] > 0
+
+    async def awrite_snapshot(self, snapshot: OrderBookSnapshot, exchange: str) -> bool:
+        encoded = encode_book(
+            self.layout, snapshot, exchange=exchange, writer=self.writer_id, heartbeat=False
+        )
+        seqs: list[int] = await arun_flow(self._async(), write_flow(self.layout, [encoded]))
+        return seqs[0] > 0
+
+    def on_upbit_snapshot(self, snapshot: OrderBookSnapshot) -> None:
+        """Legacy adapter callback: the book goes into the shared cache for every process to read."""
+        self._legacy_write(snapshot, "upbit")
+
+    def on_binance_snapshot(self, snapshot: OrderBookSnapshot) -> None:
+        self._legacy_write(snapshot, "binance")
+
+    def _legacy_write(self, snapshot: OrderBookSnapshot, exchange: str) -> None:
+        if self._redis is not None:
+            self.write_snapshot(snapshot, exchange)
+            return
+        # Only an asyncio client: the callback is sync, so the write runs as a task that astop() awaits.
+        task = asyncio.get_running_loop().create_task(self.awrite_snapshot(snapshot, exchange))
+        self._pending_writes.add(task)
+        task.add_done_callback(self._write_done)
+
+    def _write_done(self, task: asyncio.Task[bool]) -> None:
+        self._pending_writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("write of a legacy snapshot failed: %s", task.exception())
+
+    # ----------------------------------------------------------------------------------------- legacy fields
+    @property
+    def latest_snapshots(self) -> LatestSnapshots:
+        """Read-only mapping symbol -> live book, backed by Redis (the old provider's dict)."""
+        return self._latest
+
+    @property
+    def snapshot_upbit(self) -> OrderBookSnapshot | None:
+        """The most recently written Upbit book (any symbol), if live."""
+        return self.get_last_snapshot("upbit")
+
+    @property
+    def snapshot_binance(self) -> OrderBookSnapshot | None:
+        return self.get_last_snapshot("binance")
+
+    def get_last_snapshot(self, exchange: str) -> OrderBookSnapshot | None:
+        """The most recently written book of `exchange`, if live."""
+        try:
+            symbol = self._sync().get(self.layout.last_key(exchange))
+        except _REDIS_DOWN as exc:
+            return self._serve(self._unavailable(exchange, "", exc))
+        return None if symbol is None else self.get_latest_snapshot(_text(symbol), exchange)
+
+    async def aget_last_snapshot(self, exchange: str) -> OrderBookSnapshot | None:
+        try:
+            symbol = await self._async().get(self.layout.last_key(exchange))
+        except _REDIS_DOWN as exc:
+            return self._serve(self._unavailable(exchange, "", exc))
+        return None if symbol is None else await self.aget_latest_snapshot(_text(symbol), exchange)
+
+    def all_books(self) -> list[tuple[str, str]]:
+        """Every (exchange, symbol) that has a book, from the indexes."""
+        result: list[tuple[str, str]] = self._sync_run(self._all_books_flow())
+        return result
+
+    async def aall_books(self) -> list[tuple[str, str]]:
+        result: list[tuple[str, str]] = await arun_flow(self._async(), self._all_books_flow())
+        return result
+
+    # ----------------------------------------------------------------------------------------- flows
+    def _all_books_flow(self) -> _Flow:
+        replies = yield [("SMEMBERS", self.layout.exchanges_key())]
+        exchanges = sorted(_text(x) for x in replies[0])
+        if not exchanges:
+            return []
+        replies = yield [("SMEMBERS", self.layout.symbols_key(ex)) for ex in exchanges]
+        return [
+            (ex, _text(s)) for ex, members in zip(exchanges, replies, strict=True) for s in sorted(members)
+        ]
+
+    def _resolve_flow(self, targets: Sequence[tuple[str | None, str]]) -> _Flow:
+        """Exchange of each target: given, cached, found in the indexes, or guessed by the old convention."""
+        now = time.monotonic()
+        resolved: list[str | None] = []
+        unknown: list[str] = []
+        for exchange, symbol in targets:
+            validate_symbol(symbol)
+            if exchange is not None:
+                resolved.append(validate_exchange(exchange))
+                continue
+            cached = self._resolved.get(symbol)
+            if cached is not None and cached[1] > now:
+                resolved.append(cached[0])
+            else:
+                resolved.append(None)
+                unknown.append(symbol)
+        if not unknown:
+            return resolved
+        replies = yield [("SMEMBERS", self.layout.exchanges_key())]
+        exchanges = sorted(_text(x) for x in replies[0])
+        carriers: dict[str, list[str]] = {s: [] for s in unknown}
+        if exchanges:
+            pairs = [(s, ex) for s in carriers for ex in exchanges]
+            replies = yield [("SISMEMBER", self.layout.symbols_key(ex), s) for s, ex in pairs]
+            for (s, ex), member in zip(pairs, replies, strict=True):
+                if member:
+                    carriers[s].append(ex)
+        for s, found in carriers.items():
+            if len(found) > 1:
+                raise AmbiguousSymbolError(
+                    f"symbol {s!r} has books on several exchanges ({', '.join(found)}): pass exchange= to choose"
+                )
+            if found:
+                self._resolved[s] = (found[0], now + RESOLVE_TTL)
+        return [
+            ex if ex is not None else (carriers[s][0] if carriers[s] else guess_exchange(s))
+            for ex, (_, s) in zip(resolved, targets, strict=True)
+        ]
+
+    def _read_flow(self, targets: Sequence[tuple[str | None, str]]) -> _Flow:
+        """Statuses and books of the targets: HGETALL of each book plus the state of their feeders."""
+        exchanges: list[str | None] = yield from self._resolve_flow(targets)
+        keys = [
+            self.layout.book_key(ex, s) if ex else None for ex, (_, s) in zip(exchanges, targets, strict=True)
+        ]
+        present = [k for k in keys if k is not None]
+        guesses = sorted({self._feeder_guess[k] for k in present if k in self._feeder_guess})
+        commands: list[Command] = [("HGETALL", k) for k in present]
+        commands += [("HGET", self.layout.feeder_key(f), "state") for f in guesses]
+        replies = yield commands
+        states: dict[str, Any] = dict(zip(guesses, replies[len(present) :], strict=True))
+        decoded: dict[str, StoredBook | CorruptSnapshotError | None] = {}
+        for key, raw in zip(present, replies[: len(present)], strict=True):
+            if isinstance(raw, Exception):
+                raise raw
+            try:
+                decoded[key] = decode_book(self.layout, key, raw)
+            except CorruptSnapshotError as exc:
+                decoded[key] = exc
+        unknown = sorted(
+            {
+                b.feeder
+                for b in decoded.values()
+                if isinstance(b, StoredBook) and b.heartbeat and b.feeder not in states
+            }
+        )
+        if unknown:
+            replies = yield [("HGET", self.layout.feeder_key(f), "state") for f in unknown]
+            states.update(zip(unknown, replies, strict=True))
+        now = time.time()
+        results: list[tuple[SnapshotStatus, OrderBookSnapshot | None]] = []
+        for ex, (_, symbol), book_key in zip(exchanges, targets, keys, strict=True):
+            book = decoded.get(book_key) if book_key else None
+            results.append(self._judge(ex or "", symbol, book, states, now))
+        return results
+
+    def _judge(
+        self,
+        exchange: str,
+        symbol: str,
+        book: StoredBook | CorruptSnapshotError | None,
+        feeder_states: Mapping[str, Any],
+        now: float,
+    ) -> tuple[SnapshotStatus, OrderBookSnapshot | None]:
+        if book is None:
+            return SnapshotStatus(exchange, symbol, BookState.MISSING, detail="no book in Redis"), None
+        if isinstance(book, CorruptSnapshotError):
+            self._corrupt[(exchange, symbol)] = book
+            return SnapshotStatus(exchange, symbol, BookState.CORRUPT, detail=str(book)), None
+        self._warned.discard((f"{exchange}:{symbol}", "corrupt"))
+        if book.heartbeat:
+            self._feeder_guess[book.key] = book.feeder
+        age = now - book.recv_ts
+        state, detail = BookState.LIVE, ""
+        if not book.live:
+            state, detail = BookState.CONNECTION_DOWN, f"feeder {book.feeder} reported its connection down"
+        elif book.heartbeat and not feeder_alive(feeder_states.get(book.feeder)):
+            state, detail = BookState.FEEDER_DEAD, f"feeder {book.feeder} has no heartbeat or is offline"
+        elif self.max_age is not None and age > self.max_age:
+            state, detail = BookState.TOO_OLD, f"received {age:.3f}s ago, max_age is {self.max_age}s"
+        status = SnapshotStatus(
+            exchange, symbol, state, age=age, seq=book.seq, feeder=book.feeder, detail=detail
+        )
+        return status, book.snapshot
+
+    # ----------------------------------------------------------------------------------------- policy
+    def _serve(self, result: tuple[SnapshotStatus, OrderBookSnapshot | None]) -> OrderBookSnapshot | None:
+        status, snapshot = result
+        if status.state is BookState.LIVE:
+            return snapshot
+        if status.state is BookState.MISSING:
+            return None
+        where = f"{status.exchange}:{status.symbol}"
+        if status.state is BookState.CORRUPT:
+            if self.strict:
+                raise self._corrupt_error(status)
+            if (where, "corrupt") not in self._warned:
+                self._warned.add((where, "corrupt"))
+                log.warning("ignoring %s", status.detail)
+            return None
+        if status.state is BookState.UNAVAILABLE:
+            if self.strict:
+                raise MarketDataUnavailableError(f"{where}: {status.detail}")
+            return None
+        if self.strict:
+            raise StaleSnapshotError(
+                status, f"book {where} is not live: {status.state.value} ({status.detail})"
+            )
+        return None
+
+    def _corrupt_error(self, status: SnapshotStatus) -> CorruptSnapshotError:
+        error = self._corrupt.get((status.exchange, status.symbol))
+        return error or CorruptSnapshotError(f"{status.exchange}:{status.symbol}", "?", status.detail)
+
+    # ----------------------------------------------------------------------------------------- drivers
+    def _sync_run(self, flow: _Flow) -> Any:
+        return run_flow(self._sync(), flow)
+
+    def _run(self, flow: _Flow, targets: Sequence[tuple[str | None, str]]) -> list[_Result]:
+        try:
+            results: list[_Result] = run_flow(self._sync(), flow)
+        except _REDIS_DOWN as exc:
+            return [self._unavailable(ex or "", s, exc) for ex, s in targets]
+        return results
+
+    async def _arun(self, flow: _Flow, targets: Sequence[tuple[str | None, str]]) -> list[_Result]:
+        try:
+            results: list[_Result] = await arun_flow(self._async(), flow)
+        except _REDIS_DOWN as exc:
+            return [self._unavailable(ex or "", s, exc) for ex, s in targets]
+        return results
+
+    def _unavailable(
+        self, exchange: str, symbol: str, exc: BaseException
+    ) -> tuple[SnapshotStatus, OrderBookSnapshot | None]:
+        now = time.monotonic()
+        if now - self._last_unavailable_log > 10.0:
+            self._last_unavailable_log = now
+            log.warning(
+                "Redis at %s is unavailable (%s); serving no books until it is back", self._where(), exc
+            )
+        return SnapshotStatus(
+            exchange, symbol, BookState.UNAVAILABLE, detail=f"Redis unavailable: {exc}"
+        ), None
+
+
+class LatestSnapshots(Mapping[str, OrderBookSnapshot]):
+    """The legacy ``latest_snapshots`` dict as a read-only view of the live books in Redis.
+
+    ``in``, ``[]`` and ``get`` read one book; iteration, ``len`` and ``dict(...)`` read every indexed book in
+    one batch. A symbol with books on two exchanges cannot be one dict key: it is left out of iteration and
+    ``[]`` raises AmbiguousSymbolError.
+    """
+
+    def __init__(self, provider: RedisMarketDataProvider) -> None:
+        self._provider = provider
+
+    def __getitem__(self, symbol: str) -> OrderBookSnapshot:
+        status, snapshot = self._provider._run(self._provider._read_flow([(None, symbol)]), [(None, symbol)])[
+            0
+        ]
+        if status.state is not BookState.LIVE or snapshot is None:
+            raise KeyError(symbol)
+        return snapshot
+
+    def __contains__(self, symbol: object) -> bool:
+        if not isinstance(symbol, str):
+            return False
+        try:
+            self[symbol]
+        except (KeyError, AmbiguousSymbolError):
+            return False
+        return True
+
+    def _live(self) -> dict[str, OrderBookSnapshot]:
+        provider = self._provider
+        books = provider.all_books()
+        counts: dict[str, int] = {}
+        for _, symbol in books:
+            counts[symbol] = counts.get(symbol, 0) + 1
+        targets = [(ex, s) for ex, s in books if counts[s] == 1]
+        results = provider._run(provider._read_flow(targets), targets)
+        return {
+            s: snap
+            for (_, s), (status, snap) in zip(targets, results, strict=True)
+            if status.state is BookState.LIVE and snap is not None
+        }
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._live())
+
+    def __len__(self) -> int:
+        return len(self._live())
+
+    def __repr__(self) -> str:
+        return f"LatestSnapshots({self._live()!r})"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

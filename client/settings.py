@@ -1,0 +1,88 @@
+"""Settings shared by the client and the feeder, read from ``MD_*`` environment variables and ``.env``.
+
+`load_settings` turns pydantic's validation errors into a `SettingsError` whose message names the
+environment variable, so a bad value stops start-up with a line an operator can act on.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from client.errors import SettingsError
+from client.layout import validate_prefix
+
+ENV_PREFIX = "MD_"
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+class ClientSettings(BaseSettings):
+    """Everything an engine's provider needs. Each field is documented in `.env.example`."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis to read from and write to; ``redis://user:pass@host:port/db``, ``rediss://`` for TLS."""
+    prefix: str = "md"
+    """Prefix of every key and channel."""
+    max_age: float | None = None
+    """Seconds after which a book counts as stale even while its feeder is alive; unset = no limit."""
+    strict: bool = False
+    """Raise StaleSnapshotError/CorruptSnapshotError instead of returning None."""
+    redis_timeout: float = 5.0
+    """Socket connect and read timeout for Redis, in seconds."""
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in _REDIS_SCHEMES:
+            raise ValueError(
+                f"scheme must be one of {', '.join(s + '://' for s in _REDIS_SCHEMES)}, got {value!r}"
+            )
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError(f"no host in {value!r}")
+        try:
+            parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+        except ValueError as exc:
+            raise ValueError(f"bad port in {value!r}: {exc}") from None
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        validate_prefix(value)
+        return value
+
+    @field_validator("max_age", mode="before")
+    @classmethod
+    def _none_words(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
+            return None
+        return value
+
+    @field_validator("max_age", "redis_timeout")
+    @classmethod
+    def _positive(cls, value: float | None) -> float | None:
+        if value is not None and not value > 0:
+            raise ValueError("must be a positive number of seconds")
+        return value
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S], **overrides: Any) -> S:
+    """Build settings from the environment (and overrides); a bad value raises SettingsError naming it."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        lines = []
+        for error in exc.errors():
+            name = ".".join(str(p) for p in error["loc"]) or "?"
+            lines.append(f"{prefix}{name.upper()}: {error['msg']} (got {error.get('input')!r})")
+        raise SettingsError("invalid setting: " + "; ".join(lines)) from None
