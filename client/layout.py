@@ -25,7 +25,7 @@ import hashlib
 import math
 import re
 import time
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Container, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +52,7 @@ MAX_TIMESTAMP = 1e12  # epoch seconds; its milliseconds stay below MAX_XID
 # Fields of the feeder status hash that readers rely on for liveness.
 FEEDER_STATE_FIELD = "state"
 FEEDER_OFFLINE = "offline"
+FEEDER_HEARTBEAT_FIELD = "heartbeat"  # epoch seconds of the feeder's last heartbeat (shown by `md status`)
 
 Command = tuple[Any, ...]
 Flow = Generator[list[Command], list[Any], Any]
@@ -133,6 +134,14 @@ class RedisLayout:
 
     def feeder_pattern(self) -> str:
         return f"{self.prefix}:feeder:*"
+
+    def parse_feeder_key(self, key: str | bytes) -> str:
+        """The feeder id of a feeder status key (from SCAN); InvalidSymbolError for anything else."""
+        text = key.decode() if isinstance(key, bytes) else key
+        head = f"{self.prefix}:feeder:"
+        if not text.startswith(head):
+            raise InvalidSymbolError(f"{text!r} is not a feeder key under prefix {self.prefix!r}")
+        return validate_writer_id(text[len(head) :])
 
     def symbols_key(self, exchange: str) -> str:
         return f"{self.prefix}:symbols:{validate_exchange(exchange)}"
@@ -418,23 +427,26 @@ def feeder_alive(state: bytes | str | None) -> bool:
 
 # --------------------------------------------------------------------------------------------- write flows
 def write_flow(
-    layout: RedisLayout, books: Sequence[EncodedBook], *, index: bool = True
+    layout: RedisLayout, books: Sequence[EncodedBook], *, indexed: Container[str] = ()
 ) -> Generator[list[Command], list[Any], list[int]]:
     """Write books in one pipelined round trip; returns each book's new seq, 0 where rejected by ordering.
 
-    With `index`, the symbol and exchange indexes and the per-exchange "last written" pointer are updated in
-    the same pipeline (not inside the script: they live in other Cluster slots).
+    The symbol and exchange indexes and the per-exchange "last written" pointer are updated in the same
+    pipeline (not inside the script: they live in other Cluster slots). Books whose key is in `indexed` skip
+    the index update: a feeder remembers what it already indexed since Redis last came back.
     """
     commands: list[Command] = [book.script_command() for book in books]
-    if index:
-        last: dict[str, str] = {}
-        for book in books:
+    last: dict[str, str] = {}
+    new_exchanges: set[str] = set()
+    for book in books:
+        if book.key not in indexed:
             commands.append(("SADD", layout.symbols_key(book.exchange), book.symbol))
-            last[book.exchange] = book.symbol
-        if last:
-            commands.append(("SADD", layout.exchanges_key(), *last))
-        for exchange, symbol in last.items():
-            commands.append(("SET", layout.last_key(exchange), symbol))
+            new_exchanges.add(book.exchange)
+        last[book.exchange] = book.symbol
+    if new_exchanges:
+        commands.append(("SADD", layout.exchanges_key(), *sorted(new_exchanges)))
+    for exchange, symbol in last.items():
+        commands.append(("SET", layout.last_key(exchange), symbol))
     replies = yield commands
     results: list[int] = [0] * len(books)
     retry: list[int] = []

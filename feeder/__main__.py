@@ -1,0 +1,5 @@
+import sys
+
+from feeder.cli import main
+
+sys.exit(main())

@@ -1,0 +1,191 @@
+"""`Feeder`: one feeder process — its connections, its writer, its heartbeat — and their orderly shutdown.
+
+Every task the feeder starts is created in `run` and cancelled and awaited there before it returns, so
+nothing outlives the feeder. Shutdown order: stop reading (connections closed), flush the pending books,
+mark the feeder offline (its books stop being served as live), stop the writer and heartbeat, close Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import redis.asyncio
+
+from client.layout import RedisLayout
+from feeder.connection import ConnectionSettings, ExchangeConnection, OpenRateLimiter
+from feeder.exchanges import ExchangeProtocol
+from feeder.exchanges.binance import BinanceProtocol
+from feeder.exchanges.upbit import UpbitProtocol
+from feeder.settings import FeederSettings
+from feeder.sharding import split_for_connections, take_shard
+from feeder.status import FeederStatus, StatusFields
+from feeder.writer import SnapshotWriter
+
+log = logging.getLogger(__name__)
+
+# New connections per second and burst, per exchange (Upbit: 5/s per IP; Binance: 300 per 5 minutes per IP).
+OPEN_RATES = {"upbit": (5.0, 5), "binance": (1.0, 10)}
+# Pause between subscribe frames on one connection (Upbit: 5 requests/s; Binance: 5 incoming messages/s).
+SUBSCRIBE_INTERVALS = {"upbit": 0.25, "binance": 0.25}
+FLUSH_TIMEOUT = 3.0
+
+
+def build_protocol(settings: FeederSettings, exchange: str) -> ExchangeProtocol:
+    if exchange == "upbit":
+        return UpbitProtocol(
+            url=settings.upbit_url,
+            format=settings.upbit_format,
+            max_symbols_per_connection=settings.upbit_symbols_per_connection,
+        )
+    if exchange == "binance":
+        return BinanceProtocol(
+            depth=settings.binance_depth,
+            speed=settings.binance_speed,
+            url=settings.binance_url,
+            max_symbols_per_connection=settings.binance_symbols_per_connection,
+        )
+    raise ValueError(f"unknown exchange {exchange!r}")
+
+
+class Feeder:
+    def __init__(self, settings: FeederSettings, client: redis.asyncio.Redis | None = None) -> None:
+        self.settings = settings
+        self.id = settings.feeder_id
+        self.layout = RedisLayout(settings.prefix)
+        self._owns_client = client is None
+        self.redis = client or redis.asyncio.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout,
+            socket_connect_timeout=settings.redis_timeout,
+        )
+        self.writer = SnapshotWriter(self.redis, self.layout, self.id, batch=settings.write_batch)
+        self.status = FeederStatus(self.redis, self.layout, self.id, self._status_fields, ttl=settings.heartbeat_ttl)
+        self.connections = self._build_connections()
+        self._started = time.monotonic()
+
+    def _build_connections(self) -> list[ExchangeConnection]:
+        s = self.settings
+        k, n = s.shard_pair
+        connections: list[ExchangeConnection] = []
+        for exchange in s.exchange_list:
+            protocol = build_protocol(s, exchange)
+            symbols = take_shard(s.symbols_of(exchange), k, n)
+            rate, burst = OPEN_RATES[exchange]
+            limiter = OpenRateLimiter(rate, burst)
+            conn_settings = ConnectionSettings(
+                connect_timeout=s.connect_timeout,
+                ping_interval=s.ping_interval,
+                ping_timeout=s.ping_timeout,
+                silence_timeout=s.silence_timeout,
+                reconnect_max_delay=s.reconnect_max_delay,
+                max_lifetime=s.binance_max_lifetime if exchange == "binance" else None,
+                subscribe_interval=SUBSCRIBE_INTERVALS[exchange],
+            )
+            chunks = split_for_connections(symbols, protocol.max_symbols_per_connection)
+            for i, chunk in enumerate(chunks, 1):
+                connections.append(
+                    ExchangeConnection(protocol, chunk, self.writer, conn_settings, limiter, name=f"{exchange}-{i}")
+                )
+        return connections
+
+    # ------------------------------------------------------------------------------------------ counters
+    def _status_fields(self) -> StatusFields:
+        w = self.writer.stats
+        conns = self.connections
+        fields: dict[str, str | int | float] = {
+            "exchanges": self.settings.exchanges,
+            "shard": self.settings.shard,
+            "symbols": sum(len(c.symbols) for c in conns),
+            "connections_up": sum(1 for c in conns if c.up),
+            "connections_total": len(conns),
+            "msgs_in": sum(c.stats.frames for c in conns),
+            "books_in": sum(c.stats.books for c in conns),
+            "written": w.written,
+            "coalesced": w.coalesced,
+            "rejected": w.rejected,
+            "bad": sum(c.stats.bad_frames for c in conns),
+            "exchange_errors": sum(c.stats.exchange_errors for c in conns),
+            "reconnects": sum(c.stats.reconnects for c in conns),
+            "rotations": sum(c.stats.rotations for c in conns),
+            "pending": self.writer.pending,
+            "redis_errors": w.redis_errors,
+            "last_error": self._last_error(),
+        }
+        for c in conns:
+            fields[f"conn:{c.name}"] = f"{'up' if c.up else 'down'} {len(c.symbols)} symbols"
+        return fields
+
+    def _last_error(self) -> str:
+        errors = [c.stats.last_error for c in self.connections if c.stats.last_error]
+        if self.writer.last_error and not self.writer.redis_ok:
+            errors.insert(0, self.writer.last_error)
+        return errors[0][:300] if errors else ""
+
+    # ------------------------------------------------------------------------------------------ running
+    async def run(self, stop: asyncio.Event) -> None:
+        """Feed until `stop` is set, then shut down in order."""
+        s = self.settings
+        log.info(
+            "feeder %s: %d connections, %s; Redis %s, prefix %r",
+            self.id,
+            len(self.connections),
+            ", ".join(f"{ex} {len(take_shard(s.symbols_of(ex), *s.shard_pair))} symbols" for ex in s.exchange_list),
+            _mask(s.redis_url),
+            s.prefix,
+        )
+        await self.status.beat()  # before the first book, so readers never see books of an unknown feeder
+        background = [
+            asyncio.create_task(self.writer.run(), name="writer"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._summary_loop(), name="summary"),
+        ]
+        readers = [asyncio.create_task(c.run(), name=c.name) for c in self.connections]
+        try:
+            await stop.wait()
+        finally:
+            log.info("feeder %s: stopping", self.id)
+            await _cancel_all(readers)
+            flushed = await self.writer.flush(FLUSH_TIMEOUT)
+            if not flushed:
+                log.warning("could not flush %d pending books before shutdown", self.writer.pending)
+            await self.status.go_offline()
+            await _cancel_all(background)
+            if self._owns_client:
+                await self.redis.aclose()
+            log.info("feeder %s: stopped (%s)", self.id, self.summary())
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            await self.status.beat()
+
+    async def _summary_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.summary_interval)
+            log.info("summary: %s", self.summary())
+
+    def summary(self) -> str:
+        f = self._status_fields()
+        return (
+            f"{f['connections_up']}/{f['connections_total']} connections up, {f['symbols']} symbols, "
+            f"frames {f['msgs_in']}, books written {f['written']}, coalesced {f['coalesced']}, "
+            f"rejected {f['rejected']}, bad {f['bad']}, reconnects {f['reconnects']}, "
+            f"redis {'ok' if self.writer.redis_ok else 'DOWN'}, pending {f['pending']}"
+        )
+
+
+async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _mask(url: str) -> str:
+    import re
+
+    return re.sub(r"//[^@/]*@", "//***@", url)

@@ -1,0 +1,317 @@
+"""`ExchangeConnection`: one WebSocket to one exchange for a fixed list of symbols, kept alive forever.
+
+The protocol object (pure code, `feeder.exchanges`) says what to send and how to read frames; this module
+owns everything with time in it: connect with a timeout, subscribe at the pace the exchange allows, read and
+hand books to the writer, ping (websockets' keep-alive: a pong later than ``ping_timeout`` means the connection
+is stalled and it is closed), an optional silence watchdog, reconnect with capped exponential backoff plus
+jitter (the first retry is immediate), and planned replacement — before Binance's 24-hour cut-off or when the
+server announces a shutdown — that opens the new connection and waits for its first frame before closing the
+old one, so the books never go down for a rotation.
+
+When a connection drops unplanned, its symbols are marked not live at once (`SnapshotWriter.mark_down`);
+fresh books from the new connection make them live again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+from feeder.exchanges import BadFrame, ExchangeError, ExchangeProtocol, ServerShutdown
+from feeder.writer import SnapshotWriter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    connect_timeout: float = 10.0
+    ping_interval: float = 5.0
+    ping_timeout: float = 5.0
+    silence_timeout: float = 0.0  # 0 = off
+    reconnect_max_delay: float = 30.0
+    max_lifetime: float | None = None  # planned replacement after this many seconds (Binance: < 24 h)
+    subscribe_interval: float = 0.25  # pause between subscribe frames (exchange message-rate limits)
+    handover_timeout: float = 10.0  # how long a replacement may take to deliver its first frame
+
+
+class OpenRateLimiter:
+    """Token bucket for new connections of one exchange (Upbit 5/s; Binance 300 per 5 min).
+
+    A burst lets a feeder open its connections and reconnect a dropped one at once; the rate keeps a storm of
+    reconnects from getting the IP banned.
+    """
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = time.monotonic()
+                self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+                self._stamp = now
+                if self._tokens >= 1.0:
+                    self._tokens -= 1.0
+                    return
+                await asyncio.sleep((1.0 - self._tokens) / self._rate)
+
+
+@dataclass
+class ConnectionStats:
+    frames: int = 0
+    books: int = 0
+    bad_frames: int = 0
+    exchange_errors: int = 0
+    connects: int = 0
+    reconnects: int = 0
+    rotations: int = 0
+    last_error: str = ""
+
+
+@dataclass(eq=False)
+class _Session:
+    """One open WebSocket of this connection (two exist briefly during a handover)."""
+
+    ws: ClientConnection
+    opened: float = field(default_factory=time.monotonic)
+    first_frame: asyncio.Event = field(default_factory=asyncio.Event)
+    shutdown_announced: asyncio.Event = field(default_factory=asyncio.Event)
+    retiring: bool = False
+
+
+class ExchangeConnection:
+    """Keeps one subscription of `symbols` on one exchange flowing into the writer. `run` until cancelled."""
+
+    def __init__(
+        self,
+        protocol: ExchangeProtocol,
+        symbols: Sequence[str],
+        writer: SnapshotWriter,
+        settings: ConnectionSettings,
+        limiter: OpenRateLimiter,
+        *,
+        name: str,
+    ) -> None:
+        self.protocol = protocol
+        self.exchange = protocol.name
+        self.symbols = list(symbols)
+        self.writer = writer
+        self.settings = settings
+        self.limiter = limiter
+        self.name = name
+        self.url = protocol.url(self.symbols)
+        self.stats = ConnectionStats()
+        self.up = False
+        self._bad_logged = 0.0
+
+    def __repr__(self) -> str:
+        return f"<ExchangeConnection {self.name} {len(self.symbols)} symbols up={self.up}>"
+
+    # ------------------------------------------------------------------------------------------ main loop
+    async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self.up = False
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                session = await self._open()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failures += 1
+                self.stats.last_error = _describe(exc)
+                delay = self._backoff(failures)
+                log.warning("%s: connect failed (%s); retry %d in %.2fs", self.name, _describe(exc), failures, delay)
+                await asyncio.sleep(delay)
+                continue
+            reason = await self._serve(session)
+            self._went_down(reason)
+            failures = 1 if session.first_frame.is_set() else failures + 1
+            delay = self._backoff(failures)
+            log.warning("%s: connection lost (%s); reconnecting in %.2fs", self.name, reason, delay)
+            self.stats.reconnects += 1
+            await asyncio.sleep(delay)
+
+    def _backoff(self, failures: int) -> float:
+        """0 for the first retry, then 0.25 s doubling up to the cap, with jitter (half to full)."""
+        if failures <= 1:
+            return 0.0
+        return min(self.settings.reconnect_max_delay, 0.25 * 2 ** (failures - 2)) * random.uniform(0.5, 1.0)
+
+    async def _open(self) -> _Session:
+        await self.limiter.acquire()
+        s = self.settings
+        log.info("%s: connecting to %s (%d symbols)", self.name, _short(self.url), len(self.symbols))
+        ws = await connect(
+            self.url,
+            open_timeout=s.connect_timeout,
+            ping_interval=s.ping_interval,
+            ping_timeout=s.ping_timeout,
+            close_timeout=2.0,
+            max_size=2**22,
+            compression=None,
+        )
+        try:
+            for i, frame in enumerate(self.protocol.subscribe_frames(self.symbols)):
+                if i:
+                    await asyncio.sleep(s.subscribe_interval)
+                await ws.send(frame)
+        except BaseException:
+            await ws.close()
+            raise
+        self.stats.connects += 1
+        return _Session(ws)
+
+    async def _serve(self, session: _Session) -> str:
+        """Read from `session` (and its planned successors) until a connection ends unplanned; say why."""
+        reader = asyncio.create_task(self._read(session), name=f"{self.name}-read")
+        try:
+            while True:
+                rotate_at = self._rotation_deadline(session)
+                shutdown = asyncio.create_task(session.shutdown_announced.wait())
+                try:
+                    done, _ = await asyncio.wait(
+                        {reader, shutdown}, timeout=rotate_at, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    shutdown.cancel()
+                if reader in done:
+                    return reader.result()
+                why = "server announced shutdown" if session.shutdown_announced.is_set() else "planned lifetime reached"
+                successor = await self._handover(session, why)
+                if successor is None:
+                    continue  # keep the old one; _rotation_deadline retries soon
+                old_reader, reader = reader, successor[1]
+                session = successor[0]
+                await _finish(old_reader)
+        finally:
+            await _finish(reader)
+            await session.ws.close()
+
+    def _rotation_deadline(self, session: _Session) -> float | None:
+        lifetime = self.settings.max_lifetime
+        if lifetime is None:
+            return None
+        return max(0.0, session.opened + lifetime - time.monotonic())
+
+    async def _handover(
+        self, old: _Session, why: str
+    ) -> tuple[_Session, asyncio.Task[str]] | None:
+        """Open a replacement, wait for its first frame, then retire the old connection."""
+        log.info("%s: replacing the connection (%s): opening the new one first", self.name, why)
+        try:
+            new = await self._open()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("%s: replacement failed (%s); keeping the current connection", self.name, _describe(exc))
+            old.opened = time.monotonic() - (self.settings.max_lifetime or 0) + 5.0  # try again in ~5 s
+            old.shutdown_announced.clear()
+            return None
+        reader = asyncio.create_task(self._read(new), name=f"{self.name}-read")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(new.first_frame.wait(), self.settings.handover_timeout)
+        old.retiring = True
+        await old.ws.close()
+        self.stats.rotations += 1
+        log.info("%s: replacement done", self.name)
+        return new, reader
+
+    async def _read(self, session: _Session) -> str:
+        """Frames in, books out; returns the reason the connection ended."""
+        ws = session.ws
+        parse = self.protocol.parse
+        submit = self.writer.submit
+        exchange = self.exchange
+        stats = self.stats
+        silence = self.settings.silence_timeout or None
+        try:
+            while True:
+                if silence is None:
+                    frame = await ws.recv()
+                else:
+                    try:
+                        frame = await asyncio.wait_for(ws.recv(), silence)
+                    except TimeoutError:
+                        return f"no frame for {silence:.1f}s (silence watchdog)"
+                recv_ts = time.time()
+                stats.frames += 1
+                try:
+                    books = parse(frame, recv_ts)
+                except BadFrame as exc:
+                    stats.bad_frames += 1
+                    self._log_bad(exc, frame)
+                    continue
+                except ServerShutdown:
+                    log.info("%s: server announced a shutdown", self.name)
+                    session.shutdown_announced.set()
+                    continue
+                except ExchangeError as exc:
+                    stats.exchange_errors += 1
+                    stats.last_error = str(exc)
+                    log.warning("%s: %s", self.name, exc)
+                    continue
+                for book in books:
+                    submit(exchange, book)
+                stats.books += len(books)
+                if not session.first_frame.is_set():
+                    session.first_frame.set()
+                    if not session.retiring:
+                        self.up = True
+                        log.info("%s: receiving (%d symbols)", self.name, len(self.symbols))
+        except ConnectionClosed as exc:
+            if session.retiring:
+                return "retired"
+            return _describe(exc)
+
+    def _went_down(self, reason: str) -> None:
+        self.stats.last_error = reason
+        if self.up:
+            self.up = False
+        # Mark every symbol of this connection not live, even those that had no frame yet on this session.
+        self.writer.mark_down(self.exchange, self.symbols)
+
+    def _log_bad(self, exc: BadFrame, frame: bytes | str) -> None:
+        now = time.monotonic()
+        if now - self._bad_logged > 10.0:
+            self._bad_logged = now
+            shown = frame[:120] if isinstance(frame, str) else frame[:120].decode("utf-8", "replace")
+            log.warning("%s: skipped a malformed frame (%s): %r (%d so far)", self.name, exc, shown, self.stats.bad_frames)
+
+
+async def _finish(task: asyncio.Task[str]) -> None:
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionClosed):
+        return str(exc)  # e.g. "sent 1011 (internal error) keepalive ping timeout; no close frame received"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, InvalidURI | InvalidHandshake):
+        return f"handshake failed: {exc}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _short(url: str) -> str:
+    return url if len(url) <= 120 else url[:117] + "..."

@@ -1,0 +1,173 @@
+"""Feeder settings: the client's settings plus what a feeder process needs (``MD_*``, `.env`).
+
+Every field is listed with its default and meaning in `.env.example`; `load_settings` turns a bad value into
+a `SettingsError` naming the variable, which `md-feeder` prints before exiting with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from typing import Any, Literal
+
+from pydantic import field_validator, model_validator
+
+from client.layout import validate_symbol, validate_writer_id
+from client.settings import ClientSettings
+
+EXCHANGES = ("upbit", "binance")
+
+
+def _default_feeder_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64] or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    """``"2/4"`` -> (2, 4): this process takes the second of four deterministic shares of each symbol list."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
+    if not match:
+        raise ValueError(f"shard must look like K/N (e.g. 2/4), got {value!r}")
+    k, n = int(match[1]), int(match[2])
+    if not 1 <= k <= n:
+        raise ValueError(f"shard K/N needs 1 <= K <= N, got {value!r}")
+    return k, n
+
+
+class FeederSettings(ClientSettings):
+    """Settings of one `md-feeder` process."""
+
+    feeder_id: str = ""
+    """Id of this feeder in Redis (md:feeder:<id>, the `feeder` field of its books). Empty: <host>-<pid>."""
+    exchanges: str = "upbit,binance"
+    """Comma-separated exchanges this process feeds."""
+    upbit_symbols: str = "KRW-BTC,KRW-ETH,KRW-USDT"
+    binance_symbols: str = "BTCUSDT,ETHUSDT"
+    upbit_url: str = "wss://api.upbit.com/websocket/v1"
+    binance_url: str = "wss://stream.binance.com:9443"
+    upbit_format: Literal["DEFAULT", "SIMPLE", "JSON_LIST", "SIMPLE_LIST"] = "SIMPLE"
+    """SIMPLE sends the same books with shorter keys: fewer bytes to receive and parse."""
+    upbit_symbols_per_connection: int = 100
+    binance_symbols_per_connection: int = 1024
+    binance_depth: Literal[5, 10, 20] = 20
+    binance_speed: Literal["100ms", "1000ms"] = "100ms"
+    binance_max_lifetime: float = 23 * 3600.0
+    """Seconds before a Binance connection is replaced (Binance cuts at 24 h); the new one opens first."""
+    shard: str = "1/1"
+    """K/N: take the K-th of N deterministic shares of each symbol list (several feeders split a list)."""
+    connect_timeout: float = 10.0
+    ping_interval: float = 5.0
+    """Seconds between WebSocket pings; also keeps Upbit from closing an idle connection."""
+    ping_timeout: float = 5.0
+    """A connection whose pong is this late is stalled: it is closed and replaced."""
+    silence_timeout: float = 0.0
+    """Close a connection that delivered no frame for this long (0 = off: a quiet Upbit book is not dead)."""
+    reconnect_max_delay: float = 30.0
+    """Cap of the exponential reconnect backoff (first retry immediately, then 0.25 s doubling, with jitter)."""
+    heartbeat_interval: float = 1.0
+    heartbeat_ttl: float = 5.0
+    """The feeder key expires after this long without a heartbeat: its books then read as not live."""
+    write_batch: int = 500
+    """Most books written in one pipelined round trip."""
+    summary_interval: float = 60.0
+    log_level: str = "INFO"
+
+    @field_validator("feeder_id")
+    @classmethod
+    def _check_feeder_id(cls, value: str) -> str:
+        return validate_writer_id(value) if value else _default_feeder_id()
+
+    @field_validator("exchanges")
+    @classmethod
+    def _check_exchanges(cls, value: str) -> str:
+        names = [x.strip().lower() for x in value.split(",") if x.strip()]
+        unknown = [x for x in names if x not in EXCHANGES]
+        if unknown or not names:
+            raise ValueError(f"expected a comma-separated subset of {', '.join(EXCHANGES)}, got {value!r}")
+        return ",".join(dict.fromkeys(names))
+
+    @field_validator("upbit_symbols", "binance_symbols")
+    @classmethod
+    def _check_symbols(cls, value: str) -> str:
+        symbols = [s.strip().upper() for s in value.split(",") if s.strip()]
+        for symbol in symbols:
+            validate_symbol(symbol)
+        return ",".join(dict.fromkeys(symbols))
+
+    @field_validator("upbit_url", "binance_url")
+    @classmethod
+    def _check_ws_url(cls, value: str) -> str:
+        if not re.match(r"wss?://[^/\s]+", value):
+            raise ValueError(f"expected a ws:// or wss:// URL, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("shard")
+    @classmethod
+    def _check_shard(cls, value: str) -> str:
+        parse_shard(value)
+        return value.strip()
+
+    @field_validator(
+        "connect_timeout",
+        "ping_interval",
+        "ping_timeout",
+        "reconnect_max_delay",
+        "heartbeat_interval",
+        "heartbeat_ttl",
+        "summary_interval",
+        "binance_max_lifetime",
+    )
+    @classmethod
+    def _positive_seconds(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError("must be a positive number of seconds")
+        return value
+
+    @field_validator("silence_timeout")
+    @classmethod
+    def _non_negative(cls, value: float) -> float:
+        if value < 0:
+            raise ValueError("must be 0 (off) or a positive number of seconds")
+        return value
+
+    @field_validator("upbit_symbols_per_connection", "binance_symbols_per_connection", "write_batch")
+    @classmethod
+    def _positive_count(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+    @field_validator("binance_symbols_per_connection")
+    @classmethod
+    def _binance_limit(cls, value: int) -> int:
+        if value > 1024:
+            raise ValueError("Binance allows at most 1024 streams per connection")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+        return level
+
+    @model_validator(mode="after")
+    def _heartbeat_fits_ttl(self) -> FeederSettings:
+        if self.heartbeat_ttl <= self.heartbeat_interval:
+            raise ValueError("MD_HEARTBEAT_TTL must be longer than MD_HEARTBEAT_INTERVAL")
+        return self
+
+    # -------------------------------------------------------------------------------------------- derived
+    @property
+    def exchange_list(self) -> list[str]:
+        return self.exchanges.split(",")
+
+    def symbols_of(self, exchange: str) -> list[str]:
+        raw: Any = getattr(self, f"{exchange}_symbols")
+        return [s for s in str(raw).split(",") if s]
+
+    @property
+    def shard_pair(self) -> tuple[int, int]:
+        return parse_shard(self.shard)
