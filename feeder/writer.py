@@ -53,7 +53,7 @@ class SnapshotWriter:
         feeder_id: str,
         *,
         batch: int = 500,
-        max_backoff: float = 5.0,
+        max_backoff: float = 1.0,
     ) -> None:
         self._redis = client
         self._layout = layout
