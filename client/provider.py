@@ -277,6 +277,22 @@ class RedisMarketDataProvider(MarketDataProvider):
         targets = [(exchange, symbol)]
         return (await self._arun(self._read_flow(targets), targets))[0][0]
 
+    def inspect_books(self, targets: Iterable[tuple[str | None, str]]) -> list[_Result]:
+        """Status and stored book of each ``(exchange or None, symbol)``, in order, in one batch read.
+
+        For tools that show what Redis holds (the ``md`` CLI), not for trading: unlike `get_latest_snapshots`
+        a stale book comes back with its status saying why it must not be used, and nothing raises for stale,
+        corrupt or unreachable data, not even in strict mode (the status is ``corrupt`` / ``unavailable`` and
+        the book ``None``). Invalid names raise InvalidSymbolError, an ambiguous bare symbol
+        AmbiguousSymbolError, as everywhere else.
+        """
+        targets = list(targets)
+        return self._run(self._read_flow(targets), targets) if targets else []
+
+    async def ainspect_books(self, targets: Iterable[tuple[str | None, str]]) -> list[_Result]:
+        targets = list(targets)
+        return (await self._arun(self._read_flow(targets), targets)) if targets else []
+
     # ----------------------------------------------------------------------------------------- writes
     def write_snapshot(self, snapshot: OrderBookSnapshot, exchange: str) -> bool:
         """Store a snapshot through the atomic write; False when an equal or newer book is already stored.
