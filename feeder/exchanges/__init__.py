@@ -1,0 +1,101 @@
+"""Exchange protocols: pure code (no I/O) that speaks each exchange's WebSocket dialect.
+
+A protocol object answers three questions for the connection layer:
+
+- where to connect (`url`) and what to send after connecting (`subscribe_frames`) for a list of symbols;
+- what one received frame means (`parse`): zero or more order-book snapshots, or a typed error.
+
+Keeping this free of I/O lets the tests drive it with real captured frames, lets the simulator and the
+feeder share one definition of each format, and keeps the decode hot path measurable on its own.
+
+`parse` raises only two kinds of exceptions, so the caller needs exactly two ``except`` clauses:
+
+- `BadFrame`: the frame is malformed (not JSON, wrong types, non-finite numbers, invalid symbol...). The
+  caller counts it and carries on; one garbage frame must not take a connection down.
+- `ExchangeError`: the exchange itself replied with an error (or, as `ServerShutdown`, announced that it is
+  about to close the connection). The caller decides whether to reconnect or replace the connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from client.models import OrderBookSnapshot
+
+
+class BadFrame(ValueError):
+    """A received frame that cannot be decoded; the message is a short reason."""
+
+
+class ExchangeError(Exception):
+    """An error reply from the exchange (not a decoding problem on our side).
+
+    ``name`` is the exchange's own identifier of the error: Upbit's error name (``"INVALID_PARAM"``) or
+    Binance's numeric code as a string (``"2"``), so that callers can compare it without caring which type
+    the exchange used.
+    """
+
+    def __init__(self, exchange: str, name: str, message: str) -> None:
+        # All three go to Exception.__init__ so that the error pickles and copies with its fields.
+        super().__init__(exchange, name, message)
+        self.exchange = exchange
+        self.name = name
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.exchange} error {self.name}: {self.message}"
+
+
+class ServerShutdown(ExchangeError):
+    """Binance's ``serverShutdown`` event: the server will close this connection soon.
+
+    The connection layer should open a replacement connection now (before this one drops) instead of
+    waiting for the close and the reconnect backoff.
+    """
+
+    def __init__(
+        self,
+        exchange: str = "binance",
+        name: str = "serverShutdown",
+        message: str = "server shutdown announced",
+        event_time: float | None = None,
+    ) -> None:
+        super().__init__(exchange, name, message)
+        self.event_time = event_time  # epoch seconds of the announcement, when the event carried one
+
+
+class ExchangeProtocol(Protocol):
+    """What the connection layer needs from an exchange protocol."""
+
+    name: str
+    """The exchange name used in Redis keys and on snapshots (``"upbit"``, ``"binance"``)."""
+
+    max_symbols_per_connection: int
+    """How many symbols the sharding layer may put on one connection."""
+
+    def url(self, symbols: Sequence[str]) -> str:
+        """The WebSocket URL to open for these symbols."""
+        ...
+
+    def subscribe_frames(self, symbols: Sequence[str]) -> list[str | bytes]:
+        """Frames to send right after connecting (and after every reconnect); may be empty."""
+        ...
+
+    def parse(self, frame: bytes | str, recv_ts: float | None = None) -> list[OrderBookSnapshot]:
+        """Decode one received frame; raise `BadFrame` or `ExchangeError` (nothing else)."""
+        ...
+
+
+# The concrete protocols import the exceptions above from this package, so they are imported last.
+from feeder.exchanges.binance import BinanceProtocol  # noqa: E402
+from feeder.exchanges.upbit import UpbitProtocol  # noqa: E402
+
+__all__ = [
+    "BadFrame",
+    "BinanceProtocol",
+    "ExchangeError",
+    "ExchangeProtocol",
+    "ServerShutdown",
+    "UpbitProtocol",
+]

@@ -1,0 +1,304 @@
+"""Binance spot WebSocket protocol (partial book depth over combined streams): URLs and frame decoding.
+
+Facts this module relies on (Binance spot WebSocket Streams and WebSocket API documentation):
+
+- A combined-stream URL ``<base>/stream?streams=a/b/c`` subscribes at connect time; every frame then arrives
+  wrapped as ``{"stream": "<name>", "data": <payload>}``. Stream names are lower case; at most 1024 streams
+  per connection.
+- Partial book depth ``<symbol>@depth<5|10|20>[@100ms]`` sends the top N levels as a whole book:
+  ``{"lastUpdateId": N, "bids": [["price", "qty"], ...], "asks": [...]}``. Prices and sizes are strings and
+  the payload names neither the symbol nor an event time: the symbol comes from the stream name, and the
+  time is when the frame was received. No REST snapshot or diff buffering is needed, unlike the diff-depth
+  stream (``@depth`` / ``depthUpdate``), which this feeder does not use.
+- Control replies: ``{"result": ..., "id": N}`` acknowledges SUBSCRIBE/UNSUBSCRIBE or answers
+  LIST_SUBSCRIPTIONS; errors are ``{"error": {"code": C, "msg": ...}, "id": N}`` or the bare
+  ``{"code": C, "msg": ..., "id": N}``. A ``serverShutdown`` event announces that the server will close the
+  connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from math import isfinite
+from time import time as _now
+from typing import Any, Final
+
+import orjson
+
+from client.errors import InvalidSymbolError
+from client.layout import validate_symbol
+from client.models import Level, OrderBookSnapshot
+from feeder.exchanges import BadFrame, ExchangeError, ServerShutdown
+
+DEFAULT_URL: Final = "wss://stream.binance.com:9443"
+DEPTHS: Final = frozenset({5, 10, 20})
+SPEEDS: Final = frozenset({"100ms", "1000ms"})
+MAX_STREAMS_PER_CONNECTION: Final = 1024  # Binance's limit per connection
+
+# Every partial-depth stream suffix, whatever depth and speed this instance subscribes with: a frame of any
+# of them is a whole top-N book, so decoding does not depend on the configuration.
+_PARTIAL_DEPTH_KINDS: Final = frozenset(
+    f"depth{n}{speed}" for n in (5, 10, 20) for speed in ("", "@100ms", "@1000ms")
+)
+_IGNORED: Final = ""  # routing result for streams that carry no partial book
+_STREAM_CACHE_MAX: Final = 4096  # stream names seen; bounded only against a flood of new names
+
+_str = str
+_list = list
+_INF: Final = float("inf")
+
+
+def _side(levels: object, side: str) -> list[Level]:
+    """One side of a partial book as (price, size) float tuples, best first (as Binance sends them).
+
+    Fast path: one comprehension that converts each ``[price, size]`` list of two strings and keeps it only
+    if both numbers are positive and finite (``p + q < inf`` rejects an infinite value; NaN fails ``> 0``).
+    If every level passed, that is the answer; otherwise `_side_strict` decodes the side again and names the
+    problem. (``for x, y in (level,)`` unpacks the pair only after the type check, so that a two-character
+    string or a two-key object is not mistaken for a pair.)
+    """
+    if type(levels) is list:
+        try:
+            book = [
+                (p, q)
+                for level in levels
+                if type(level) is _list
+                for x, y in (level,)
+                if type(x) is _str is type(y) and (p := float(x)) > 0 < (q := float(y)) and p + q < _INF
+            ]
+        except (ValueError, TypeError):
+            pass
+        else:
+            if len(book) == len(levels):
+                return book
+    return _side_strict(levels, side)
+
+
+def _side_strict(levels: object, side: str) -> list[Level]:
+    """The reference decoding of one side, level by level, with a reason for every rejection.
+
+    Prices and sizes must be strings holding finite numbers (Binance always quotes them). A level with size 0
+    is dropped: partial-book snapshots do not normally contain one, and a zero-size level is no liquidity
+    that an engine could trade against. A non-positive price or a negative size makes the frame bad.
+    """
+    if type(levels) is not list:
+        raise BadFrame(f"{side} is {type(levels).__name__}, not a list")
+    book: list[Level] = []
+    for i, level in enumerate(levels):
+        if type(level) is not list or len(level) != 2:
+            raise BadFrame(f"{side}[{i}] is not a [price, size] pair")
+        price = _number(level[0], side, i, "price")
+        size = _number(level[1], side, i, "size")
+        if not price > 0.0:
+            raise BadFrame(f"{side}[{i}]: price {price!r} is not positive")
+        if size < 0.0:
+            raise BadFrame(f"{side}[{i}]: size {size!r} is negative")
+        if size == 0.0:
+            continue
+        book.append((price, size))
+    return book
+
+
+def _number(value: object, side: str, index: int, what: str) -> float:
+    if type(value) is not str:
+        raise BadFrame(f"{side}[{index}]: {what} is {type(value).__name__}, not a string")
+    try:
+        number = float(value)
+    except ValueError:
+        raise BadFrame(f"{side}[{index}]: {what} {value[:40]!r} is not a number") from None
+    if not isfinite(number):
+        raise BadFrame(f"{side}[{index}]: {what} {value[:40]!r} is not finite")
+    return number
+
+
+def _error_name(code: object) -> str | None:
+    if type(code) is int or type(code) is str:
+        return str(code)
+    return None
+
+
+class BinanceProtocol:
+    """Binance spot partial-book subscription (combined streams) and decoding.
+
+    `depth` (5, 10, 20) and `speed` ("100ms", "1000ms") choose the stream: ``btcusdt@depth20@100ms``, or
+    ``btcusdt@depth20`` for 1000 ms, Binance's default speed which takes no suffix.
+    """
+
+    name: str = "binance"
+
+    def __init__(
+        self,
+        depth: int = 20,
+        speed: str = "100ms",
+        url: str = DEFAULT_URL,
+        max_symbols_per_connection: int = MAX_STREAMS_PER_CONNECTION,
+    ) -> None:
+        if type(depth) is not int or depth not in DEPTHS:
+            raise ValueError(f"Binance depth must be one of {sorted(DEPTHS)}, got {depth!r}")
+        if speed not in SPEEDS:
+            raise ValueError(f"Binance speed must be one of {sorted(SPEEDS)}, got {speed!r}")
+        if not url.startswith(("wss://", "ws://")):
+            raise ValueError(f"Binance URL must start with wss:// or ws://, got {url!r}")
+        if (
+            type(max_symbols_per_connection) is not int
+            or not 1 <= max_symbols_per_connection <= MAX_STREAMS_PER_CONNECTION
+        ):
+            raise ValueError(
+                f"max_symbols_per_connection must be 1..{MAX_STREAMS_PER_CONNECTION}, "
+                f"got {max_symbols_per_connection!r}"
+            )
+        self.depth = depth
+        self.speed = speed
+        self.base_url = url.rstrip("/")
+        self.max_symbols_per_connection = max_symbols_per_connection
+        self._suffix = f"@depth{depth}" if speed == "1000ms" else f"@depth{depth}@{speed}"
+        self._streams: dict[str, str] = {}  # stream name -> symbol, or _IGNORED
+
+    def __repr__(self) -> str:
+        return f"BinanceProtocol(depth={self.depth!r}, speed={self.speed!r}, url={self.base_url!r})"
+
+    # ---- connecting ----------------------------------------------------------------------------------
+
+    def stream_names(self, symbols: Sequence[str]) -> list[str]:
+        """Lower-case stream names for `symbols` (validated, duplicates removed), e.g. ``btcusdt@depth20@100ms``."""
+        if isinstance(symbols, str):
+            raise TypeError("symbols must be a sequence of str, not one str")
+        names: list[str] = []
+        seen: set[str] = set()
+        for symbol in symbols:
+            if not isinstance(symbol, str):
+                raise InvalidSymbolError(f"symbol must be a str, not {type(symbol).__name__}")
+            checked = validate_symbol(symbol.strip().upper())
+            if checked not in seen:
+                seen.add(checked)
+                names.append(checked.lower() + self._suffix)
+        if not names:
+            raise ValueError("no symbols to subscribe to")
+        if len(names) > MAX_STREAMS_PER_CONNECTION:
+            raise ValueError(
+                f"{len(names)} streams on one connection: Binance allows at most {MAX_STREAMS_PER_CONNECTION}"
+            )
+        return names
+
+    def url(self, symbols: Sequence[str]) -> str:
+        """The combined-stream URL that subscribes to every symbol's partial book at connect time."""
+        return f"{self.base_url}/stream?streams={'/'.join(self.stream_names(symbols))}"
+
+    def subscribe_frames(self, symbols: Sequence[str]) -> list[str | bytes]:
+        """Nothing to send: the combined-stream URL from `url` already subscribes.
+
+        Sending a SUBSCRIBE as well would only spend the 5 messages/s control budget for a duplicate. Use
+        `subscribe_request` to change the subscription of an open connection.
+        """
+        self.stream_names(symbols)  # same validation as url(), so bad input fails in the same place
+        return []
+
+    def subscribe_request(self, symbols: Sequence[str], request_id: int) -> str:
+        """A ``SUBSCRIBE`` control frame for `symbols`; Binance answers ``{"result": null, "id": request_id}``."""
+        if type(request_id) is not int or request_id < 0:
+            raise ValueError(f"request_id must be a non-negative int, got {request_id!r}")
+        request = {"method": "SUBSCRIBE", "params": self.stream_names(symbols), "id": request_id}
+        return orjson.dumps(request).decode()
+
+    # ---- decoding ------------------------------------------------------------------------------------
+
+    def parse(self, frame: bytes | str, recv_ts: float | None = None) -> list[OrderBookSnapshot]:
+        """Decode one frame: a partial book gives one snapshot; acks and other streams give ``[]``.
+
+        Raises `BadFrame` for malformed input, `ExchangeError` for error replies and `ServerShutdown` for
+        the ``serverShutdown`` event.
+        """
+        try:
+            obj = orjson.loads(frame)
+        except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
+            raise BadFrame(f"not JSON: {str(exc)[:100]}") from None
+        if type(obj) is not dict:
+            raise BadFrame(f"frame is a JSON {type(obj).__name__}, not an object")
+        stream = obj.get("stream")
+        if stream is None:
+            self._control(obj)
+            return []
+        data = obj.get("data")
+        if type(stream) is not str or type(data) is not dict:
+            raise BadFrame("combined-stream frame without a string 'stream' and an object 'data'")
+        symbol = self._streams.get(stream)
+        if symbol is None:
+            symbol = self._route(stream)
+        if not symbol:
+            if stream == "!serverShutdown" or data.get("e") == "serverShutdown":
+                raise _shutdown(data)
+            return []  # bookTicker, aggTrade, kline, diff depth...: not the partial books this feeder uses
+
+        xid = data.get("lastUpdateId")
+        if type(xid) is not int or xid < 0:
+            raise BadFrame(f"{stream}: no non-negative integer lastUpdateId")
+        bids = _side(data.get("bids"), "bids")
+        asks = _side(data.get("asks"), "asks")
+        if recv_ts is None:
+            recv_ts = _now()
+        timestamp = recv_ts
+        event_ms = data.get("E")  # absent on spot partial books; used if a payload carries one
+        if event_ms is not None:
+            if (type(event_ms) is not int and type(event_ms) is not float) or not event_ms > 0:
+                raise BadFrame(f"{stream}: event time E is not a positive number")
+            timestamp = event_ms / 1000
+        return [
+            OrderBookSnapshot(symbol, timestamp, bids, asks, exchange="binance", xid=xid, recv_ts=recv_ts)
+        ]
+
+    def _route(self, stream: str) -> str:
+        """Map a stream name to the symbol of its partial book, or `_IGNORED` for any other stream."""
+        if stream.startswith("!"):
+            routed = _IGNORED  # market-wide streams (!ticker@arr...) and the !serverShutdown event
+        else:
+            name, at, kind = stream.partition("@")
+            if not name or not at or not kind:
+                raise BadFrame(f"unknown stream name {stream[:70]!r}")
+            if kind in _PARTIAL_DEPTH_KINDS:
+                try:
+                    routed = validate_symbol(name.upper())
+                except InvalidSymbolError:
+                    raise BadFrame(f"invalid symbol in stream name {stream[:70]!r}") from None
+            else:
+                routed = _IGNORED
+        if len(self._streams) >= _STREAM_CACHE_MAX:
+            self._streams.clear()
+        self._streams[stream] = routed
+        return routed
+
+    @staticmethod
+    def _control(obj: dict[str, Any]) -> None:
+        """A frame without the combined-stream wrapper: a reply to a control message, or an event."""
+        if "result" in obj and "id" in obj:
+            return  # SUBSCRIBE/UNSUBSCRIBE ack, LIST_SUBSCRIPTIONS reply
+        error = obj.get("error")
+        if error is not None:
+            if type(error) is dict:
+                name = _error_name(error.get("code"))
+                message = error.get("msg", "")
+                if name is not None and type(message) is str:
+                    raise ExchangeError("binance", name, message)
+            raise BadFrame("malformed error reply")
+        if "code" in obj and "msg" in obj:
+            name = _error_name(obj["code"])
+            message = obj["msg"]
+            if name is not None and type(message) is str:
+                raise ExchangeError("binance", name, message)
+            raise BadFrame("malformed error reply")
+        event = obj.get("e")
+        if event == "serverShutdown":
+            raise _shutdown(obj)
+        if "lastUpdateId" in obj:
+            raise BadFrame("partial book without the combined-stream wrapper: no symbol to route it to")
+        if type(event) is str:
+            return  # an event of another kind from a raw (unwrapped) stream
+        raise BadFrame("unknown frame shape")
+
+
+def _shutdown(event: dict[str, Any]) -> ServerShutdown:
+    event_ms = event.get("E")
+    if (type(event_ms) is int or type(event_ms) is float) and event_ms > 0:
+        return ServerShutdown(
+            message=f"server shutdown announced at E={event_ms}", event_time=event_ms / 1000
+        )
+    return ServerShutdown()

@@ -1,0 +1,287 @@
+"""Upbit WebSocket protocol (``wss://api.upbit.com/websocket/v1``): request building and frame decoding.
+
+Facts this module relies on (Upbit's public WebSocket documentation and live captures):
+
+- One connection carries one subscription, set by sending one JSON array
+  ``[{"ticket": ...}, {"type": "orderbook", "codes": [...]}, {"format": ...}]``; a new request replaces the
+  previous one, so the connection layer sends the whole request again after every reconnect.
+- Frames arrive as **binary** WebSocket messages holding UTF-8 JSON (text is accepted too).
+- Every ``orderbook`` frame is a whole book (no deltas, no sequence id). The first one per code is a
+  SNAPSHOT, later ones REALTIME; a quiet market sends nothing, so silence is not staleness.
+- Four formats: DEFAULT (long keys), SIMPLE (short keys), and JSON_LIST / SIMPLE_LIST, which wrap the same
+  objects in a JSON array. Numbers may be written in exponent notation (``1.16539E8``).
+- A one-sided book is padded: the empty side's units carry price 0 and size 0. Those are dropped.
+- Errors arrive as ``{"error": {"name": ..., "message": ...}}`` (then Upbit closes the connection); the
+  text keep-alive ``PING`` is answered with ``{"status": "UP"}``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from math import isfinite
+from time import time as _now
+from typing import Any, Final
+
+import orjson
+
+from client.errors import InvalidSymbolError
+from client.layout import validate_symbol
+from client.models import Level, OrderBookSnapshot
+from feeder.exchanges import BadFrame, ExchangeError
+
+DEFAULT_URL: Final = "wss://api.upbit.com/websocket/v1"
+FORMATS: Final = frozenset({"DEFAULT", "SIMPLE", "JSON_LIST", "SIMPLE_LIST"})
+UNIT_COUNTS: Final = frozenset({1, 5, 15, 30})  # the `CODE.N` suffixes Upbit accepts
+KEEPALIVE_FRAME: Final = "PING"  # text frame; Upbit answers {"status":"UP"}, which parse() turns into []
+
+# Codes are few and repeat on every frame: validating each once and remembering the result keeps the regex
+# off the hot path. The bound only guards against a stream of ever-new codes.
+_SYMBOL_CACHE_MAX: Final = 4096
+
+# Key names of the two spellings: (code, timestamp, units, ask price, ask size, bid price, bid size).
+_LONG_KEYS: Final = ("code", "timestamp", "orderbook_units", "ask_price", "ask_size", "bid_price", "bid_size")
+_SHORT_KEYS: Final = ("cd", "tms", "obu", "ap", "as", "bp", "bs")
+
+_float = float
+
+
+def _side(units: object, price_key: str, size_key: str, side: str) -> list[Level]:
+    """One side of the book as (price, size) tuples, best first (Upbit already sends them in that order).
+
+    Fast path: one comprehension that keeps units whose price and size are both floats (what Upbit's
+    serializer writes, exponent notation included) and both positive. orjson has already rejected NaN,
+    infinity and overflowing literals, so those floats are finite. If every unit passed, that is the answer;
+    anything unusual (padding, integers, wrong types, missing keys) falls back to `_side_strict`, which
+    either converts it or names the problem.
+    """
+    if type(units) is list:
+        try:
+            levels = [
+                (p, s)
+                for u in units
+                if type(p := u[price_key]) is _float is type(s := u[size_key]) and p > 0 < s
+            ]
+        except (KeyError, TypeError):
+            pass
+        else:
+            if len(levels) == len(units):
+                return levels
+    return _side_strict(units, price_key, size_key, side)
+
+
+def _side_strict(units: object, price_key: str, size_key: str, side: str) -> list[Level]:
+    """The reference decoding of one side: unit by unit, with a reason for every rejection.
+
+    - a unit whose price and size are both 0 is padding of an empty side: dropped;
+    - a unit with a positive price and size 0 carries no liquidity: dropped;
+    - a non-positive price on any other unit, a negative size, a non-number (bools included) or a
+      non-finite number makes the frame bad.
+    """
+    if type(units) is not list:
+        raise BadFrame(f"orderbook units are {type(units).__name__}, not a list")
+    levels: list[Level] = []
+    for i, unit in enumerate(units):
+        if type(unit) is not dict:
+            raise BadFrame(f"orderbook unit {i} is {type(unit).__name__}, not an object")
+        price = _number(unit, price_key, i)
+        size = _number(unit, size_key, i)
+        if price == 0.0 and size == 0.0:
+            continue
+        if not price > 0.0:
+            raise BadFrame(f"{side} unit {i}: {price_key} {price!r} is not positive")
+        if size < 0.0:
+            raise BadFrame(f"{side} unit {i}: {size_key} {size!r} is negative")
+        if size == 0.0:
+            continue
+        levels.append((price, size))
+    return levels
+
+
+def _number(unit: dict[str, Any], key: str, index: int) -> float:
+    try:
+        value = unit[key]
+    except KeyError:
+        raise BadFrame(f"orderbook unit {index} lacks {key!r}") from None
+    kind = type(value)
+    if kind is not float and kind is not int:  # `type(...) is`, not isinstance: bool is an int
+        raise BadFrame(f"orderbook unit {index}: {key} is {kind.__name__}, not a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise BadFrame(f"orderbook unit {index}: {key} overflows a float") from None
+    if not isfinite(number):
+        raise BadFrame(f"orderbook unit {index}: {key} is not finite")
+    return number
+
+
+class UpbitProtocol:
+    """Upbit order-book subscription and decoding.
+
+    `levels` (1, 5, 15 or 30) asks Upbit for that many units per book through the ``CODE.N`` suffix;
+    ``None`` leaves Upbit's default (30 units at the time of writing).
+
+    `max_symbols_per_connection` defaults to 100. Upbit documents no limit on codes per request; its limits
+    are on connections (5 new per second per IP) and requests (5/s, 100/min per connection). The bound is
+    ours: it keeps each connection's frame rate and request small, limits how many books go stale together
+    when one connection drops, and still covers all ~700 Upbit markets with a handful of connections that
+    open within the 5-per-second budget.
+    """
+
+    name: str = "upbit"
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        format: str = "DEFAULT",
+        levels: int | None = None,
+        max_symbols_per_connection: int = 100,
+        ticket: str | None = None,
+    ) -> None:
+        if not url.startswith(("wss://", "ws://")):
+            raise ValueError(f"Upbit URL must start with wss:// or ws://, got {url!r}")
+        if format not in FORMATS:
+            raise ValueError(f"Upbit format must be one of {sorted(FORMATS)}, got {format!r}")
+        if levels is not None and levels not in UNIT_COUNTS:
+            raise ValueError(f"Upbit levels must be one of {sorted(UNIT_COUNTS)} or None, got {levels!r}")
+        if type(max_symbols_per_connection) is not int or max_symbols_per_connection < 1:
+            raise ValueError(
+                f"max_symbols_per_connection must be a positive int, got {max_symbols_per_connection!r}"
+            )
+        if ticket is not None and not ticket:
+            raise ValueError("ticket must be a non-empty string or None")
+        self.base_url = url
+        self.format = format
+        self.levels = levels
+        self.max_symbols_per_connection = max_symbols_per_connection
+        self.ticket = ticket  # fixed ticket (tests); None draws a fresh uuid4 per request
+        self._symbols: dict[str, str] = {}  # received code -> validated symbol
+
+    def __repr__(self) -> str:
+        return f"UpbitProtocol(url={self.base_url!r}, format={self.format!r}, levels={self.levels!r})"
+
+    # ---- connecting ----------------------------------------------------------------------------------
+
+    def url(self, symbols: Sequence[str]) -> str:
+        """Upbit subscribes through a request frame, not the URL: the URL is the same for every shard."""
+        return self.base_url
+
+    def codes(self, symbols: Sequence[str]) -> list[str]:
+        """The request's ``codes``: upper case, validated, duplicates removed, ``.N`` suffix if `levels`."""
+        if isinstance(symbols, str):
+            raise TypeError("symbols must be a sequence of str, not one str")
+        codes: list[str] = []
+        seen: set[str] = set()
+        for symbol in symbols:
+            if not isinstance(symbol, str):
+                raise InvalidSymbolError(f"symbol must be a str, not {type(symbol).__name__}")
+            code = validate_symbol(symbol.strip().upper())
+            if code not in seen:
+                seen.add(code)
+                codes.append(code)
+        if not codes:
+            raise ValueError("no symbols to subscribe to")
+        if self.levels is not None:
+            codes = [f"{code}.{self.levels}" for code in codes]
+        return codes
+
+    def subscribe_frames(self, symbols: Sequence[str], *, ticket: str | None = None) -> list[str | bytes]:
+        """The one text frame that subscribes this connection to the order books of `symbols`.
+
+        Sent after every (re)connect: Upbit keeps no subscription state across connections. The ticket only
+        identifies the request; a fresh uuid4 is used unless one is given here or to the constructor.
+        """
+        request = [
+            {"ticket": ticket or self.ticket or str(uuid.uuid4())},
+            {"type": "orderbook", "codes": self.codes(symbols)},
+            {"format": self.format},
+        ]
+        return [orjson.dumps(request).decode()]
+
+    # ---- decoding ------------------------------------------------------------------------------------
+
+    def parse(self, frame: bytes | str, recv_ts: float | None = None) -> list[OrderBookSnapshot]:
+        """Decode one frame of any format into snapshots; trade, ticker and status frames give ``[]``.
+
+        Raises `BadFrame` for malformed input and `ExchangeError` for Upbit's error replies.
+        """
+        try:
+            obj = orjson.loads(frame)
+        except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
+            raise BadFrame(f"not JSON: {str(exc)[:100]}") from None
+        if recv_ts is None:
+            recv_ts = _now()
+        if type(obj) is dict:
+            snapshot = self._book(obj, recv_ts)
+            return [] if snapshot is None else [snapshot]
+        if type(obj) is list:  # JSON_LIST / SIMPLE_LIST
+            snapshots: list[OrderBookSnapshot] = []
+            for item in obj:
+                if type(item) is not dict:
+                    raise BadFrame(f"list element is {type(item).__name__}, not an object")
+                snapshot = self._book(item, recv_ts)
+                if snapshot is not None:
+                    snapshots.append(snapshot)
+            return snapshots
+        raise BadFrame(f"frame is a JSON {type(obj).__name__}, not an object or array")
+
+    def _book(self, obj: dict[str, Any], recv_ts: float) -> OrderBookSnapshot | None:
+        kind = obj.get("ty")
+        keys = _SHORT_KEYS
+        if kind is None:
+            kind = obj.get("type")
+            if kind is None:
+                self._control(obj)
+                return None
+            keys = _LONG_KEYS
+        if kind != "orderbook":
+            if type(kind) is str:
+                return None  # trade, ticker, myOrder...: not what an order-book feeder consumes
+            raise BadFrame(f"frame type is {type(kind).__name__}, not a string")
+        code_key, ts_key, units_key, ask_price, ask_size, bid_price, bid_size = keys
+
+        code = obj.get(code_key)
+        if type(code) is not str:
+            raise BadFrame(f"orderbook frame without a string {code_key!r}")
+        symbol = self._symbols.get(code)
+        if symbol is None:
+            symbol = self._learn_symbol(code)
+
+        tms = obj.get(ts_key)
+        if (type(tms) is not int and type(tms) is not float) or not tms > 0:
+            raise BadFrame(f"orderbook frame without a positive numeric {ts_key!r}")
+
+        units = obj.get(units_key)
+        asks = _side(units, ask_price, ask_size, "ask")
+        bids = _side(units, bid_price, bid_size, "bid")
+        return OrderBookSnapshot(
+            symbol, tms / 1000, bids, asks, exchange="upbit", xid=int(tms), recv_ts=recv_ts
+        )
+
+    def _learn_symbol(self, code: str) -> str:
+        base, dot, count = code.rpartition(".")
+        candidate = base if dot and count.isascii() and count.isdigit() else code
+        try:
+            symbol = validate_symbol(candidate)
+        except InvalidSymbolError:
+            raise BadFrame(f"invalid code {code[:70]!r}") from None
+        if len(self._symbols) >= _SYMBOL_CACHE_MAX:
+            self._symbols.clear()
+        self._symbols[code] = symbol
+        return symbol
+
+    @staticmethod
+    def _control(obj: dict[str, Any]) -> None:
+        """A frame without a type: an error reply, the ``{"status":"UP"}`` keep-alive reply, or garbage."""
+        error = obj.get("error")
+        if error is not None:
+            if type(error) is dict:
+                name = error.get("name")
+                message = error.get("message", "")
+                if type(name) is str and type(message) is str:
+                    raise ExchangeError("upbit", name, message)
+            raise BadFrame("malformed error frame")
+        status = obj.get("status")
+        if type(status) is str:
+            return  # the reply to a text PING
+        raise BadFrame("frame has no type, error or status")
