@@ -4,9 +4,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv test lint format typecheck check clean
+.PHONY: help venv demo run test lint format typecheck check clean
 
 help:
+	@echo "make demo       offline demo: Redis (private if none), exchange simulator, both feeders, live md watch"
+	@echo "make run        the same against the real exchanges (needs internet)"
 	@echo "make test       create .venv, install the project with test extras, run the whole suite"
 	@echo "make lint       ruff check + ruff format --check + mypy"
 	@echo "make format     ruff format + ruff check --fix"
@@ -20,6 +22,12 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m feeder.demo
+
+run: $(STAMP)
+	$(PY) -m feeder.demo --live
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -62,7 +62,9 @@ class Feeder:
             socket_connect_timeout=settings.redis_timeout,
         )
         self.writer = SnapshotWriter(self.redis, self.layout, self.id, batch=settings.write_batch)
-        self.status = FeederStatus(self.redis, self.layout, self.id, self._status_fields, ttl=settings.heartbeat_ttl)
+        self.status = FeederStatus(
+            self.redis, self.layout, self.id, self._status_fields, ttl=settings.heartbeat_ttl
+        )
         self.connections = self._build_connections()
         self._started = time.monotonic()
 
@@ -87,7 +89,9 @@ class Feeder:
             chunks = split_for_connections(symbols, protocol.max_symbols_per_connection)
             for i, chunk in enumerate(chunks, 1):
                 connections.append(
-                    ExchangeConnection(protocol, chunk, self.writer, conn_settings, limiter, name=f"{exchange}-{i}")
+                    ExchangeConnection(
+                        protocol, chunk, self.writer, conn_settings, limiter, name=f"{exchange}-{i}"
+                    )
                 )
         return connections
 
@@ -132,7 +136,9 @@ class Feeder:
             "feeder %s: %d connections, %s; Redis %s, prefix %r",
             self.id,
             len(self.connections),
-            ", ".join(f"{ex} {len(take_shard(s.symbols_of(ex), *s.shard_pair))} symbols" for ex in s.exchange_list),
+            ", ".join(
+                f"{ex} {len(take_shard(s.symbols_of(ex), *s.shard_pair))} symbols" for ex in s.exchange_list
+            ),
             _mask(s.redis_url),
             s.prefix,
         )

@@ -138,7 +138,9 @@ class ExchangeConnection:
                 failures += 1
                 self.stats.last_error = _describe(exc)
                 delay = self._backoff(failures)
-                log.warning("%s: connect failed (%s); retry %d in %.2fs", self.name, _describe(exc), failures, delay)
+                log.warning(
+                    "%s: connect failed (%s); retry %d in %.2fs", self.name, _describe(exc), failures, delay
+                )
                 await asyncio.sleep(delay)
                 continue
             reason = await self._serve(session)
@@ -153,7 +155,8 @@ class ExchangeConnection:
         """0 for the first retry, then 0.25 s doubling up to the cap, with jitter (half to full)."""
         if failures <= 1:
             return 0.0
-        return min(self.settings.reconnect_max_delay, 0.25 * 2 ** (failures - 2)) * random.uniform(0.5, 1.0)
+        cap = self.settings.reconnect_max_delay
+        return float(min(cap, 0.25 * 2.0 ** (failures - 2)) * random.uniform(0.5, 1.0))
 
     async def _open(self) -> _Session:
         await self.limiter.acquire()
@@ -194,7 +197,11 @@ class ExchangeConnection:
                     shutdown.cancel()
                 if reader in done:
                     return reader.result()
-                why = "server announced shutdown" if session.shutdown_announced.is_set() else "planned lifetime reached"
+                why = (
+                    "server announced shutdown"
+                    if session.shutdown_announced.is_set()
+                    else "planned lifetime reached"
+                )
                 successor = await self._handover(session, why)
                 if successor is None:
                     continue  # keep the old one; _rotation_deadline retries soon
@@ -211,9 +218,7 @@ class ExchangeConnection:
             return None
         return max(0.0, session.opened + lifetime - time.monotonic())
 
-    async def _handover(
-        self, old: _Session, why: str
-    ) -> tuple[_Session, asyncio.Task[str]] | None:
+    async def _handover(self, old: _Session, why: str) -> tuple[_Session, asyncio.Task[str]] | None:
         """Open a replacement, wait for its first frame, then retire the old connection."""
         log.info("%s: replacing the connection (%s): opening the new one first", self.name, why)
         try:
@@ -221,7 +226,9 @@ class ExchangeConnection:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("%s: replacement failed (%s); keeping the current connection", self.name, _describe(exc))
+            log.warning(
+                "%s: replacement failed (%s); keeping the current connection", self.name, _describe(exc)
+            )
             old.opened = time.monotonic() - (self.settings.max_lifetime or 0) + 5.0  # try again in ~5 s
             old.shutdown_announced.clear()
             return None
@@ -293,7 +300,13 @@ class ExchangeConnection:
         if now - self._bad_logged > 10.0:
             self._bad_logged = now
             shown = frame[:120] if isinstance(frame, str) else frame[:120].decode("utf-8", "replace")
-            log.warning("%s: skipped a malformed frame (%s): %r (%d so far)", self.name, exc, shown, self.stats.bad_frames)
+            log.warning(
+                "%s: skipped a malformed frame (%s): %r (%d so far)",
+                self.name,
+                exc,
+                shown,
+                self.stats.bad_frames,
+            )
 
 
 async def _finish(task: asyncio.Task[str]) -> None:

@@ -60,7 +60,9 @@ class FeederStatus:
         record = self._record(state)
         flat = [x for item in record.items() for x in item]
         try:
-            await arun_flow(self._redis, _single_round([("HSET", self._key, *flat), ("PEXPIRE", self._key, self._ttl_ms)]))
+            await arun_flow(
+                self._redis, _single_round([("HSET", self._key, *flat), ("PEXPIRE", self._key, self._ttl_ms)])
+            )
         except (redis.exceptions.RedisError, OSError) as exc:
             if self._ok:
                 log.warning("heartbeat to Redis failed (%s); will keep trying", exc)
@@ -75,10 +77,13 @@ class FeederStatus:
         flat = [x for item in record.items() for x in item]
         try:
             await arun_flow(
-                self._redis, _single_round([("HSET", self._key, *flat), ("EXPIRE", self._key, OFFLINE_KEEP_SECONDS)])
+                self._redis,
+                _single_round([("HSET", self._key, *flat), ("EXPIRE", self._key, OFFLINE_KEEP_SECONDS)]),
             )
         except (redis.exceptions.RedisError, OSError) as exc:
-            log.warning("could not mark the feeder offline (%s); its books go stale when the heartbeat expires", exc)
+            log.warning(
+                "could not mark the feeder offline (%s); its books go stale when the heartbeat expires", exc
+            )
             return False
         return True
 

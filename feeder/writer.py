@@ -155,7 +155,9 @@ class SnapshotWriter:
                 items.append((book_id, self._pending.pop(book_id)))
         try:
             encoded = [
-                encode_book(self._layout, snap, exchange=ex, writer=self._feeder_id, heartbeat=True, validate=False)
+                encode_book(
+                    self._layout, snap, exchange=ex, writer=self._feeder_id, heartbeat=True, validate=False
+                )
                 for (ex, _), snap in items
             ]
             seqs = await arun_flow(self._redis, write_flow(self._layout, encoded, indexed=self._indexed))

@@ -62,7 +62,7 @@ class FeederProcess:
         self.log_path.unlink(missing_ok=True)
 
 
-def wait_until(predicate, timeout: float, interval: float = 0.02, message: str = "") -> None:  # type: ignore[no-untyped-def]
+def wait_until(predicate, timeout: float, *, interval: float = 0.02, message: str = "") -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

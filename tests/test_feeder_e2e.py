@@ -14,11 +14,11 @@ from typing import Any
 import orjson
 import pytest
 import redis.asyncio
+from feeder_process import FeederProcess
+from redis_server import RedisServer
 
 from client import BookState, OrderBookSnapshot, RedisMarketDataProvider
 from feeder.sim import ExchangeSimulator
-from feeder_process import FeederProcess
-from redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
 
@@ -37,7 +37,9 @@ async def poll(check: Callable[[], Awaitable[bool]], timeout: float, message: st
 
 
 class Rig:
-    def __init__(self, server: RedisServer, sim: ExchangeSimulator, provider: RedisMarketDataProvider) -> None:
+    def __init__(
+        self, server: RedisServer, sim: ExchangeSimulator, provider: RedisMarketDataProvider
+    ) -> None:
         self.server = server
         self.sim = sim
         self.provider = provider
@@ -85,7 +87,12 @@ async def rig(fresh_redis_server: RedisServer) -> AsyncIterator[Rig]:
 
 
 def same_book(stored: OrderBookSnapshot | None, truth: OrderBookSnapshot) -> bool:
-    return stored is not None and stored.xid == truth.xid and stored.bids == truth.bids and stored.asks == truth.asks
+    return (
+        stored is not None
+        and stored.xid == truth.xid
+        and stored.bids == truth.bids
+        and stored.asks == truth.asks
+    )
 
 
 async def test_redis_holds_what_the_simulator_sent_for_440_symbols(rig: Rig) -> None:
@@ -158,7 +165,9 @@ async def test_down_symbols_read_as_not_live_while_exchange_unreachable(rig: Rig
     await poll(lambda: rig.all_live("upbit", ["KRW-BTC"]), 20, "book did not arrive")
     await rig.sim.upbit.stop()  # the exchange goes away entirely
     await poll(
-        lambda: _state_is(rig, "KRW-BTC", BookState.CONNECTION_DOWN), 3, "book still live with its exchange gone"
+        lambda: _state_is(rig, "KRW-BTC", BookState.CONNECTION_DOWN),
+        3,
+        "book still live with its exchange gone",
     )
     assert await rig.provider.aget_latest_snapshot("KRW-BTC") is None
     status = await rig.status()
@@ -226,9 +235,7 @@ async def test_feeder_survives_redis_restart_and_books_return_within_2s(rig: Rig
     rig.server.kill()
     await asyncio.sleep(0.5)  # the outage itself (not synchronisation): the feeder keeps receiving meanwhile
     rig.server.start()  # back, empty, with no scripts loaded
-    took = await poll(
-        lambda: _all_three(rig), 5, f"books not back after Redis restart\n{rig.fail_log()}"
-    )
+    took = await poll(lambda: _all_three(rig), 5, f"books not back after Redis restart\n{rig.fail_log()}")
     assert took < 2.0, f"books took {took:.2f}s to come back"
     assert feeder.process.poll() is None, "feeder died with Redis"
     assert "Redis" in feeder.log()
@@ -236,7 +243,9 @@ async def test_feeder_survives_redis_restart_and_books_return_within_2s(rig: Rig
 
 async def _all_three(rig: Rig) -> bool:
     try:
-        return await rig.all_live("upbit", ["KRW-BTC", "KRW-ETH"]) and await rig.all_live("binance", ["BTCUSDT"])
+        return await rig.all_live("upbit", ["KRW-BTC", "KRW-ETH"]) and await rig.all_live(
+            "binance", ["BTCUSDT"]
+        )
     except Exception:
         return False
 

@@ -1,0 +1,241 @@
+"""`make demo` / `make run`: everything needed to see live books in one command.
+
+``python -m feeder.demo`` (offline): finds a Redis (the one at ``MD_REDIS_URL`` when that variable is set and
+answers, otherwise a private ``redis-server`` on a free port), starts the exchange simulator and one feeder per
+exchange pointed at it, and shows ``md watch`` until Ctrl-C. ``--live`` does the same against the real
+exchanges (no simulator). ``--once`` waits until every book is live, prints one table and stops: the test and
+CI use it.
+
+This process owns every child it starts and stops each one (SIGTERM, then SIGKILL after a grace period) on
+the way out, however it leaves; child logs go to files under the log directory so the terminal view stays
+readable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import redis
+
+from client.cli import main as md_main
+from client.provider import RedisMarketDataProvider
+
+UPBIT_SYMBOLS = "KRW-BTC,KRW-ETH,KRW-USDT,KRW-XRP,KRW-SOL"
+BINANCE_SYMBOLS = "BTCUSDT,ETHUSDT,XRPUSDT,SOLUSDT"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def say(message: str) -> None:
+    print(f"demo: {message}", file=sys.stderr, flush=True)
+
+
+def answers(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        return bool(client.ping())
+    except (redis.exceptions.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+class Child:
+    """A child process with its log file; `stop` ends it politely, then firmly."""
+
+    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        # A session of its own: Ctrl-C reaches only the demo, which stops children in order (feeders first,
+        # so they can flush and mark themselves offline while Redis is still there).
+        self.process = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
+        )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+
+
+@contextmanager
+def child(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Iterator[Child]:
+    c = Child(name, args, log_dir, env)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def wait_for(check: object, timeout: float, what: str, children: list[Child]) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        for c in children:
+            if not c.alive():
+                raise SystemExit(f"demo: {c.name} exited with {c.process.returncode}; see {c.log_path}")
+        if time.monotonic() > deadline:
+            raise SystemExit(
+                f"demo: {what} did not happen within {timeout:.0f}s; logs in {children[0].log_path.parent}"
+            )
+        time.sleep(0.1)
+
+
+@contextmanager
+def private_redis(log_dir: Path) -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit(
+            "demo: no Redis answers at MD_REDIS_URL and redis-server is not installed.\n"
+            "      Install it (Debian/Ubuntu: sudo apt-get install redis-server) or set MD_REDIS_URL to a Redis."
+        )
+    port = free_port()
+    data_dir = tempfile.mkdtemp(prefix="md-demo-redis-")
+    args = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        data_dir,
+    ]
+    with child("redis-server", args, log_dir) as server:
+        url = f"redis://127.0.0.1:{port}/0"
+        wait_for(lambda: answers(url), 10, "redis-server start", [server])
+        say(f"started a private redis-server at {url}")
+        try:
+            yield url
+        finally:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="md-demo-logs-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    py = sys.executable
+    with ExitStack() as stack:
+        url = os.environ.get("MD_REDIS_URL", "")
+        if url and answers(url):
+            say(f"using the Redis at MD_REDIS_URL ({url.split('@')[-1]})")
+        else:
+            if url:
+                say(f"no Redis answers at MD_REDIS_URL={url.split('@')[-1]}: starting a private one")
+            url = stack.enter_context(private_redis(log_dir))
+        children: list[Child] = []
+        feeder_env = {
+            "MD_REDIS_URL": url,
+            "MD_UPBIT_SYMBOLS": UPBIT_SYMBOLS,
+            "MD_BINANCE_SYMBOLS": BINANCE_SYMBOLS,
+        }
+        if not args.live:
+            up, bp = free_port(), free_port()
+            sim = stack.enter_context(
+                child(
+                    "md-sim",
+                    [
+                        py,
+                        "-m",
+                        "feeder.sim",
+                        "--upbit-port",
+                        str(up),
+                        "--binance-port",
+                        str(bp),
+                        "--rate",
+                        str(args.rate),
+                    ],
+                    log_dir,
+                )  # fmt: skip
+            )
+            children.append(sim)
+            feeder_env["MD_UPBIT_URL"] = f"ws://127.0.0.1:{up}/websocket/v1"
+            feeder_env["MD_BINANCE_URL"] = f"ws://127.0.0.1:{bp}"
+            wait_for(lambda: _port_open(up) and _port_open(bp), 15, "simulator start", children)
+            say(f"simulator: Upbit ws://127.0.0.1:{up}/websocket/v1, Binance ws://127.0.0.1:{bp}")
+        else:
+            say("connecting to the real exchanges (wss://api.upbit.com, wss://stream.binance.com)")
+        for exchange in ("upbit", "binance"):
+            env = {**feeder_env, "MD_EXCHANGES": exchange, "MD_FEEDER_ID": f"demo-{exchange}"}
+            children.append(
+                stack.enter_context(child(f"feeder-{exchange}", [py, "-m", "feeder"], log_dir, env))
+            )
+        say(f"feeders started; logs in {log_dir}")
+        provider = RedisMarketDataProvider.from_url(url)
+        stack.callback(provider.stop)
+        symbols = [("upbit", s) for s in UPBIT_SYMBOLS.split(",")] + [
+            ("binance", s) for s in BINANCE_SYMBOLS.split(",")
+        ]
+
+        def all_live() -> bool:
+            return all(status.live for status, _ in provider.inspect_books(symbols))
+
+        if args.once:
+            wait_for(all_live, args.timeout, "every book live", children)
+            return md_main(["--redis-url", url, "watch", "--once"])
+        say("press Ctrl-C to stop everything")
+        try:
+            return md_main(["--redis-url", url, "watch", "--interval", "0.5"])
+        finally:
+            say("stopping feeders, simulator and Redis")
+    return 0
+
+
+def _port_open(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m feeder.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--live", action="store_true", help="feed from the real exchanges instead of the simulator"
+    )
+    parser.add_argument(
+        "--once", action="store_true", help="wait until every book is live, print one table, stop"
+    )
+    parser.add_argument("--timeout", type=float, default=30.0, help="with --once: how long to wait (s)")
+    parser.add_argument("--rate", type=float, default=5.0, help="simulator updates/s per symbol")
+    parser.add_argument("--log-dir", help="where child logs go (default: a new temp directory)")
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

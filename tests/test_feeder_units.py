@@ -1,0 +1,167 @@
+"""Feeder pieces without sockets: sharding, settings, the writer's buffer and outage handling."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import redis.exceptions
+from conftest import Backend
+
+from client import OrderBookSnapshot, RedisMarketDataProvider, SettingsError, load_settings
+from client.layout import RedisLayout
+from feeder.settings import FeederSettings
+from feeder.sharding import shard_of, split_for_connections, take_shard
+from feeder.writer import SnapshotWriter
+
+SYMBOLS = [f"KRW-C{i:04d}" for i in range(2000)]
+
+
+def test_shards_partition_the_list_deterministically() -> None:
+    parts = [take_shard(SYMBOLS, k, 4) for k in range(1, 5)]
+    assert sorted(s for p in parts for s in p) == sorted(SYMBOLS)
+    assert all(350 < len(p) < 650 for p in parts)  # roughly even
+    assert take_shard(SYMBOLS, 2, 4) == take_shard(list(SYMBOLS), 2, 4)
+    # adding a symbol moves no other symbol
+    assert set(take_shard([*SYMBOLS, "KRW-NEW"], 3, 4)) - {"KRW-NEW"} == set(parts[2])
+    assert shard_of("KRW-BTC", 1) == 1
+    with pytest.raises(ValueError, match="1 <= K <= N"):
+        take_shard(SYMBOLS, 0, 2)
+
+
+def test_connections_are_filled_evenly_within_the_limit() -> None:
+    chunks = split_for_connections(SYMBOLS[:1025], 1024)
+    assert [len(c) for c in chunks] == [513, 512]
+    assert split_for_connections(SYMBOLS[:1024], 1024) == [SYMBOLS[:1024]]
+    assert split_for_connections([], 10) == []
+    assert sum(len(c) for c in split_for_connections(SYMBOLS, 100)) == 2000
+    assert len(split_for_connections(SYMBOLS, 100)) == 20
+
+
+def test_feeder_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MD_UPBIT_SYMBOLS", " krw-btc, KRW-ETH ,KRW-BTC")
+    monkeypatch.setenv("MD_EXCHANGES", "Binance,upbit")
+    s = load_settings(FeederSettings)
+    assert s.symbols_of("upbit") == ["KRW-BTC", "KRW-ETH"]
+    assert s.exchange_list == ["binance", "upbit"]
+    assert s.shard_pair == (1, 1)
+    assert s.feeder_id  # host-pid by default
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("MD_SHARD", "3/2"),
+        ("MD_SHARD", "half"),
+        ("MD_EXCHANGES", "kraken"),
+        ("MD_UPBIT_SYMBOLS", "KRW-BTC,bad symbol!"),
+        ("MD_BINANCE_URL", "http://x"),
+        ("MD_BINANCE_SYMBOLS_PER_CONNECTION", "2000"),
+        ("MD_BINANCE_DEPTH", "15"),
+        ("MD_HEARTBEAT_TTL", "0.5"),
+        ("MD_FEEDER_ID", "a b"),
+        ("MD_PING_TIMEOUT", "-1"),
+    ],
+)
+def test_bad_feeder_setting_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any, var: str, value: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(var, value)
+    with pytest.raises(SettingsError, match=var if var != "MD_HEARTBEAT_TTL" else "HEARTBEAT_TTL"):
+        load_settings(FeederSettings)
+
+
+def book(symbol: str, i: int) -> OrderBookSnapshot:
+    return OrderBookSnapshot(
+        symbol, 1_700_000_000 + i, [(100.0 + i, 1.0)], [(101.0 + i, 1.0)], xid=i, recv_ts=1e9 + i
+    )
+
+
+class FlakyRedis:
+    """Wraps an asyncio client; pipelines fail while `down` is set (a Redis outage as the writer sees it)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.down = False
+        self.calls = 0
+
+    def pipeline(self, transaction: bool = False) -> Any:
+        self.calls += 1
+        if self.down:
+            raise redis.exceptions.ConnectionError("Redis is down (test)")
+        return self.inner.pipeline(transaction=transaction)
+
+
+async def run_writer(writer: SnapshotWriter) -> asyncio.Task[None]:
+    return asyncio.create_task(writer.run())
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+async def test_writer_coalesces_per_key_and_writes_the_newest(backend: Backend, aclient: Any) -> None:
+    writer = SnapshotWriter(aclient, RedisLayout(), "w1", batch=50)
+    for i in range(1, 101):  # before the task runs: everything coalesces to one book per key
+        writer.submit("upbit", book("KRW-BTC", i))
+        writer.submit("upbit", book("KRW-ETH", i))
+    assert writer.pending == 2
+    assert writer.stats.coalesced == 198
+    task = await run_writer(writer)
+    assert await writer.flush(5)
+    await stop(task)
+    assert writer.stats.written == 2
+    backend.sync.hset("md:feeder:w1", "state", "running")
+    p = RedisMarketDataProvider(redis=backend.sync)
+    assert p.get_latest_snapshot("KRW-BTC") == book("KRW-BTC", 100)
+    assert backend.sync.smembers("md:symbols:upbit") == {b"KRW-BTC", b"KRW-ETH"}
+
+
+async def test_writer_keeps_newest_books_through_an_outage(backend: Backend, aclient: Any) -> None:
+    flaky = FlakyRedis(aclient)
+    writer = SnapshotWriter(flaky, RedisLayout(), "w1", batch=10, max_backoff=0.05)  # type: ignore[arg-type]
+    task = await run_writer(writer)
+    writer.submit("binance", book("BTCUSDT", 1))
+    assert await writer.flush(5)
+    flaky.down = True
+    for i in range(2, 500):
+        writer.submit("binance", book("BTCUSDT", i))
+        writer.submit("binance", book(f"S{i % 20}USDT", i))
+        if i % 50 == 0:
+            await asyncio.sleep(0.01)  # let the writer try (and fail) meanwhile
+    assert writer.pending <= 21  # bounded by the number of keys, not by time
+    assert not writer.redis_ok and writer.stats.redis_errors >= 1
+    flaky.down = False
+    assert await writer.flush(5)
+    await stop(task)
+    backend.sync.hset("md:feeder:w1", "state", "running")
+    p = RedisMarketDataProvider(redis=backend.sync)
+    assert p.get_latest_snapshot("BTCUSDT") == book("BTCUSDT", 499)
+    assert p.get_latest_snapshot("S19USDT") == book("S19USDT", 499)
+    assert writer.redis_ok
+
+
+async def test_mark_down_discards_pending_books_and_fresh_data_revives(
+    backend: Backend, aclient: Any
+) -> None:
+    writer = SnapshotWriter(aclient, RedisLayout(), "w1")
+    backend.sync.hset("md:feeder:w1", "state", "running")
+    task = await run_writer(writer)
+    writer.submit("upbit", book("KRW-BTC", 1))
+    assert await writer.flush(5)
+    p = RedisMarketDataProvider(redis=backend.sync)
+    assert p.get_latest_snapshot("KRW-BTC") is not None
+    writer.submit("upbit", book("KRW-BTC", 2))
+    writer.mark_down("upbit", ["KRW-BTC"])  # the connection dropped before book 2 was written
+    assert await writer.flush(5)
+    assert p.get_latest_snapshot("KRW-BTC") is None
+    assert backend.sync.hget("md:upbit:KRW-BTC", "xid") == b"1"
+    writer.submit("upbit", book("KRW-BTC", 3))
+    assert await writer.flush(5)
+    await stop(task)
+    assert p.get_latest_snapshot("KRW-BTC") == book("KRW-BTC", 3)
