@@ -361,7 +361,10 @@ class Watch:
         if self.exchanges and self.symbols:
             return [(e, s) for e in self.exchanges for s in self.symbols]
         now = time.monotonic()
-        if self._listed_at is None or now - self._listed_at >= LIST_REFRESH:
+        stale_list = self._listed_at is None or now - self._listed_at >= LIST_REFRESH
+        if (
+            stale_list or not self._targets
+        ):  # nothing yet: look again at every refresh (books may be arriving)
             self._targets = self._list()
             self._listed_at = now
         return self._targets
