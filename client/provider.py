@@ -113,25 +113,17 @@ class RedisMarketDataProvider(MarketDataProvider):
         strict: bool | None = None,
         writer_id: str | None = None,
     ) -> None:
+        overrides: dict[str, Any] = {}
+        if prefix is not None:
+            overrides["prefix"] = prefix
+        if max_age is not _UNSET:
+            overrides["max_age"] = max_age
+        if strict is not None:
+            overrides["strict"] = strict
         if settings is None:
-            overrides: dict[str, Any] = {}
-            if prefix is not None:
-                overrides["prefix"] = prefix
-            if max_age is not _UNSET:
-                overrides["max_age"] = max_age
-            if strict is not None:
-                overrides["strict"] = strict
             settings = load_settings(ClientSettings, **overrides)
-        else:
-            updates: dict[str, Any] = {}
-            if prefix is not None:
-                updates["prefix"] = prefix
-            if max_age is not _UNSET:
-                updates["max_age"] = max_age
-            if strict is not None:
-                updates["strict"] = strict
-            if updates:
-                settings = load_settings(type(settings), **{**settings.model_dump(), **updates})
+        elif overrides:  # explicit arguments win over the given settings, validated the same way
+            settings = load_settings(type(settings), **{**settings.model_dump(), **overrides})
         self.settings = settings
         self.layout = RedisLayout(settings.prefix)
         self.max_age = settings.max_age

@@ -21,14 +21,19 @@ from redis_server import RedisServer
 BACKENDS = ["fakeredis", "redis"]
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One redis-server for the whole session (flushed between tests by `backend`)."""
+def _started_server() -> RedisServer:
     try:
         server = RedisServer()
         server.start()
     except RuntimeError as exc:
         pytest.fail(str(exc), pytrace=False)
+    return server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server for the whole session (flushed between tests by `backend`)."""
+    server = _started_server()
     yield server
     server.cleanup()
 
@@ -36,11 +41,7 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture
 def fresh_redis_server() -> Iterator[RedisServer]:
     """A redis-server of the test's own, for tests that kill or restart it."""
-    try:
-        server = RedisServer()
-        server.start()
-    except RuntimeError as exc:
-        pytest.fail(str(exc), pytrace=False)
+    server = _started_server()
     yield server
     server.cleanup()
 

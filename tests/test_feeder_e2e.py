@@ -102,9 +102,15 @@ async def test_redis_holds_what_the_simulator_sent_for_440_symbols(rig: Rig) -> 
         await poll(lambda: rig.all_live("binance", BINANCE), 20, "not every Binance book arrived")
     except AssertionError:
         raise AssertionError(rig.fail_log()) from None
-    status = await rig.status()
-    assert status["connections_total"] == "4"  # 220 Upbit codes at 100 per connection = 3, Binance 1
-    assert status["connections_up"] == "4"
+
+    async def all_up() -> bool:  # the status hash is refreshed by the next heartbeat
+        status = await rig.status()
+        return status["connections_up"] == "4"
+
+    await poll(all_up, 3, "not every connection reported up")
+    assert (await rig.status())[
+        "connections_total"
+    ] == "4"  # 220 Upbit codes at 100 per connection = 3, Binance 1
     rig.sim.set_rate(0.0)  # freeze: the last frames sent are the truth
 
     async def equal() -> bool:
@@ -170,8 +176,12 @@ async def test_down_symbols_read_as_not_live_while_exchange_unreachable(rig: Rig
         "book still live with its exchange gone",
     )
     assert await rig.provider.aget_latest_snapshot("KRW-BTC") is None
-    status = await rig.status()
-    assert status["connections_up"] == "0" and status["state"] == "running"
+
+    async def reported_down() -> bool:  # the status hash is refreshed by the next heartbeat
+        status = await rig.status()
+        return status["connections_up"] == "0" and status["state"] == "running"
+
+    await poll(reported_down, 3, "feeder status does not show the connection down")
 
 
 async def _state_is(rig: Rig, symbol: str, state: BookState) -> bool:
@@ -273,7 +283,11 @@ async def test_binance_rotation_leaves_no_gap(rig: Rig) -> None:
     rotations = rig.sim.counters("binance")["connections_opened"] - opened
     assert rotations >= 2, f"expected rotations every 1.5s, saw {rotations}\n{rig.fail_log()}"
     assert worst_gap < 0.6, f"{worst_gap:.3f}s without an update during rotations"
-    assert int((await rig.status())["rotations"]) >= 2
+
+    async def counted() -> bool:
+        return int((await rig.status())["rotations"]) >= 2
+
+    await poll(counted, 3, "feeder status does not count the rotations")
 
 
 async def test_server_shutdown_announcement_triggers_early_replacement(rig: Rig) -> None:
