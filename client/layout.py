@@ -289,6 +289,7 @@ def encode_book(
             "xid": xid,
             "feeder": writer,
             "live": True,
+            "hb": heartbeat,
             "bid": bids[0][0] if bids else None,
             "ask": asks[0][0] if asks else None,
             "bids": orjson.Fragment(bids_json),

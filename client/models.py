@@ -26,6 +26,8 @@ class OrderBookSnapshot:
     seq: int | None = field(default=None, kw_only=True, compare=False)
     recv_ts: float | None = field(default=None, kw_only=True, compare=False)
     xid: int | None = field(default=None, kw_only=True, compare=False)
+    skipped: int | None = field(default=None, kw_only=True, compare=False)
+    """Update streams only: how many updates of this book the consumer did not see since its last one."""
 
     def best_bid(self) -> float | None:
         return self.bids[0][0] if self.bids else None

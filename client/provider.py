@@ -12,13 +12,14 @@ client, so the sync and async methods cannot drift apart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
 import socket
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -46,6 +47,7 @@ from client.layout import (
     validate_symbol,
     write_flow,
 )
+from client.mirror import AsyncSubscriber, BookCache, MirrorPlan, SyncSubscriber, UpdateCallback, UpdateQueue
 from client.models import BookState, OrderBookSnapshot, SnapshotStatus
 from client.settings import ClientSettings, load_settings
 
@@ -112,8 +114,17 @@ class RedisMarketDataProvider(MarketDataProvider):
         max_age: float | None = _UNSET,
         strict: bool | None = None,
         writer_id: str | None = None,
+        mode: str | None = None,
+        mirror_symbols: Iterable[str] | None = None,
+        mirror_exchanges: Iterable[str] | None = None,
     ) -> None:
         overrides: dict[str, Any] = {}
+        if mode is not None:
+            overrides["mode"] = mode
+        if mirror_symbols is not None:
+            overrides["mirror_symbols"] = ",".join(mirror_symbols)
+        if mirror_exchanges is not None:
+            overrides["mirror_exchanges"] = ",".join(mirror_exchanges)
         if prefix is not None:
             overrides["prefix"] = prefix
         if max_age is not _UNSET:
@@ -144,6 +155,11 @@ class RedisMarketDataProvider(MarketDataProvider):
         self._last_unavailable_log = 0.0
         self._pending_writes: set[asyncio.Task[bool]] = set()
         self._latest = LatestSnapshots(self)
+        self.mode = settings.mode
+        self._cache = BookCache(self.layout)
+        self._mirror: MirrorPlan | None = None  # set by start/astart in mirror mode
+        self._subscriber: SyncSubscriber | AsyncSubscriber | None = None
+        self._wait_queues: dict[frozenset[str] | None, UpdateQueue] = {}
 
     # ----------------------------------------------------------------------------------------- construction
     @classmethod
@@ -186,15 +202,28 @@ class RedisMarketDataProvider(MarketDataProvider):
 
     # ----------------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        """Check that Redis answers; an engine may start before Redis does, so this only logs a warning."""
+        """Check that Redis answers (a warning only: an engine may start before Redis does).
+
+        In mirror mode, also start the subscriber thread and wait (up to ``MD_REDIS_TIMEOUT``) until every
+        mirrored book is loaded, so the first read already returns the current books.
+        """
         try:
             self._sync().ping()
         except _REDIS_DOWN as exc:
             log.warning(
                 "Redis at %s does not answer yet (%s); reads return None until it does", self._where(), exc
             )
+        if self.mode == "mirror" and self._subscriber is None:
+            self._mirror = self._run_plan(self._sync_run)
+            subscriber = SyncSubscriber(self._sync(), self._mirror, self._cache)
+            self._subscriber = subscriber
+            if not subscriber.start(self.settings.redis_timeout):
+                log.warning("mirror: initial load not finished; books read as unavailable until it is")
 
     def stop(self) -> None:
+        if isinstance(self._subscriber, SyncSubscriber):
+            self._subscriber.stop()
+            self._subscriber = None
         if self._owns_sync and self._redis is not None:
             self._redis.close()
 
@@ -205,14 +234,68 @@ class RedisMarketDataProvider(MarketDataProvider):
             log.warning(
                 "Redis at %s does not answer yet (%s); reads return None until it does", self._where(), exc
             )
+        if self.mode == "mirror" and self._subscriber is None:
+            self._mirror = await self._arun_plan()
+            subscriber = AsyncSubscriber(self._async(), self._mirror, self._cache)
+            self._subscriber = subscriber
+            if not await subscriber.start(self.settings.redis_timeout):
+                log.warning("mirror: initial load not finished; books read as unavailable until it is")
 
     async def astop(self) -> None:
         if self._pending_writes:
             await asyncio.gather(*self._pending_writes, return_exceptions=True)
+        if isinstance(self._subscriber, AsyncSubscriber):
+            await self._subscriber.stop()
+            self._subscriber = None
         if self._owns_async and self._async_redis is not None:
             await self._async_redis.aclose()
             self._async_redis = None
         self.stop()
+
+    def _plan_targets(self) -> tuple[list[tuple[str | None, str]], set[str] | None]:
+        symbols = [x for x in self.settings.mirror_symbols.split(",") if x]
+        exchanges = {x for x in self.settings.mirror_exchanges.split(",") if x}
+        targets: list[tuple[str | None, str]] = []
+        for item in symbols:
+            exchange, _, symbol = item.rpartition(":")
+            targets.append((exchange or None, symbol))
+        whole: set[str] | None = exchanges if exchanges or not symbols else None
+        if not symbols and not exchanges:
+            whole = set()  # everything
+        return targets, whole
+
+    def _make_plan(
+        self, targets: list[tuple[str | None, str]], exchanges: list[str | None], whole: set[str] | None
+    ) -> MirrorPlan:
+        keys = set()
+        for (_, symbol), exchange in zip(targets, exchanges, strict=True):
+            if exchange is None:
+                log.warning(
+                    "mirror: no exchange has a book of %s yet and its name says none; not mirrored", symbol
+                )
+            else:
+                keys.add(self.layout.book_key(exchange, symbol))
+        return MirrorPlan(self.layout, keys=keys, exchanges=whole)
+
+    def _run_plan(self, run: Callable[[_Flow], Any]) -> MirrorPlan:
+        targets, whole = self._plan_targets()
+        exchanges: list[str | None] = []
+        if targets:
+            try:
+                exchanges = run(self._resolve_flow(targets))
+            except _REDIS_DOWN:
+                exchanges = [ex or guess_exchange(s) for ex, s in targets]
+        return self._make_plan(targets, exchanges, whole)
+
+    async def _arun_plan(self) -> MirrorPlan:
+        targets, whole = self._plan_targets()
+        exchanges: list[str | None] = []
+        if targets:
+            try:
+                exchanges = await arun_flow(self._async(), self._resolve_flow(targets))
+            except _REDIS_DOWN:
+                exchanges = [ex or guess_exchange(s) for ex, s in targets]
+        return self._make_plan(targets, exchanges, whole)
 
     def __enter__(self) -> Self:
         self.start()
@@ -238,36 +321,36 @@ class RedisMarketDataProvider(MarketDataProvider):
     # ----------------------------------------------------------------------------------------- reads
     def get_latest_snapshot(self, symbol: str, exchange: str | None = None) -> OrderBookSnapshot | None:
         """The live book of `symbol`, or None (missing or stale; strict mode raises for stale)."""
-        return self._serve(self._run(self._read_flow([(exchange, symbol)]), [(exchange, symbol)])[0])
+        return self._serve(self._lookup([(exchange, symbol)])[0])
 
     async def aget_latest_snapshot(
         self, symbol: str, exchange: str | None = None
     ) -> OrderBookSnapshot | None:
         targets = [(exchange, symbol)]
-        return self._serve((await self._arun(self._read_flow(targets), targets))[0])
+        return self._serve((await self._alookup(targets))[0])
 
     def get_latest_snapshots(
         self, symbols: Iterable[str], exchange: str | None = None
     ) -> dict[str, OrderBookSnapshot | None]:
         """Many books in one round trip (plus one to resolve bare symbols the first time)."""
         targets = [(exchange, s) for s in symbols]
-        results = self._run(self._read_flow(targets), targets)
+        results = self._lookup(targets)
         return {s: self._serve(r) for (_, s), r in zip(targets, results, strict=True)}
 
     async def aget_latest_snapshots(
         self, symbols: Iterable[str], exchange: str | None = None
     ) -> dict[str, OrderBookSnapshot | None]:
         targets = [(exchange, s) for s in symbols]
-        results = await self._arun(self._read_flow(targets), targets)
+        results = await self._alookup(targets)
         return {s: self._serve(r) for (_, s), r in zip(targets, results, strict=True)}
 
     def snapshot_status(self, symbol: str, exchange: str | None = None) -> SnapshotStatus:
         """Why a book is or is not served: live, missing, connection down, feeder dead, too old, corrupt."""
-        return self._run(self._read_flow([(exchange, symbol)]), [(exchange, symbol)])[0][0]
+        return self._lookup([(exchange, symbol)])[0][0]
 
     async def asnapshot_status(self, symbol: str, exchange: str | None = None) -> SnapshotStatus:
         targets = [(exchange, symbol)]
-        return (await self._arun(self._read_flow(targets), targets))[0][0]
+        return (await self._alookup(targets))[0][0]
 
     def inspect_books(self, targets: Iterable[tuple[str | None, str]]) -> list[_Result]:
         """Status and stored book of each ``(exchange or None, symbol)``, in order, in one batch read.
@@ -279,11 +362,11 @@ class RedisMarketDataProvider(MarketDataProvider):
         AmbiguousSymbolError, as everywhere else.
         """
         targets = list(targets)
-        return self._run(self._read_flow(targets), targets) if targets else []
+        return self._lookup(targets) if targets else []
 
     async def ainspect_books(self, targets: Iterable[tuple[str | None, str]]) -> list[_Result]:
         targets = list(targets)
-        return (await self._arun(self._read_flow(targets), targets)) if targets else []
+        return (await self._alookup(targets)) if targets else []
 
     # ----------------------------------------------------------------------------------------- writes
     def write_snapshot(self, snapshot: OrderBookSnapshot, exchange: str) -> bool:
@@ -365,6 +448,203 @@ class RedisMarketDataProvider(MarketDataProvider):
     async def aall_books(self) -> list[tuple[str, str]]:
         result: list[tuple[str, str]] = await arun_flow(self._async(), self._all_books_flow())
         return result
+
+    # ----------------------------------------------------------------------------------------- events
+    def wait_for_update(
+        self, symbols: Iterable[str] | None = None, timeout: float | None = None, exchange: str | None = None
+    ) -> list[OrderBookSnapshot]:
+        """Block until at least one of `symbols` (all mirrored books when None) is updated; [] on timeout.
+
+        Returns the newest book of every symbol updated since the previous call with the same symbols (each
+        call site keeps its own latest-wins buffer, so nothing is lost between calls and memory stays bounded);
+        ``snapshot.skipped`` counts the updates of that book it did not see. Works in both modes: in
+        read-through mode the first call starts a subscriber for these symbols.
+        """
+        keys = self._keys_for(symbols, exchange, self._sync_run)
+        queue = self._queue(keys)
+        self._ensure_subscriber_sync(keys)
+        return queue.wait(timeout)
+
+    async def await_for_update(
+        self, symbols: Iterable[str] | None = None, timeout: float | None = None, exchange: str | None = None
+    ) -> list[OrderBookSnapshot]:
+        """The asyncio twin of `wait_for_update`."""
+        keys = await self._akeys_for(symbols, exchange)
+        queue = self._queue(keys)
+        await self._aensure_subscriber(keys)
+        return await queue.await_(timeout)
+
+    async def updates(
+        self, symbols: Iterable[str] | None = None, exchange: str | None = None
+    ) -> AsyncIterator[OrderBookSnapshot]:
+        """``async for snapshot in provider.updates(["KRW-BTC"])``: every update, newest per symbol first-come.
+
+        A consumer slower than the feed sees the newest book per symbol (``snapshot.skipped`` says how many it
+        missed); the buffer never holds more than one book per symbol.
+        """
+        keys = await self._akeys_for(symbols, exchange)
+        queue = UpdateQueue(keys)
+        self._cache.queues.append(queue)
+        try:
+            await self._aensure_subscriber(keys)
+            while True:
+                for snapshot in await queue.await_(None):
+                    yield snapshot
+        finally:
+            self._cache.queues.remove(queue)
+
+    def on_update(
+        self, callback: UpdateCallback, symbols: Iterable[str] | None = None, exchange: str | None = None
+    ) -> Callable[[], None]:
+        """Call `callback(snapshot)` for every update of `symbols` (all mirrored books when None).
+
+        The callback runs on the subscriber (the mirror thread of a sync provider, the event loop of an asyncio
+        one): keep it short. Returns a function that unregisters it. With an asyncio-only provider call
+        `astart()` first (mirror mode) or use `updates()`.
+        """
+        keys = self._keys_for(symbols, exchange, self._sync_run) if self._redis is not None else None
+        entry = (keys, callback)
+        self._cache.callbacks.append(entry)
+        if self._redis is not None:
+            self._ensure_subscriber_sync(keys)
+        elif self._subscriber is not None and keys:
+            self._subscriber.add_keys(keys)
+        elif self._subscriber is None:
+            raise MarketDataError(
+                "on_update with an asyncio-only provider needs a running mirror: await astart() first"
+            )
+
+        def unregister() -> None:
+            with contextlib.suppress(ValueError):
+                self._cache.callbacks.remove(entry)
+
+        return unregister
+
+    def _queue(self, keys: set[str] | None) -> UpdateQueue:
+        token = frozenset(keys) if keys is not None else None
+        queue = self._wait_queues.get(token)
+        if queue is None:
+            queue = self._wait_queues[token] = UpdateQueue(keys)
+            self._cache.queues.append(queue)
+        return queue
+
+    def _keys_for(
+        self, symbols: Iterable[str] | None, exchange: str | None, run: Callable[[_Flow], Any]
+    ) -> set[str] | None:
+        if symbols is None:
+            return None
+        targets = [(exchange, s) for s in symbols]
+        exchanges = run(self._resolve_flow(targets))
+        return self._resolved_keys(targets, exchanges)
+
+    async def _akeys_for(self, symbols: Iterable[str] | None, exchange: str | None) -> set[str] | None:
+        if symbols is None:
+            return None
+        targets = [(exchange, s) for s in symbols]
+        client = self._async() if (self._async_redis is not None or self._owns_async) else None
+        if client is None:
+            exchanges = self._sync_run(self._resolve_flow(targets))
+        else:
+            exchanges = await arun_flow(client, self._resolve_flow(targets))
+        return self._resolved_keys(targets, exchanges)
+
+    def _resolved_keys(self, targets: list[tuple[str | None, str]], exchanges: list[str | None]) -> set[str]:
+        keys = set()
+        for (_, symbol), ex in zip(targets, exchanges, strict=True):
+            if ex is None:
+                raise MarketDataError(f"cannot tell the exchange of {symbol!r}: pass exchange=")
+            keys.add(self.layout.book_key(ex, symbol))
+        return keys
+
+    def _ensure_subscriber_sync(self, keys: set[str] | None) -> None:
+        if self._subscriber is None:
+            plan = self._mirror or MirrorPlan(
+                self.layout, keys=set(keys or ()), exchanges=None if keys else set()
+            )
+            subscriber = SyncSubscriber(self._sync(), plan, self._cache)
+            self._subscriber = subscriber
+            subscriber.start(self.settings.redis_timeout)
+        elif keys is None:
+            if self._subscriber.plan.exchanges is None:
+                log.warning(
+                    "updates of every book need mirror mode over every exchange; only mirrored keys are seen"
+                )
+        else:
+            self._subscriber.add_keys(k for k in keys if not self._subscriber.plan.covers(k))
+
+    async def _aensure_subscriber(self, keys: set[str] | None) -> None:
+        if self._subscriber is None and self._async_redis is None and not self._owns_async:
+            await asyncio.to_thread(self._ensure_subscriber_sync, keys)
+            return
+        if self._subscriber is None:
+            plan = self._mirror or MirrorPlan(
+                self.layout, keys=set(keys or ()), exchanges=None if keys else set()
+            )
+            subscriber = AsyncSubscriber(self._async(), plan, self._cache)
+            self._subscriber = subscriber
+            await subscriber.start(self.settings.redis_timeout)
+        elif keys is not None:
+            self._subscriber.add_keys(k for k in keys if not self._subscriber.plan.covers(k))
+
+    # ----------------------------------------------------------------------------------------- lookups
+    def _lookup(self, targets: Sequence[tuple[str | None, str]]) -> list[_Result]:
+        """Mirror hits from memory, everything else read through Redis in one batch."""
+        results, rest = self._from_mirror(targets)
+        if rest:
+            fetched = self._run(self._read_flow([targets[i] for i in rest]), [targets[i] for i in rest])
+            for i, result in zip(rest, fetched, strict=True):
+                results[i] = result
+        return results  # type: ignore[return-value]
+
+    async def _alookup(self, targets: Sequence[tuple[str | None, str]]) -> list[_Result]:
+        results, rest = self._from_mirror(targets)
+        if rest:
+            sub = [targets[i] for i in rest]
+            fetched = await self._arun(self._read_flow(sub), sub)
+            for i, result in zip(rest, fetched, strict=True):
+                results[i] = result
+        return results  # type: ignore[return-value]
+
+    def _from_mirror(
+        self, targets: Sequence[tuple[str | None, str]]
+    ) -> tuple[list[_Result | None], list[int]]:
+        plan = self._mirror
+        results: list[_Result | None] = [None] * len(targets)
+        if plan is None:
+            return results, list(range(len(targets)))
+        cache = self._cache
+        rest: list[int] = []
+        now = time.time()
+        for i, (exchange, symbol) in enumerate(targets):
+            if exchange is None:
+                keys = cache.by_symbol.get(symbol)
+                if keys is None:
+                    validate_symbol(symbol)
+                    if plan.exchanges is not None and not plan.exchanges:
+                        results[i] = self._mirror_result(guess_exchange(symbol) or "", symbol, None, now)
+                    else:
+                        rest.append(i)
+                    continue
+                if len(keys) > 1:
+                    found = ", ".join(sorted(k.split(":", 2)[1] for k in keys))
+                    raise AmbiguousSymbolError(
+                        f"symbol {symbol!r} has books on several exchanges ({found}): pass exchange= to choose"
+                    )
+                key = keys[0]
+                exchange = key.split(":", 2)[1]
+            else:
+                key = self.layout.book_key(exchange, symbol)
+            if plan.covers(key):
+                results[i] = self._mirror_result(exchange, symbol, cache.books.get(key), now)
+            else:
+                rest.append(i)
+        return results, rest
+
+    def _mirror_result(self, exchange: str, symbol: str, book: StoredBook | None, now: float) -> _Result:
+        if not self._cache.connected:
+            detail = "mirror not synced with Redis (disconnected or still loading)"
+            return SnapshotStatus(exchange, symbol, BookState.UNAVAILABLE, detail=detail), None
+        return self._judge(exchange, symbol, book, self._cache.feeder_states, now)
 
     # ----------------------------------------------------------------------------------------- flows
     def _all_books_flow(self) -> _Flow:
@@ -578,7 +858,7 @@ class LatestSnapshots(Mapping[str, OrderBookSnapshot]):
         for _, symbol in books:
             counts[symbol] = counts.get(symbol, 0) + 1
         targets = [(ex, s) for ex, s in books if counts[s] == 1]
-        results = provider._run(provider._read_flow(targets), targets)
+        results = provider._lookup(targets)
         return {
             s: snap
             for (_, s), (status, snap) in zip(targets, results, strict=True)

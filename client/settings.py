@@ -6,14 +6,14 @@ environment variable, so a bad value stops start-up with a line an operator can 
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from client.errors import SettingsError
-from client.layout import validate_prefix
+from client.layout import validate_exchange, validate_prefix, validate_symbol
 
 ENV_PREFIX = "MD_"
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -34,6 +34,12 @@ class ClientSettings(BaseSettings):
     """Raise StaleSnapshotError/CorruptSnapshotError instead of returning None."""
     redis_timeout: float = 5.0
     """Socket connect and read timeout for Redis, in seconds."""
+    mode: Literal["read-through", "mirror"] = "read-through"
+    """read-through: every read asks Redis; mirror: a pub/sub subscriber keeps a local copy, reads are local."""
+    mirror_exchanges: str = ""
+    """Mirror mode: exchanges to mirror whole (comma-separated). Empty, with no MD_MIRROR_SYMBOLS: every book."""
+    mirror_symbols: str = ""
+    """Mirror mode: symbols to mirror (comma-separated; EXCHANGE:SYMBOL or a bare symbol)."""
 
     @field_validator("redis_url")
     @classmethod
@@ -56,6 +62,25 @@ class ClientSettings(BaseSettings):
     def _check_prefix(cls, value: str) -> str:
         validate_prefix(value)
         return value
+
+    @field_validator("mirror_exchanges")
+    @classmethod
+    def _check_mirror_exchanges(cls, value: str) -> str:
+        names = [x.strip().lower() for x in value.split(",") if x.strip()]
+        for name in names:
+            validate_exchange(name)
+        return ",".join(names)
+
+    @field_validator("mirror_symbols")
+    @classmethod
+    def _check_mirror_symbols(cls, value: str) -> str:
+        items = [x.strip() for x in value.split(",") if x.strip()]
+        for item in items:
+            exchange, _, symbol = item.rpartition(":")
+            if exchange:
+                validate_exchange(exchange)
+            validate_symbol(symbol)
+        return ",".join(items)
 
     @field_validator("max_age", mode="before")
     @classmethod

@@ -6,6 +6,9 @@ import logging
 import time
 
 import pytest
+from book_helpers import LAYOUT, book
+from book_helpers import feeder_write as _feeder_write
+from book_helpers import set_feeder_state as _set_feeder_state
 from conftest import Backend
 
 from client import (
@@ -18,29 +21,15 @@ from client import (
     RedisMarketDataProvider,
     StaleSnapshotError,
 )
-from client.layout import RedisLayout, encode_book, mark_down_flow, run_flow, write_flow
-
-LAYOUT = RedisLayout("md")
-
-
-def book(
-    symbol: str = "KRW-BTC", tag: float = 1.0, *, xid: int | None = None, recv_ts: float | None = None
-) -> OrderBookSnapshot:
-    return OrderBookSnapshot(
-        symbol, 1_700_000_000.0 + tag, [(100.0 + tag, tag)], [(200.0 + tag, tag)], xid=xid, recv_ts=recv_ts
-    )
+from client.layout import mark_down_flow, run_flow
 
 
 def feeder_write(backend: Backend, snapshot: OrderBookSnapshot, writer: str, exchange: str = "upbit") -> int:
-    """Write the way a feeder does: heartbeat-backed, by the shared write flow."""
-    encoded = encode_book(LAYOUT, snapshot, exchange=exchange, writer=writer, heartbeat=True)
-    seqs: list[int] = run_flow(backend.sync, write_flow(LAYOUT, [encoded]))
-    return seqs[0]
+    return _feeder_write(backend.sync, snapshot, writer, exchange)
 
 
 def set_feeder_state(backend: Backend, feeder: str, state: str = "running", ttl_ms: int = 30_000) -> None:
-    backend.sync.hset(f"md:feeder:{feeder}", mapping={"state": state, "heartbeat": time.time()})
-    backend.sync.pexpire(f"md:feeder:{feeder}", ttl_ms)
+    _set_feeder_state(backend.sync, feeder, state, ttl_ms)
 
 
 # ------------------------------------------------------------------------------------------------- ordering
