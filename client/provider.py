@@ -534,7 +534,10 @@ class RedisMarketDataProvider(MarketDataProvider):
         if symbols is None:
             return None
         targets = [(exchange, s) for s in symbols]
-        exchanges = run(self._resolve_flow(targets))
+        try:
+            exchanges = run(self._resolve_flow(targets))
+        except _REDIS_DOWN:  # Redis away: the subscriber will wait for it; names decide meanwhile
+            exchanges = [ex or guess_exchange(s) for ex, s in targets]
         return self._resolved_keys(targets, exchanges)
 
     async def _akeys_for(self, symbols: Iterable[str] | None, exchange: str | None) -> set[str] | None:
@@ -542,10 +545,13 @@ class RedisMarketDataProvider(MarketDataProvider):
             return None
         targets = [(exchange, s) for s in symbols]
         client = self._async() if (self._async_redis is not None or self._owns_async) else None
-        if client is None:
-            exchanges = self._sync_run(self._resolve_flow(targets))
-        else:
-            exchanges = await arun_flow(client, self._resolve_flow(targets))
+        try:
+            if client is None:
+                exchanges = self._sync_run(self._resolve_flow(targets))
+            else:
+                exchanges = await arun_flow(client, self._resolve_flow(targets))
+        except _REDIS_DOWN:
+            exchanges = [ex or guess_exchange(s) for ex, s in targets]
         return self._resolved_keys(targets, exchanges)
 
     def _resolved_keys(self, targets: list[tuple[str | None, str]], exchanges: list[str | None]) -> set[str]:

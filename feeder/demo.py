@@ -191,6 +191,9 @@ def run(args: argparse.Namespace) -> int:
                 stack.enter_context(child(f"feeder-{exchange}", [py, "-m", "feeder"], log_dir, env))
             )
         say(f"feeders started; logs in {log_dir}")
+        say(
+            f"engines connect with MD_REDIS_URL={url}  (e.g. MD_REDIS_URL={url} python examples/arbitrage.py)"
+        )
         provider = RedisMarketDataProvider.from_url(url)
         stack.callback(provider.stop)
         symbols = [("upbit", s) for s in UPBIT_SYMBOLS.split(",")] + [
@@ -205,7 +208,13 @@ def run(args: argparse.Namespace) -> int:
             return md_main(["--redis-url", url, "watch", "--once"])
         say("press Ctrl-C to stop everything")
         try:
-            return md_main(["--redis-url", url, "watch", "--interval", "0.5"])
+            if sys.stdout.isatty():
+                return md_main(["--redis-url", url, "watch", "--interval", "0.5"])
+            # Not a terminal (a pipe, a log): a table every few seconds instead of a redrawn screen.
+            wait_for(all_live, args.timeout, "every book live", children)
+            while True:
+                md_main(["--redis-url", url, "watch", "--once"])
+                time.sleep(5.0)
         finally:
             say("stopping feeders, simulator and Redis")
     return 0

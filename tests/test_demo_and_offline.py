@@ -63,3 +63,37 @@ def test_bad_setting_stops_the_feeder_naming_it() -> None:
     assert done.returncode == 2
     assert "MD_SHARD" in done.stderr
     assert time.monotonic() - start < 20
+
+
+async def test_arbitrage_example_prints_premiums(fresh_redis_server: RedisServer) -> None:
+    import asyncio
+    from pathlib import Path
+
+    from feeder.sim import ExchangeSimulator
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "arbitrage.py"
+    async with ExchangeSimulator(rate=10.0) as sim:
+        feeder = FeederProcess(
+            {
+                "MD_REDIS_URL": fresh_redis_server.url,
+                "MD_UPBIT_URL": sim.upbit_url,
+                "MD_BINANCE_URL": sim.binance_url,
+                "MD_UPBIT_SYMBOLS": "KRW-BTC,KRW-USDT",
+                "MD_BINANCE_SYMBOLS": "BTCUSDT",
+                "MD_FEEDER_ID": "example",
+            }
+        )
+        try:
+            for mode in ("mirror", "read-through"):
+                done = await asyncio.to_thread(
+                    subprocess.run,
+                    [sys.executable, str(example), "--redis-url", fresh_redis_server.url, "--mode", mode, "--count", "5"],
+                    capture_output=True, text=True, timeout=60,
+                )  # fmt: skip
+                assert done.returncode == 0, done.stderr
+                lines = [ln for ln in done.stdout.splitlines() if "premium" in ln]
+                assert len(lines) == 5, done.stdout + done.stderr
+                values = [float(re.search(r"premium ([+-][\d.]+)%", ln)[1]) for ln in lines]  # type: ignore[index]
+                assert all(abs(v) < 5 for v in values)  # the simulator prices agree to within a few percent
+        finally:
+            feeder.cleanup()
