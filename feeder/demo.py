@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,18 +28,10 @@ import redis
 
 from client.cli import main as md_main
 from client.provider import RedisMarketDataProvider
+from feeder.local_redis import LocalRedisServer, free_port
 
 UPBIT_SYMBOLS = "KRW-BTC,KRW-ETH,KRW-USDT,KRW-XRP,KRW-SOL"
 BINANCE_SYMBOLS = "BTCUSDT,ETHUSDT,XRPUSDT,SOLUSDT"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def say(message: str) -> None:
@@ -109,36 +100,20 @@ def wait_for(check: object, timeout: float, what: str, children: list[Child]) ->
 
 
 @contextmanager
-def private_redis(log_dir: Path) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
+def private_redis() -> Iterator[str]:
+    try:
+        server = LocalRedisServer()
+    except RuntimeError:
         raise SystemExit(
             "demo: no Redis answers at MD_REDIS_URL and redis-server is not installed.\n"
             "      Install it (Debian/Ubuntu: sudo apt-get install redis-server) or set MD_REDIS_URL to a Redis."
-        )
-    port = free_port()
-    data_dir = tempfile.mkdtemp(prefix="md-demo-redis-")
-    args = [
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        data_dir,
-    ]
-    with child("redis-server", args, log_dir) as server:
-        url = f"redis://127.0.0.1:{port}/0"
-        wait_for(lambda: answers(url), 10, "redis-server start", [server])
-        say(f"started a private redis-server at {url}")
-        try:
-            yield url
-        finally:
-            shutil.rmtree(data_dir, ignore_errors=True)
+        ) from None
+    try:
+        server.start()
+        say(f"started a private redis-server at {server.url}")
+        yield server.url
+    finally:
+        server.cleanup()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -152,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             if url:
                 say(f"no Redis answers at MD_REDIS_URL={url.split('@')[-1]}: starting a private one")
-            url = stack.enter_context(private_redis(log_dir))
+            url = stack.enter_context(private_redis())
         children: list[Child] = []
         feeder_env = {
             "MD_REDIS_URL": url,

@@ -16,7 +16,8 @@ import fakeredis
 import pytest
 import redis
 import redis.asyncio
-from redis_server import RedisServer
+
+from feeder.local_redis import LocalRedisServer as RedisServer
 
 BACKENDS = ["fakeredis", "redis"]
 

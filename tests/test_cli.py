@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 from conftest import Backend
-from redis_server import free_port
 
 import client.cli as cli
 from client import BookState, OrderBookSnapshot, RedisMarketDataProvider, SnapshotStatus
 from client.cli import fmt_age, fmt_num, main, mask_url
 from client.errors import InvalidSymbolError
 from client.layout import RedisLayout, encode_book, mark_down_flow, run_flow, write_flow
+from feeder.local_redis import free_port
 
 LAYOUT = RedisLayout("md")
 BTC = OrderBookSnapshot(

@@ -11,7 +11,9 @@ import sys
 import time
 
 from feeder_process import FeederProcess, wait_until
-from redis_server import RedisServer, free_port
+
+from feeder.local_redis import LocalRedisServer as RedisServer
+from feeder.local_redis import free_port
 
 
 def test_demo_once_shows_live_books_and_leaves_nothing_running(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -15,9 +15,9 @@ import orjson
 import pytest
 import redis.asyncio
 from feeder_process import FeederProcess
-from redis_server import RedisServer
 
 from client import BookState, OrderBookSnapshot, RedisMarketDataProvider
+from feeder.local_redis import LocalRedisServer as RedisServer
 from feeder.sim import ExchangeSimulator
 
 pytestmark = pytest.mark.e2e

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import redis
 from feeder_process import FeederProcess
-from redis_server import RedisServer
 
 from client import RedisMarketDataProvider
+from feeder.local_redis import LocalRedisServer as RedisServer
 from feeder.sim import ExchangeSimulator
 
 pytestmark = pytest.mark.e2e

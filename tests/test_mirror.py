@@ -11,11 +11,11 @@ import pytest
 import redis
 from book_helpers import book, feeder_write, set_feeder_state
 from conftest import Backend
-from redis_server import RedisServer
 
 from client import BookState, OrderBookSnapshot, RedisMarketDataProvider
 from client.layout import RedisLayout, mark_down_flow, run_flow
 from client.mirror import BookCache
+from feeder.local_redis import LocalRedisServer as RedisServer
 
 
 def poll(check: Any, timeout: float = 5.0, message: str = "condition") -> None:

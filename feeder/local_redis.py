@@ -1,8 +1,11 @@
-"""A private redis-server for the tests: started on a free port, never the machine's own Redis."""
+"""A private redis-server on a free port, for the demo, the tests and the benchmarks.
+
+None of them may touch a Redis that is already running on the machine: this starts one of their own, without
+persistence, in a temporary directory, and stops it (and removes the directory) when asked.
+"""
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -20,7 +23,7 @@ def free_port() -> int:
         return port
 
 
-class RedisServer:
+class LocalRedisServer:
     """One redis-server process; `restart()` brings it back empty on the same port (as after a crash)."""
 
     def __init__(self, port: int | None = None, extra_args: tuple[str, ...] = ()) -> None:
@@ -93,7 +96,3 @@ class RedisServer:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
