@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 import re
 import time
 from collections.abc import Container, Generator, Iterable, Mapping, Sequence
@@ -102,16 +103,29 @@ def validate_prefix(prefix: object) -> str:
 
 # --------------------------------------------------------------------------------------------- key names
 class RedisLayout:
-    """Key and channel names under one prefix. Channel names equal key names on purpose (Cluster sharding)."""
+    """Key and channel names under one prefix. Channel names equal key names on purpose (Cluster sharding).
 
-    __slots__ = ("_book_prefix", "prefix")
+    Names are validated once and remembered: engines ask for the same few books in a hot loop.
+    """
+
+    __slots__ = ("_keys", "_parsed", "prefix")
+    _MEMO_LIMIT = 100_000
 
     def __init__(self, prefix: str = "md") -> None:
         self.prefix = validate_prefix(prefix)
-        self._book_prefix = prefix + ":"
+        self._keys: dict[tuple[str, str], str] = {}
+        self._parsed: dict[str, tuple[str, str]] = {}
 
     def book_key(self, exchange: str, symbol: str) -> str:
-        return f"{self.prefix}:{validate_exchange(exchange)}:{validate_symbol(symbol)}"
+        try:
+            return self._keys[(exchange, symbol)]
+        except (KeyError, TypeError):
+            pass
+        key = f"{self.prefix}:{validate_exchange(exchange)}:{validate_symbol(symbol)}"
+        if len(self._keys) >= self._MEMO_LIMIT:
+            self._keys.clear()
+        self._keys[(exchange, symbol)] = key
+        return key
 
     def book_channel(self, exchange: str, symbol: str) -> str:
         return self.book_key(exchange, symbol)
@@ -123,11 +137,18 @@ class RedisLayout:
     def parse_book_key(self, key: str | bytes) -> tuple[str, str]:
         """(exchange, symbol) of a book key or channel; InvalidSymbolError for anything else."""
         text = key.decode() if isinstance(key, bytes) else key
+        parsed = self._parsed.get(text)
+        if parsed is not None:
+            return parsed
         head, sep, rest = text.partition(":")
         exchange, sep2, symbol = rest.partition(":")
         if head != self.prefix or not sep or not sep2:
             raise InvalidSymbolError(f"{text!r} is not a book key under prefix {self.prefix!r}")
-        return validate_exchange(exchange), validate_symbol(symbol)
+        parsed = validate_exchange(exchange), validate_symbol(symbol)
+        if len(self._parsed) >= self._MEMO_LIMIT:
+            self._parsed.clear()
+        self._parsed[text] = parsed
+        return parsed
 
     def feeder_key(self, feeder_id: str) -> str:
         return f"{self.prefix}:feeder:{validate_writer_id(feeder_id)}"
@@ -380,9 +401,116 @@ def _decode_number(
 
 
 def decode_book(layout: RedisLayout, key: str, raw: Mapping[Any, Any]) -> StoredBook | None:
-    """Decode a hash from HGETALL; None when the key does not exist; CorruptSnapshotError when unusable."""
+    """Decode a hash from HGETALL; None when the key does not exist; CorruptSnapshotError when unusable.
+
+    A well-formed hash takes the fast path (few Python-level steps: this runs on every read-through read);
+    anything it does not accept is decoded again field by field to name exactly what is wrong.
+    """
     if not raw:
         return None
+    try:
+        return _decode_fast(layout, key, raw)
+    except Exception:
+        return _decode_checked(layout, key, raw)
+
+
+_FIRST = operator.itemgetter(0)
+_SECOND = operator.itemgetter(1)
+_INF = math.inf
+_VALID_FEEDERS: set[str] = set()  # feeder ids already checked (few per deployment)
+
+
+def _has_minus(raw: bytes | str) -> bool:
+    return b"-" in raw if isinstance(raw, bytes) else "-" in raw
+
+
+def _fast_levels(raw: bytes | str) -> list[Level]:
+    # orjson refuses NaN, Infinity and overflowing numbers, so every value here is finite; a negative one
+    # needs a minus sign somewhere in the text, so only then are the sizes scanned.
+    levels = [(float(p), float(q)) for p, q in orjson.loads(raw)]
+    if levels and (
+        min(map(_FIRST, levels)) <= 0
+        or (_has_minus(raw) and min(map(_SECOND, levels)) < 0)
+    ):
+        raise ValueError("level out of range")
+    return levels
+
+
+def _decode_fast(layout: RedisLayout, key: str, raw: Mapping[Any, Any]) -> StoredBook:
+    f = raw if isinstance(next(iter(raw)), bytes) else {k.encode(): v for k, v in raw.items()}
+    exchange, symbol = layout.parse_book_key(key)
+    ts = float(f[b"ts"])
+    recv_ts = float(f[b"recv_ts"])
+    if not (-_INF < ts < _INF and -_INF < recv_ts < _INF):
+        raise ValueError("not finite")
+    stored_symbol = f.get(b"symbol")
+    if stored_symbol is not None and _text(stored_symbol) != symbol:
+        raise ValueError("symbol mismatch")
+    feeder = _text(f.get(b"feeder", b""))
+    heartbeat = f.get(b"hb") in (b"1", "1")
+    if heartbeat and feeder not in _VALID_FEEDERS:
+        if not _WRITER_RE.fullmatch(feeder):
+            raise ValueError("bad feeder id")
+        if len(_VALID_FEEDERS) < 10_000:
+            _VALID_FEEDERS.add(feeder)
+    seq = int(f[b"seq"])
+    snapshot = OrderBookSnapshot(
+        symbol,
+        ts,
+        _fast_levels(f[b"bids"]),
+        _fast_levels(f[b"asks"]),
+        exchange=exchange,
+        seq=seq,
+        recv_ts=recv_ts,
+        xid=int(f[b"xid"]),
+    )
+    return StoredBook(key, snapshot, feeder, f.get(b"live") not in (b"0", "0"), heartbeat, recv_ts, seq)
+
+
+# The fields a reader needs, in the order `read_book_command` asks for them (HMGET: values only, no dict).
+READ_FIELDS = ("bids", "asks", "ts", "recv_ts", "xid", "seq", "feeder", "live", "hb", "symbol")
+
+
+def read_book_command(key: str) -> Command:
+    return ("HMGET", key, *READ_FIELDS)
+
+
+def decode_book_fields(layout: RedisLayout, key: str, values: Sequence[Any]) -> StoredBook | None:
+    """Decode the reply of `read_book_command`: None when the key does not exist; CorruptSnapshotError."""
+    bids, asks, ts, recv_ts, xid, seq, feeder, live, hb, symbol = values
+    if bids is None and asks is None and seq is None and ts is None and not any(values):
+        return None
+    try:
+        exchange, key_symbol = layout.parse_book_key(key)
+        ts_f, recv_f = float(ts), float(recv_ts)
+        if not (-_INF < ts_f < _INF and -_INF < recv_f < _INF):
+            raise ValueError("not finite")
+        if symbol is not None and _text(symbol) != key_symbol:
+            raise ValueError("symbol mismatch")
+        feeder_s = _text(feeder) if feeder is not None else ""
+        heartbeat = hb in (b"1", "1")
+        if heartbeat and feeder_s not in _VALID_FEEDERS:
+            if not _WRITER_RE.fullmatch(feeder_s):
+                raise ValueError("bad feeder id")
+            if len(_VALID_FEEDERS) < 10_000:
+                _VALID_FEEDERS.add(feeder_s)
+        seq_i = int(seq)
+        snapshot = OrderBookSnapshot(
+            key_symbol,
+            ts_f,
+            _fast_levels(bids),
+            _fast_levels(asks),
+            exchange=exchange,
+            seq=seq_i,
+            recv_ts=recv_f,
+            xid=int(xid),
+        )
+        return StoredBook(key, snapshot, feeder_s, live not in (b"0", "0"), heartbeat, recv_f, seq_i)
+    except Exception:
+        return _decode_checked(layout, key, {n: v for n, v in zip(READ_FIELDS, values, strict=True) if v is not None})
+
+
+def _decode_checked(layout: RedisLayout, key: str, raw: Mapping[Any, Any]) -> StoredBook:
     fields: dict[str, bytes | str] = {_text(k): v for k, v in raw.items()}
     exchange, symbol = layout.parse_book_key(key)
     for name in ("bids", "asks"):

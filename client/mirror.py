@@ -29,7 +29,16 @@ import redis.asyncio
 import redis.exceptions
 
 from client.errors import CorruptSnapshotError, InvalidSymbolError
-from client.layout import Command, RedisLayout, StoredBook, arun_flow, decode_book, run_flow
+from client.layout import (
+    Command,
+    RedisLayout,
+    StoredBook,
+    arun_flow,
+    decode_book_fields,
+    feeder_alive,
+    read_book_command,
+    run_flow,
+)
 from client.models import OrderBookSnapshot
 
 log = logging.getLogger(__name__)
@@ -125,6 +134,7 @@ class BookCache:
         default_factory=dict
     )  # symbol -> keys (resolution of bare symbols)
     feeder_states: dict[str, Any] = field(default_factory=dict)
+    alive: set[str] = field(default_factory=set)  # feeders whose last known state is alive (fast path)
     connected: bool = False
     unknown_feeders: set[str] = field(default_factory=set)
     queues: list[UpdateQueue] = field(default_factory=list)
@@ -134,9 +144,9 @@ class BookCache:
     reloads: int = 0
 
     def load(self, key: str, raw: Any) -> None:
-        """Apply a full read of one key (HGETALL); it replaces the copy unless the copy is newer."""
+        """Apply a full read of one key (`read_book_command`); it replaces the copy unless the copy is newer."""
         try:
-            book = decode_book(self.layout, key, raw)
+            book = decode_book_fields(self.layout, key, raw)
         except CorruptSnapshotError as exc:
             log.warning("mirror: ignoring %s", exc)
             return
@@ -259,7 +269,7 @@ class MirrorPlan:
                             keys.add(self.layout.book_key(ex, s.decode() if isinstance(s, bytes) else s))
         ordered = sorted(keys)
         if ordered:
-            replies = yield [("HGETALL", k) for k in ordered]
+            replies = yield [read_book_command(k) for k in ordered]
             for key, raw in zip(ordered, replies, strict=True):
                 if not isinstance(raw, Exception):
                     cache.load(key, raw)
@@ -276,13 +286,17 @@ def feeder_state_flow(cache: BookCache) -> Any:
     for feeder, state in zip(feeders, replies, strict=True):
         if not isinstance(state, Exception):
             cache.feeder_states[feeder] = state
+            if feeder_alive(state):
+                cache.alive.add(feeder)
+            else:
+                cache.alive.discard(feeder)
     cache.unknown_feeders.difference_update(feeders)
     return None
 
 
 def reload_flow(cache: BookCache, keys: Iterable[str]) -> Any:
     ordered = sorted(set(keys))
-    replies = yield [("HGETALL", k) for k in ordered]
+    replies = yield [read_book_command(k) for k in ordered]
     for key, raw in zip(ordered, replies, strict=True):
         if not isinstance(raw, Exception):
             cache.load(key, raw)

@@ -39,9 +39,10 @@ from client.layout import (
     RedisLayout,
     StoredBook,
     arun_flow,
-    decode_book,
+    decode_book_fields,
     encode_book,
     feeder_alive,
+    read_book_command,
     run_flow,
     validate_exchange,
     validate_symbol,
@@ -321,11 +322,35 @@ class RedisMarketDataProvider(MarketDataProvider):
     # ----------------------------------------------------------------------------------------- reads
     def get_latest_snapshot(self, symbol: str, exchange: str | None = None) -> OrderBookSnapshot | None:
         """The live book of `symbol`, or None (missing or stale; strict mode raises for stale)."""
+        if self._mirror is not None and exchange is None:
+            book = self._mirror_hit(symbol)
+            if book is not None:
+                return book
         return self._serve(self._lookup([(exchange, symbol)])[0])
+
+    def _mirror_hit(self, symbol: str) -> OrderBookSnapshot | None:
+        """The hot path of a mirror read: a live book of a bare symbol, or None to take the full path.
+
+        Same rules as `_judge` (live flag, feeder alive, max_age), without building a status on success.
+        """
+        cache = self._cache
+        keys = cache.by_symbol.get(symbol)
+        if keys is None or len(keys) != 1 or not cache.connected:
+            return None
+        book = cache.books[keys[0]]
+        if not book.live or (book.heartbeat and book.feeder not in cache.alive):
+            return None
+        if self.max_age is not None and time.time() - book.recv_ts > self.max_age:
+            return None
+        return book.snapshot
 
     async def aget_latest_snapshot(
         self, symbol: str, exchange: str | None = None
     ) -> OrderBookSnapshot | None:
+        if self._mirror is not None and exchange is None:
+            book = self._mirror_hit(symbol)
+            if book is not None:
+                return book
         targets = [(exchange, symbol)]
         return self._serve((await self._alookup(targets))[0])
 
@@ -703,14 +728,14 @@ class RedisMarketDataProvider(MarketDataProvider):
         ]
 
     def _read_flow(self, targets: Sequence[tuple[str | None, str]]) -> _Flow:
-        """Statuses and books of the targets: HGETALL of each book plus the state of their feeders."""
+        """Statuses and books of the targets: HMGET of each book plus the state of their feeders."""
         exchanges: list[str | None] = yield from self._resolve_flow(targets)
         keys = [
             self.layout.book_key(ex, s) if ex else None for ex, (_, s) in zip(exchanges, targets, strict=True)
         ]
         present = [k for k in keys if k is not None]
         guesses = sorted({self._feeder_guess[k] for k in present if k in self._feeder_guess})
-        commands: list[Command] = [("HGETALL", k) for k in present]
+        commands: list[Command] = [read_book_command(k) for k in present]
         commands += [("HGET", self.layout.feeder_key(f), "state") for f in guesses]
         replies = yield commands
         states: dict[str, Any] = dict(zip(guesses, replies[len(present) :], strict=True))
@@ -719,7 +744,7 @@ class RedisMarketDataProvider(MarketDataProvider):
             if isinstance(raw, Exception):
                 raise raw
             try:
-                decoded[key] = decode_book(self.layout, key, raw)
+                decoded[key] = decode_book_fields(self.layout, key, raw)
             except CorruptSnapshotError as exc:
                 decoded[key] = exc
         unknown = sorted(

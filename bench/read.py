@@ -1,0 +1,83 @@
+"""Read cost for an engine: read-through, batch and mirror reads against the old in-process dict lookup.
+
+Targets (2-core machine): mirror read ≤ 5 µs, read-through p50 ≤ 100 µs, batch of 100 ≤ 2 ms.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from bench.report import Context, Table, percentile
+from client import OrderBookSnapshot, RedisMarketDataProvider
+from client.layout import RedisLayout, encode_book, run_flow, write_flow
+
+
+def _book(symbol: str, i: int, levels: int = 15) -> OrderBookSnapshot:
+    return OrderBookSnapshot(
+        symbol,
+        1_700_000_000.0 + i,
+        [(100_000.0 - j * 10, 0.5 + j) for j in range(levels)],
+        [(100_010.0 + j * 10, 0.25 + j) for j in range(levels)],
+        xid=i,
+        recv_ts=time.time(),
+    )
+
+
+def _timed(fn: Callable[[], Any], n: int) -> list[float]:
+    samples = []
+    clock = time.perf_counter
+    for _ in range(n):
+        t0 = clock()
+        fn()
+        samples.append(clock() - t0)
+    return samples
+
+
+def _row(table: Table, name: str, samples: list[float], per_call: int, target: str, ok: bool | None) -> None:
+    us = [s * 1e6 for s in samples]
+    verdict = "" if ok is None else ("met" if ok else "NOT met")
+    table.add(name, per_call, percentile(us, 50), percentile(us, 99), percentile(us, 99.9), target, verdict)
+
+
+def run(ctx: Context) -> list[Table]:
+    n = 200 if ctx.quick else 20_000
+    server = ctx.redis()
+    client = redis.Redis.from_url(server.url)
+    layout = RedisLayout()
+    symbols = [f"KRW-R{i:03d}" for i in range(100)]
+    books = {s: _book(s, 1) for s in symbols}
+    client.hset("md:feeder:bench", mapping={"state": "running"})
+    encoded = [encode_book(layout, b, exchange="upbit", writer="bench", heartbeat=True) for b in books.values()]
+    run_flow(client, write_flow(layout, encoded))
+
+    table = Table(
+        "read",
+        "read: one book as an engine sees it (µs per call; 15 levels a side)",
+        ["read", "books/call", "p50 µs", "p99 µs", "p99.9 µs", "target", ""],
+    )
+    legacy = {s: books[s] for s in symbols}  # the old in-process provider: a dict of snapshots
+    _row(table, "dict lookup (old in-process provider)", _timed(lambda: legacy.get("KRW-R007"), n), 1, "reference", None)
+
+    with RedisMarketDataProvider(redis=client) as through:
+        for s in symbols:  # warm the resolution and feeder caches, as a running engine has them
+            through.get_latest_snapshot(s)
+        one = _timed(lambda: through.get_latest_snapshot("KRW-R007"), n)
+        _row(table, "read-through get_latest_snapshot", one, 1, "p50 ≤ 100", percentile(one, 50) <= 100e-6)
+        batch = _timed(lambda: through.get_latest_snapshots(symbols), max(20, n // 50))
+        _row(table, "read-through batch of 100", batch, 100, "p50 ≤ 2000", percentile(batch, 50) <= 2e-3)
+        table.check(through.get_latest_snapshots(symbols) == books, "read-through returned other books")
+
+    with RedisMarketDataProvider(redis=redis.Redis.from_url(server.url), mode="mirror") as mirror:
+        got = _timed(lambda: mirror.get_latest_snapshot("KRW-R007"), n)
+        _row(table, "mirror get_latest_snapshot", got, 1, "p50 ≤ 5", percentile(got, 50) <= 5e-6)
+        batch = _timed(lambda: mirror.get_latest_snapshots(symbols), max(20, n // 50))
+        _row(table, "mirror batch of 100", batch, 100, "", None)
+        table.check(mirror.get_latest_snapshots(symbols) == books, "mirror returned other books")
+        table.check(mirror.get_latest_snapshot("KRW-R007") == books["KRW-R007"], "mirror read differs")
+    table.note("each call timed alone with perf_counter (adds ~0.1 µs); the client and redis-server share the host")
+    client.close()
+    return [table]
