@@ -4,11 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv demo run test lint format typecheck check clean
+.PHONY: help venv demo run test bench lint format typecheck check clean
 
 help:
 	@echo "make demo       offline demo: Redis (private if none), exchange simulator, both feeders, live md watch"
 	@echo "make run        the same against the real exchanges (needs internet)"
+	@echo "make bench      run every benchmark (private redis-server, simulator, feeders) and print tables"
 	@echo "make test       create .venv, install the project with test extras, run the whole suite"
 	@echo "make lint       ruff check + ruff format --check + mypy"
 	@echo "make format     ruff format + ruff check --fix"
@@ -31,6 +32,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m bench
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

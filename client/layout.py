@@ -260,6 +260,30 @@ def _check_levels(levels: object, side: str) -> list[Level]:
     return out
 
 
+_dumps = orjson.dumps
+_MESSAGE_PARTS: dict[tuple[str, str, str, bool], tuple[bytes, bytes]] = {}
+
+
+def _message_parts(exchange: str, symbol: str, writer: str, heartbeat: bool) -> tuple[bytes, bytes]:
+    """The constant pieces of a book's message: ``"exchange":…,"ts":`` and ``,"feeder":…,"bid":``."""
+    key = (exchange, symbol, writer, heartbeat)
+    parts = _MESSAGE_PARTS.get(key)
+    if parts is None:
+        if len(_MESSAGE_PARTS) >= 16384:  # bounded: one entry per book key and writer
+            _MESSAGE_PARTS.clear()
+        head = b'"exchange":' + _dumps(exchange) + b',"symbol":' + _dumps(symbol) + b',"ts":'
+        middle = b',"feeder":' + _dumps(writer) + b',"live":true,"hb":' + _dumps(heartbeat) + b',"bid":'
+        parts = _MESSAGE_PARTS[key] = (head, middle)
+    return parts
+
+
+def _float_text(value: float, json_text: bytes) -> str:
+    """repr(value), from orjson's text of it where the two agree (floats in [1e-4, 1e16)), which is cheaper."""
+    if type(value) is float and 1e-4 <= value < 1e16:
+        return json_text.decode()
+    return repr(value)
+
+
 def encode_book(
     layout: RedisLayout,
     snapshot: OrderBookSnapshot,
@@ -297,28 +321,22 @@ def encode_book(
     if validate and not (isinstance(recv_ts, int | float) and math.isfinite(recv_ts)):
         raise InvalidSnapshotError(f"receive time must be a finite number, not {recv_ts!r}")
     ts = float(snapshot.timestamp)
-    bids_json = orjson.dumps(bids)
-    asks_json = orjson.dumps(asks)
-    bid = repr(bids[0][0]) if bids else ""
-    ask = repr(asks[0][0]) if asks else ""
-    payload = orjson.dumps(
-        {
-            "exchange": exchange,
-            "symbol": snapshot.symbol,
-            "ts": ts,
-            "recv_ts": recv_ts,
-            "xid": xid,
-            "feeder": writer,
-            "live": True,
-            "hb": heartbeat,
-            "bid": bids[0][0] if bids else None,
-            "ask": asks[0][0] if asks else None,
-            "bids": orjson.Fragment(bids_json),
-            "asks": orjson.Fragment(asks_json),
-        }
-    )[1:]
+    bids_json = _dumps(bids)
+    asks_json = _dumps(asks)
+    best_bid = bids[0][0] if bids else None
+    best_ask = asks[0][0] if asks else None
+    # The numbers of the message, formatted by orjson in one call (as a dict of them would be); the hash
+    # fields hold Python's repr, which is the same text in the usual range, so it is reused there.
+    numbers = _dumps((ts, recv_ts, xid, best_bid, best_ask))
+    ts_json, recv_json, xid_json, bid_json, ask_json = numbers[1:-1].split(b",")
+    head, middle = _message_parts(exchange, snapshot.symbol, writer, heartbeat)
+    payload = b"".join(
+        (head, ts_json, b',"recv_ts":', recv_json, b',"xid":', xid_json, middle, bid_json, b',"ask":', ask_json,
+         b',"bids":', bids_json, b',"asks":', asks_json, b"}")
+    )  # fmt: skip
+    xid_text = str(xid)
     args: tuple[bytes | str, ...] = (
-        str(xid),
+        xid_text,
         writer,
         payload,
         "exchange",
@@ -330,15 +348,15 @@ def encode_book(
         "asks",
         asks_json,
         "bid",
-        bid,
+        "" if best_bid is None else _float_text(best_bid, bid_json),
         "ask",
-        ask,
+        "" if best_ask is None else _float_text(best_ask, ask_json),
         "ts",
-        repr(ts),
+        _float_text(ts, ts_json),
         "recv_ts",
-        repr(float(recv_ts)),
+        _float_text(recv_ts, recv_json) if type(recv_ts) is float else repr(float(recv_ts)),
         "xid",
-        str(xid),
+        xid_text,
         "feeder",
         writer,
         "live",
@@ -564,7 +582,8 @@ def write_flow(
     pipeline (not inside the script: they live in other Cluster slots). Books whose key is in `indexed` skip
     the index update: a feeder remembers what it already indexed since Redis last came back.
     """
-    commands: list[Command] = [book.script_command() for book in books]
+    sha = WRITE_BOOK.sha  # a property that hashes the script: once per batch, not once per book
+    commands: list[Command] = [("EVALSHA", sha, 1, book.key, *book.args) for book in books]
     last: dict[str, str] = {}
     new_exchanges: set[str] = set()
     for book in books:

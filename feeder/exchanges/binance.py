@@ -18,6 +18,7 @@ Facts this module relies on (Binance spot WebSocket Streams and WebSocket API do
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from math import isfinite
 from time import time as _now
@@ -46,6 +47,49 @@ _STREAM_CACHE_MAX: Final = 4096  # stream names seen; bounded only against a flo
 _str = str
 _list = list
 _INF: Final = float("inf")
+
+
+# ---- the fast path -----------------------------------------------------------------------------------------
+# Binance writes every partial book the same way: ``{"stream":"<name>","data":{"lastUpdateId":N,"bids":[["p",
+# "q"],...],"asks":[...]}}``, no spaces, numbers as strings with a decimal point. Converting 80 such strings
+# one by one with float() costs more than orjson spends on the whole frame, so for a frame of exactly that
+# shape orjson reads the numbers: one bytes.translate (C speed) turns every quote into a space and deletes the
+# brackets and the "asks" key, and what remains, `` p , q , p , q ...``, is parsed as one JSON array of floats.
+#
+# That is only sound if the frame really has that shape, which is checked on every byte before anything is
+# accepted: the head by a regular expression, and everything after it by its *shape*: the same bytes with the
+# digits deleted must be exactly ``[[".","."],...],"asks":[[".","."],...]}}`` with 1 to 20 levels a side (a
+# dictionary lookup of precomputed shapes). The shape says where every non-digit is but not where the digits
+# are; the spaces that replace the quotes settle that: a digit outside the quotes of a number ends up as a
+# token of its own, separated by a space from any number, which orjson rejects (two tokens without a comma).
+# So each number is a quoted run of digits with exactly one dot, and orjson rejects what is not a JSON number
+# (``".5"``, ``"01.5"``, overflow). Digits cannot make a negative or non-finite number; a zero (or an
+# underflow to zero) makes ``all()`` false. Any frame that fails a check, or is merely unusual (spaces, other
+# fields, escapes, an empty side, an event time), takes the general path below, which decides exactly as
+# before: the fast path only ever returns what the general path would (tests/test_protocol_fastpath.py).
+_FAST_HEAD: Final = re.compile(
+    rb'\{"stream":"([a-z0-9]{1,40}@depth(?:5|10|20)(?:@100ms|@1000ms)?)",'
+    rb'"data":\{"lastUpdateId":(0|[1-9][0-9]{0,17}),"bids":'
+)
+_FAST_MAX_LEVELS: Final = 20
+_DIGITS: Final = b"0123456789"
+_QUOTE_TO_SPACE: Final = bytes.maketrans(b'"', b" ")
+_NOT_NUMBERS: Final = (
+    b"[]:}aks"  # deleted with the quotes turned into spaces: what is left is numbers and commas
+)
+
+
+def _fast_shape(bids: int, asks: int) -> bytes:
+    def side(n: int) -> bytes:
+        return b"[" + b",".join([b'[".","."]'] * n) + b"]"
+
+    return side(bids) + b',"asks":' + side(asks) + b"}}"
+
+
+# shape of the bytes after the head, digits deleted -> number of bid levels
+_FAST_SHAPES: Final = {
+    _fast_shape(b, a): b for b in range(1, _FAST_MAX_LEVELS + 1) for a in range(1, _FAST_MAX_LEVELS + 1)
+}
 
 
 def _side(levels: object, side: str) -> list[Level]:
@@ -153,6 +197,7 @@ class BinanceProtocol:
         self.max_symbols_per_connection = max_symbols_per_connection
         self._suffix = f"@depth{depth}" if speed == "1000ms" else f"@depth{depth}@{speed}"
         self._streams: dict[str, str] = {}  # stream name -> symbol, or _IGNORED
+        self._fast_streams: dict[bytes, str] = {}  # the same for the fast path, keyed by the raw name
 
     def __repr__(self) -> str:
         return f"BinanceProtocol(depth={self.depth!r}, speed={self.speed!r}, url={self.base_url!r})"
@@ -208,6 +253,11 @@ class BinanceProtocol:
         Raises `BadFrame` for malformed input, `ExchangeError` for error replies and `ServerShutdown` for
         the ``serverShutdown`` event.
         """
+        if recv_ts is None:
+            recv_ts = _now()
+        snapshot = self._parse_fast(frame, recv_ts)
+        if snapshot is not None:
+            return [snapshot]
         try:
             obj = orjson.loads(frame)
         except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
@@ -234,8 +284,6 @@ class BinanceProtocol:
             raise BadFrame(f"{stream}: no non-negative integer lastUpdateId")
         bids = _side(data.get("bids"), "bids")
         asks = _side(data.get("asks"), "asks")
-        if recv_ts is None:
-            recv_ts = _now()
         timestamp = recv_ts
         event_ms = data.get("E")  # absent on spot partial books; used if a payload carries one
         if event_ms is not None:
@@ -245,6 +293,52 @@ class BinanceProtocol:
         return [
             OrderBookSnapshot(symbol, timestamp, bids, asks, exchange="binance", xid=xid, recv_ts=recv_ts)
         ]
+
+    def _parse_fast(self, frame: bytes | str, recv_ts: float) -> OrderBookSnapshot | None:
+        """The snapshot of a partial-book frame of the usual shape, or None to take the general path."""
+        if type(frame) is bytes:
+            raw = frame
+        else:
+            try:  # text; or bytearray, memoryview: orjson takes them, so the general path does
+                raw = frame.encode() if isinstance(frame, str) else memoryview(frame).tobytes()
+            except (TypeError, UnicodeEncodeError):  # not bytes-like; a lone surrogate: for the general path
+                return None
+        head = _FAST_HEAD.match(raw)
+        if head is None:
+            return None
+        rest = raw[head.end() :]
+        bid_count = _FAST_SHAPES.get(rest.translate(None, _DIGITS))
+        if bid_count is None:
+            return None
+        try:
+            numbers = orjson.loads(b"[" + rest.translate(_QUOTE_TO_SPACE, _NOT_NUMBERS) + b"]")
+        except ValueError:
+            return None
+        if not all(numbers):
+            return None  # a zero: the general path drops the level or rejects the frame
+        stream = head[1]
+        symbol = self._fast_streams.get(stream)
+        if symbol is None:
+            name = stream.decode()
+            symbol = self._streams.get(name)
+            if symbol is None:
+                symbol = self._route(name)
+            if len(self._fast_streams) >= _STREAM_CACHE_MAX:
+                self._fast_streams.clear()
+            self._fast_streams[stream] = symbol
+        if not symbol:
+            return None
+        pairs = iter(numbers)
+        levels: list[Level] = list(zip(pairs, pairs, strict=False))
+        return OrderBookSnapshot(
+            symbol,
+            recv_ts,
+            levels[:bid_count],
+            levels[bid_count:],
+            exchange="binance",
+            xid=int(head[2]),
+            recv_ts=recv_ts,
+        )
 
     def _route(self, stream: str) -> str:
         """Map a stream name to the symbol of its partial book, or `_IGNORED` for any other stream."""

@@ -17,6 +17,7 @@ Facts this module relies on (Upbit's public WebSocket documentation and live cap
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from math import isfinite
@@ -44,6 +45,55 @@ _LONG_KEYS: Final = ("code", "timestamp", "orderbook_units", "ask_price", "ask_s
 _SHORT_KEYS: Final = ("cd", "tms", "obu", "ap", "as", "bp", "bs")
 
 _float = float
+
+
+# ---- the fast path -----------------------------------------------------------------------------------------
+# Upbit's serializer writes every order book the same way: the fields in a fixed order, no spaces, every number
+# with a decimal point. orjson spends most of its time on such a frame building one dict per unit, and the
+# general path then looks each value up again. For a frame of exactly that shape the units are instead reduced
+# to their numbers by one bytes.translate (C speed): quotes, colons and braces become spaces and the letters of
+# the keys are deleted, so ``[{"ap":1.0,"bp":2.0,...},...]`` becomes ``[ 1.0 , 2.0 ...]``, parsed by orjson as
+# one JSON array of floats and paired up with zip (C speed as well).
+#
+# That is only sound if the frame really has that shape, which is checked on every byte first: the head and the
+# tail by regular expressions, the units by their *shape*: the same bytes with the digits, ``E``, ``+`` and
+# ``-`` deleted must be exactly ``[{"ap":.,"bp":.,"as":.,"bs":.},...]`` (or the long keys of DEFAULT) with 1 to
+# 30 units, a dictionary lookup of precomputed shapes. The shape says where everything else is but not where
+# the number characters are; the spaces settle that: one outside its place (``"ap"1:2.0``) becomes a token of
+# its own, separated by a space from the value, which orjson rejects (two tokens without a comma). So each value
+# is a single token with exactly one dot, which orjson parses as a float or rejects (``1.-5``, ``.5``,
+# overflow); ``min()`` or ``all()`` then spot a negative value or a zero (padding of a one-sided book, or an
+# underflow). Anything that fails a check or is merely unusual (spaces, other fields or order, integers,
+# escapes, list formats) takes the general path, which decides exactly as before: the fast path only ever
+# returns what the general path would (tests/test_protocol_fastpath.py).
+_FAST_NUMBER: Final = rb"(?:0|[1-9][0-9]{0,19})(?:\.[0-9]{1,20})?(?:E[+-]?[0-9]{1,2})?"
+_FAST_HEADS: Final = (
+    re.compile(
+        rb'\{"ty":"orderbook","cd":"([A-Za-z0-9._-]{1,80})","tms":([1-9][0-9]{0,14}),'
+        rb'"tas":' + _FAST_NUMBER + rb',"tbs":' + _FAST_NUMBER + rb',"obu":'
+    ),
+    re.compile(
+        rb'\{"type":"orderbook","code":"([A-Za-z0-9._-]{1,80})","timestamp":([1-9][0-9]{0,14}),'
+        rb'"total_ask_size":' + _FAST_NUMBER + rb',"total_bid_size":' + _FAST_NUMBER + rb',"orderbook_units":'
+    ),
+)
+# What may follow the units: fields the decoder ignores, with plain values (no key that it reads).
+_FAST_TAIL: Final = re.compile(
+    rb'(?:,"(?:st|lv|stream_type|level)":(?:"[A-Za-z_]{0,20}"|0|[1-9][0-9]{0,9}))*\}'
+)
+_FAST_UNIT_KEYS: Final = (
+    b'{"ap":.,"bp":.,"as":.,"bs":.}',
+    b'{"ask_price":.,"bid_price":.,"ask_size":.,"bid_size":.}',
+)
+_FAST_NOT_SHAPE: Final = b"0123456789E+-"  # deleted to get the shape
+# turned into spaces / deleted to get the numbers: ``[{"ap":1.0,...},...]`` becomes ``[  1.0 ,...]``
+_FAST_TO_SPACE: Final = bytes.maketrans(b'{}":', b"    ")
+_FAST_KEY_LETTERS: Final = (b"apbs", b"abcdeiklprsz_")
+# shape of the units (SIMPLE, DEFAULT) -> number of units
+_FAST_SHAPES: Final = tuple(
+    {b"[" + b",".join([unit] * n) + b"]": n for n in range(1, max(UNIT_COUNTS) + 1)}
+    for unit in _FAST_UNIT_KEYS
+)
 
 
 def _side(units: object, price_key: str, size_key: str, side: str) -> list[Level]:
@@ -156,6 +206,7 @@ class UpbitProtocol:
         self.max_symbols_per_connection = max_symbols_per_connection
         self.ticket = ticket  # fixed ticket (tests); None draws a fresh uuid4 per request
         self._symbols: dict[str, str] = {}  # received code -> validated symbol
+        self._fast_symbols: dict[bytes, str] = {}  # the same for the fast path, keyed by the raw code
 
     def __repr__(self) -> str:
         return f"UpbitProtocol(url={self.base_url!r}, format={self.format!r}, levels={self.levels!r})"
@@ -205,12 +256,15 @@ class UpbitProtocol:
 
         Raises `BadFrame` for malformed input and `ExchangeError` for Upbit's error replies.
         """
+        if recv_ts is None:
+            recv_ts = _now()
+        snapshot = self._parse_fast(frame, recv_ts)
+        if snapshot is not None:
+            return [snapshot]
         try:
             obj = orjson.loads(frame)
         except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
             raise BadFrame(f"not JSON: {str(exc)[:100]}") from None
-        if recv_ts is None:
-            recv_ts = _now()
         if type(obj) is dict:
             snapshot = self._book(obj, recv_ts)
             return [] if snapshot is None else [snapshot]
@@ -257,6 +311,55 @@ class UpbitProtocol:
         return OrderBookSnapshot(
             symbol, tms / 1000, bids, asks, exchange="upbit", xid=int(tms), recv_ts=recv_ts
         )
+
+    def _parse_fast(self, frame: bytes | str, recv_ts: float) -> OrderBookSnapshot | None:
+        """The snapshot of an order-book frame of the usual shape, or None to take the general path."""
+        if type(frame) is bytes:
+            raw = frame
+        else:
+            try:  # text; or bytearray, memoryview: orjson takes them, so the general path does
+                raw = frame.encode() if isinstance(frame, str) else memoryview(frame).tobytes()
+            except (TypeError, UnicodeEncodeError):  # not bytes-like; a lone surrogate: for the general path
+                return None
+        for spelling, head_re in enumerate(_FAST_HEADS):  # noqa: B007 - used after the loop
+            head = head_re.match(raw)
+            if head is not None:
+                break
+        else:
+            return None
+        start = head.end()
+        end = raw.rfind(b"}]", start) + 2
+        if end < 2 or _FAST_TAIL.fullmatch(raw, end) is None:
+            return None
+        units = raw[start:end]
+        count = _FAST_SHAPES[spelling].get(units.translate(None, _FAST_NOT_SHAPE))
+        if count is None:
+            return None
+        try:
+            numbers = orjson.loads(units.translate(_FAST_TO_SPACE, _FAST_KEY_LETTERS[spelling]))
+        except ValueError:
+            return None
+        # every value > 0; a minus sign is rare (exponents of small sizes), so min() only then
+        if not (min(numbers) > 0.0 if b"-" in units else all(numbers)):
+            return None  # a zero (padding of an empty side) or a negative value: for the general path
+        code = head[1]
+        symbol = self._fast_symbols.get(code)
+        if symbol is None:
+            text = code.decode()
+            symbol = self._symbols.get(text)
+            if symbol is None:
+                symbol = self._learn_symbol(text)
+            if len(self._fast_symbols) >= _SYMBOL_CACHE_MAX:
+                self._fast_symbols.clear()
+            self._fast_symbols[code] = symbol
+        tms = int(head[2])
+        # numbers: ask price, bid price, ask size, bid size of each unit in turn, so every other number is
+        # ask price, ask size, ask price... (and bid price, bid size, ...): zip pairs them up
+        ask_numbers = iter(numbers[0::2])
+        bid_numbers = iter(numbers[1::2])
+        asks: list[Level] = list(zip(ask_numbers, ask_numbers, strict=False))
+        bids: list[Level] = list(zip(bid_numbers, bid_numbers, strict=False))
+        return OrderBookSnapshot(symbol, tms / 1000, bids, asks, exchange="upbit", xid=tms, recv_ts=recv_ts)
 
     def _learn_symbol(self, code: str) -> str:
         base, dot, count = code.rpartition(".")

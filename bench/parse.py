@@ -1,0 +1,259 @@
+"""Decode speed of the exchange protocols: frames/s of ``parse`` next to a bare ``orjson.loads`` of the same frames.
+
+Cases (every frame is a whole order book, as the feeder receives it):
+
+- Upbit SIMPLE, 15 units: the 145 ``orderbook`` frames of the 2021 capture in tests/data/recordings, byte for
+  byte (binary frames, as Upbit sends them).
+- Upbit DEFAULT, 30 units: the same books in the long-key spelling, each extended to 30 units by continuing
+  its price ladder with its own tick and reusing its sizes, numbers written the way Upbit's Java serializer
+  writes doubles (``127.0``, ``1.16539E8``, ``7.9276E-4``).
+- Binance depth20 combined stream: ``{"stream":"<sym>@depth20@100ms","data":{"lastUpdateId":…,"bids":[…],
+  "asks":[…]}}`` with 20 levels a side of 8-decimal string numbers, random walks of a few symbols with real
+  price magnitudes and ticks (text frames: ``str``, as websockets hands them over).
+
+The reference is ``orjson.loads`` of the same frames in the same run: the least any decoder must do. The
+target is ``parse`` at 0.5x or more of it. Correctness: the snapshots equal an independent decoding of the same
+frames with the ``json`` module.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import random
+from collections.abc import Callable, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.report import Context, Table, best_rate
+from client.models import OrderBookSnapshot
+from feeder.exchanges import BinanceProtocol, UpbitProtocol
+
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+UPBIT_RECORDING = DATA / "recordings" / "upbit-2021-04-17.ws.txt"
+TARGET = 0.5
+RECV_TS = 1700000000.5
+
+Level = tuple[float, float]
+Book = tuple[str, float, int, list[Level], list[Level]]  # symbol, timestamp, xid, bids, asks
+
+
+# ------------------------------------------------------------------------------------------------ frames
+def upbit_simple_frames() -> list[bytes]:
+    """The ``orderbook`` frames of the Upbit capture (SIMPLE format, 15 units), as received."""
+    frames: list[bytes] = []
+    for line in UPBIT_RECORDING.read_text().splitlines():
+        head, sep, payload = line.partition(": ")
+        if not sep or " " in head or not payload.startswith("b'"):
+            continue
+        frame = ast.literal_eval(payload)
+        if b'"ty":"orderbook"' in frame:
+            frames.append(frame)
+    return frames
+
+
+def java_double(value: float) -> str:
+    """A double as Java's ``Double.toString`` writes it (Upbit's serializer): ``127.0``, ``1.16539E8``."""
+    if value == 0:
+        return "0.0"
+    if 1e-3 <= abs(value) < 1e7:
+        text = repr(value)
+        return text if "." in text else text + ".0"
+    sign, digits, exponent = Decimal(repr(value)).normalize().as_tuple()
+    assert isinstance(exponent, int)
+    mantissa = "".join(map(str, digits))
+    exp = len(digits) - 1 + exponent
+    return f"{'-' if sign else ''}{mantissa[0]}.{mantissa[1:] or '0'}E{exp}"
+
+
+def upbit_default_frames(simple: Sequence[bytes], units: int = 30) -> list[bytes]:
+    """The SIMPLE books in DEFAULT spelling, extended to `units` units (see the module docstring)."""
+    frames: list[bytes] = []
+    for raw in simple:
+        obj = json.loads(raw)
+        old = obj["obu"]
+        asks = [(u["ap"], u["as"]) for u in old]
+        bids = [(u["bp"], u["bs"]) for u in old]
+        ask_tick = asks[-1][0] - asks[-2][0]
+        bid_tick = bids[-2][0] - bids[-1][0]
+        while len(asks) < units:
+            n = len(asks)
+            asks.append((round(asks[-1][0] + ask_tick, 10), asks[n % len(old)][1]))
+            bids.append((round(bids[-1][0] - bid_tick, 10), bids[n % len(old)][1]))
+        unit_text = ",".join(
+            f'{{"ask_price":{java_double(ap)},"bid_price":{java_double(bp)},'
+            f'"ask_size":{java_double(az)},"bid_size":{java_double(bz)}}}'
+            for (ap, az), (bp, bz) in zip(asks, bids, strict=True)
+        )
+        text = (
+            f'{{"type":"orderbook","code":"{obj["cd"]}","timestamp":{obj["tms"]},'
+            f'"total_ask_size":{java_double(sum(a for _, a in asks))},'
+            f'"total_bid_size":{java_double(sum(b for _, b in bids))},'
+            f'"orderbook_units":[{unit_text}],"stream_type":"{obj["st"]}","level":0}}'
+        )
+        frames.append(text.encode())
+    return frames
+
+
+# symbol, mid price, price tick, decimals of the quantity step, typical level size
+_BINANCE_MARKETS = [
+    ("btcusdt", 86704.77, 0.01, 5, 0.5),
+    ("ethusdt", 3012.58, 0.01, 4, 5.0),
+    ("bnbusdt", 598.3, 0.1, 3, 20.0),
+    ("solusdt", 142.37, 0.01, 3, 50.0),
+    ("xrpusdt", 0.5213, 0.0001, 0, 5000.0),
+    ("nknusdt", 0.3513, 0.0001, 0, 6000.0),
+    ("dogeusdt", 0.15234, 0.00001, 0, 50000.0),
+    ("pepeusdt", 0.00001234, 0.00000001, 0, 5e7),
+]
+
+
+def _binance_side(
+    rng: random.Random, best: float, step: float, qty_decimals: int, typical: float
+) -> list[list[str]]:
+    """20 levels from `best` outwards (gaps of 1-3 ticks), sizes with the market's quantity step."""
+    levels: list[list[str]] = []
+    price = best
+    for _ in range(20):
+        qty = round(rng.expovariate(1 / typical), qty_decimals) or 10**-qty_decimals
+        levels.append([f"{price:.8f}", f"{qty:.8f}"])
+        price += step * rng.choice((1, 1, 1, 2, 3))
+    return levels
+
+
+def binance_depth20_frames(count: int, symbols: Sequence[str] = (), seed: int = 5) -> list[str]:
+    """`count` partial-book frames (20 levels a side), text as Binance sends it.
+
+    Frame i is a book of symbol i modulo the list (by default the few real markets above; other names take the
+    price magnitude and tick of those markets in turn), each a random walk with increasing ``lastUpdateId``.
+    """
+    rng = random.Random(seed)
+    names = [s.lower() for s in symbols] or [m[0] for m in _BINANCE_MARKETS]
+    markets = {name: _BINANCE_MARKETS[i % len(_BINANCE_MARKETS)] for i, name in enumerate(names)}
+    mids = {name: markets[name][1] for name in names}
+    update_id = 100530416202
+    frames: list[str] = []
+    for i in range(count):
+        name = names[i % len(names)]
+        _, _, tick, qty_decimals, typical = markets[name]
+        mids[name] = max(tick * 100, mids[name] + rng.choice((-1, 0, 1)) * tick)
+        best_bid = round(mids[name] / tick) * tick
+        update_id += rng.randint(1, 40)
+        data = {
+            "lastUpdateId": update_id,
+            "bids": _binance_side(rng, best_bid, -tick, qty_decimals, typical),
+            "asks": _binance_side(rng, best_bid + tick, tick, qty_decimals, typical),
+        }
+        frames.append(orjson.dumps({"stream": f"{name}@depth20@100ms", "data": data}).decode())
+    return frames
+
+
+# ------------------------------------------------------------------------------------- reference decoders
+def upbit_reference(frame: bytes | str) -> list[Book]:
+    """Upbit books decoded with the json module, independently of feeder.exchanges.upbit."""
+    obj = json.loads(frame)
+    long = "type" in obj
+    code = obj["code" if long else "cd"]
+    tms = obj["timestamp" if long else "tms"]
+    units = obj["orderbook_units" if long else "obu"]
+    ap, az, bp, bz = ("ask_price", "ask_size", "bid_price", "bid_size") if long else ("ap", "as", "bp", "bs")
+    asks = [(float(u[ap]), float(u[az])) for u in units if float(u[az]) > 0]
+    bids = [(float(u[bp]), float(u[bz])) for u in units if float(u[bz]) > 0]
+    return [(code.split(".")[0], tms / 1000, int(tms), bids, asks)]
+
+
+def binance_reference(frame: bytes | str) -> list[Book]:
+    obj = json.loads(frame)
+    data = obj["data"]
+    bids = [(float(p), float(q)) for p, q in data["bids"] if float(q) > 0]
+    asks = [(float(p), float(q)) for p, q in data["asks"] if float(q) > 0]
+    return [(obj["stream"].split("@")[0].upper(), RECV_TS, data["lastUpdateId"], bids, asks)]
+
+
+def as_books(snapshots: list[OrderBookSnapshot]) -> list[Book]:
+    out: list[Book] = []
+    for s in snapshots:
+        assert s.xid is not None
+        out.append((s.symbol, s.timestamp, s.xid, s.bids, s.asks))
+    return out
+
+
+def exact_floats(snapshots: list[OrderBookSnapshot]) -> bool:
+    return all(
+        type(p) is float and type(q) is float and type(level) is tuple
+        for s in snapshots
+        for level in (*s.bids, *s.asks)
+        for p, q in (level,)
+    )
+
+
+# ------------------------------------------------------------------------------------------------ timing
+def paired_rates(
+    fns: Sequence[Callable[[], None]], items: int, *, rounds: int, min_time: float
+) -> list[float]:
+    """Best rate of each function, the functions timed in alternation so that machine noise hits all alike."""
+    best = [0.0] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            best[i] = max(best[i], best_rate(fn, items, repeat=1, min_time=min_time))
+    return best
+
+
+def run(ctx: Context) -> list[Table]:
+    simple = upbit_simple_frames()
+    default = upbit_default_frames(simple)
+    binance = binance_depth20_frames(8 if ctx.quick else 400)
+    if ctx.quick:
+        simple, default = simple[:10], default[:10]
+    upbit = UpbitProtocol()
+    binance_protocol = BinanceProtocol()
+    cases: list[tuple[str, Callable[..., list[OrderBookSnapshot]], Sequence[bytes | str], Any, int]] = [
+        ("upbit DEFAULT 30 units", upbit.parse, default, upbit_reference, 30),
+        ("upbit SIMPLE 15 units", upbit.parse, simple, upbit_reference, 15),
+        ("binance depth20 combined", binance_protocol.parse, binance, binance_reference, 20),
+    ]
+    table = Table(
+        "parse",
+        "parse: frames/s of the exchange protocols vs bare orjson.loads of the same frames",
+        ["case", "frames", "bytes/frame", "parse frames/s", "parse µs", "orjson frames/s", "orjson µs",
+         "ratio", f"target ≥{TARGET}x"],
+    )  # fmt: skip
+    for name, parse, frames, reference, levels in cases:
+        # correctness: every frame, against the independent decoding
+        mismatches = 0
+        for frame in frames:
+            snapshots = parse(frame, RECV_TS)
+            if as_books(snapshots) != reference(frame) or not exact_floats(snapshots):
+                mismatches += 1
+        table.check(mismatches == 0, f"{name}: {mismatches} of {len(frames)} frames decode differently")
+        table.check(
+            all(len(s.bids) == len(s.asks) == levels for f in frames for s in parse(f, RECV_TS)),
+            f"{name}: not {levels} levels a side",
+        )
+
+        def parse_all(frames: Sequence[bytes | str] = frames, parse: Any = parse) -> None:
+            for frame in frames:
+                parse(frame, RECV_TS)
+
+        def loads_all(frames: Sequence[bytes | str] = frames, loads: Any = orjson.loads) -> None:
+            for frame in frames:
+                loads(frame)
+
+        if ctx.quick:
+            rates = paired_rates([parse_all, loads_all], len(frames), rounds=1, min_time=0.01)
+        else:
+            rates = paired_rates([parse_all, loads_all], len(frames), rounds=7, min_time=0.3)
+        ratio = rates[0] / rates[1]
+        size = sum(len(f) for f in frames) // len(frames)
+        table.add(
+            name, len(frames), size, rates[0], 1e6 / rates[0], rates[1], 1e6 / rates[1], round(ratio, 2),
+            ("pass" if ratio >= TARGET else "FAIL") if not ctx.quick else "n/a (quick)",
+        )  # fmt: skip
+    table.note(
+        "rates: best of 7 alternating timed runs of every frame of the case; recv_ts passed in, as the feeder does"
+    )
+    table.note("ratio = parse / orjson.loads; the target is a speed goal, not a correctness check")
+    return [table]
