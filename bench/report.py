@@ -121,6 +121,9 @@ class Context:
         return self._redis
 
     def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.workdir, ignore_errors=True)
         if self._redis is not None:
             self._redis.cleanup()
             self._redis = None
