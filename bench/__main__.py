@@ -17,7 +17,9 @@ BENCHMARKS = ["parse", "write", "read", "e2e", "latency", "reconnect", "scale"]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: check the results, not the speed (CI)")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes: check the results, not the speed (CI)"
+    )
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     parser.add_argument("--json", default="bench/results/latest.json", help="where to write the numbers")
     args = parser.parse_args(argv)

@@ -51,7 +51,9 @@ def run(ctx: Context) -> list[Table]:
     symbols = [f"KRW-R{i:03d}" for i in range(100)]
     books = {s: _book(s, 1) for s in symbols}
     client.hset("md:feeder:bench", mapping={"state": "running"})
-    encoded = [encode_book(layout, b, exchange="upbit", writer="bench", heartbeat=True) for b in books.values()]
+    encoded = [
+        encode_book(layout, b, exchange="upbit", writer="bench", heartbeat=True) for b in books.values()
+    ]
     run_flow(client, write_flow(layout, encoded))
 
     table = Table(
@@ -60,7 +62,14 @@ def run(ctx: Context) -> list[Table]:
         ["read", "books/call", "p50 µs", "p99 µs", "p99.9 µs", "target", ""],
     )
     legacy = {s: books[s] for s in symbols}  # the old in-process provider: a dict of snapshots
-    _row(table, "dict lookup (old in-process provider)", _timed(lambda: legacy.get("KRW-R007"), n), 1, "reference", None)
+    _row(
+        table,
+        "dict lookup (old in-process provider)",
+        _timed(lambda: legacy.get("KRW-R007"), n),
+        1,
+        "reference",
+        None,
+    )
 
     with RedisMarketDataProvider(redis=client) as through:
         for s in symbols:  # warm the resolution and feeder caches, as a running engine has them
@@ -78,6 +87,8 @@ def run(ctx: Context) -> list[Table]:
         _row(table, "mirror batch of 100", batch, 100, "", None)
         table.check(mirror.get_latest_snapshots(symbols) == books, "mirror returned other books")
         table.check(mirror.get_latest_snapshot("KRW-R007") == books["KRW-R007"], "mirror read differs")
-    table.note("each call timed alone with perf_counter (adds ~0.1 µs); the client and redis-server share the host")
+    table.note(
+        "each call timed alone with perf_counter (adds ~0.1 µs); the client and redis-server share the host"
+    )
     client.close()
     return [table]

@@ -41,11 +41,22 @@ class Table:
 
     def render(self) -> str:
         cells = [[_fmt(v) for v in row] for row in self.rows]
-        widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(self.columns)]
+        widths = [
+            max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(self.columns)
+        ]
         lines = [f"== {self.title} =="]
-        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(self.columns, widths, strict=False))))
+        lines.append(
+            "  ".join(
+                c.rjust(w) if i else c.ljust(w)
+                for i, (c, w) in enumerate(zip(self.columns, widths, strict=False))
+            )
+        )
         for row in cells:
-            lines.append("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths, strict=False))))
+            lines.append(
+                "  ".join(
+                    v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths, strict=False))
+                )
+            )
         lines += [f"  note: {n}" for n in self.notes]
         lines += [f"  FAILED CHECK: {f}" for f in self.failures]
         return "\n".join(lines)

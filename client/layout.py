@@ -446,10 +446,7 @@ def _fast_levels(raw: bytes | str) -> list[Level]:
     # orjson refuses NaN, Infinity and overflowing numbers, so every value here is finite; a negative one
     # needs a minus sign somewhere in the text, so only then are the sizes scanned.
     levels = [(float(p), float(q)) for p, q in orjson.loads(raw)]
-    if levels and (
-        min(map(_FIRST, levels)) <= 0
-        or (_has_minus(raw) and min(map(_SECOND, levels)) < 0)
-    ):
+    if levels and (min(map(_FIRST, levels)) <= 0 or (_has_minus(raw) and min(map(_SECOND, levels)) < 0)):
         raise ValueError("level out of range")
     return levels
 
@@ -525,7 +522,9 @@ def decode_book_fields(layout: RedisLayout, key: str, values: Sequence[Any]) -> 
         )
         return StoredBook(key, snapshot, feeder_s, live not in (b"0", "0"), heartbeat, recv_f, seq_i)
     except Exception:
-        return _decode_checked(layout, key, {n: v for n, v in zip(READ_FIELDS, values, strict=True) if v is not None})
+        return _decode_checked(
+            layout, key, {n: v for n, v in zip(READ_FIELDS, values, strict=True) if v is not None}
+        )
 
 
 def _decode_checked(layout: RedisLayout, key: str, raw: Mapping[Any, Any]) -> StoredBook:
