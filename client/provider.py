@@ -358,6 +358,11 @@ class RedisMarketDataProvider(MarketDataProvider):
         self, symbols: Iterable[str], exchange: str | None = None
     ) -> dict[str, OrderBookSnapshot | None]:
         """Many books in one round trip (plus one to resolve bare symbols the first time)."""
+        symbols = list(symbols)
+        if self._mirror is not None and exchange is None:
+            hits = {s: self._mirror_hit(s) for s in symbols}
+            if all(book is not None for book in hits.values()):
+                return hits
         targets = [(exchange, s) for s in symbols]
         results = self._lookup(targets)
         return {s: self._serve(r) for (_, s), r in zip(targets, results, strict=True)}
