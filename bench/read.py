@@ -71,6 +71,8 @@ def run(ctx: Context) -> list[Table]:
         None,
     )
 
+    ping = _timed(client.ping, n)
+    _row(table, "redis PING round trip (the floor of a read-through)", ping, 0, "reference", None)
     with RedisMarketDataProvider(redis=client) as through:
         for s in symbols:  # warm the resolution and feeder caches, as a running engine has them
             through.get_latest_snapshot(s)
