@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import Context, Table, percentile
-from bench.rig import CpuMeter, FeederProbe, Feeders, quiet_machine, simulator, symbol_names
+from bench.rig import CpuMeter, FeederProbe, Feeders, quiet_machine, simulator, stop_recorder, symbol_names
 from feeder.sim import ExchangeSimulator
 
 TARGET_P50_MS = 1.0
@@ -252,17 +252,7 @@ class ClientProcess:
         if process is None:
             return []
         self.process = None
-        try:
-            if process.returncode is None and process.stdin is not None:
-                with contextlib.suppress(ConnectionError):
-                    process.stdin.write(b"stop\n")
-                    await process.stdin.drain()
-            async with asyncio.timeout(timeout):
-                await process.wait()
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+        await stop_recorder(process, timeout)
         if process.returncode != 0 or not self.out.exists():
             raise RuntimeError(f"{self.mode} client exited with {process.returncode}")
         return [

@@ -12,7 +12,6 @@ turn, N times each, with a pause between drops so that the connection-rate limit
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sys
 import threading
@@ -24,7 +23,7 @@ import orjson
 import redis
 
 from bench.report import Context, Table, percentile
-from bench.rig import FeederProbe, Feeders, simulator, symbol_names
+from bench.rig import FeederProbe, Feeders, simulator, stop_recorder, symbol_names
 
 TARGET_MS = 250.0
 
@@ -115,17 +114,7 @@ class Watcher:
         if process is None:
             return []
         self.process = None
-        try:
-            if process.returncode is None and process.stdin is not None:
-                with contextlib.suppress(ConnectionError):
-                    process.stdin.write(b"stop\n")
-                    await process.stdin.drain()
-            async with asyncio.timeout(timeout):
-                await process.wait()
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
+        await stop_recorder(process, timeout)
         if process.returncode != 0:
             raise RuntimeError(f"the watcher exited with {process.returncode}")
         return [

@@ -396,3 +396,19 @@ async def wait_for_truth(
     with contextlib.suppress(TimeoutError):
         await poll(equal, timeout, "Redis books differ from the simulator's last frames", interval=0.1)
     return bad
+
+
+async def stop_recorder(process: asyncio.subprocess.Process, timeout: float = 15.0) -> int:
+    """Ask a recording subprocess to finish (a "stop" line on stdin), kill it at the deadline; its exit code."""
+    try:
+        if process.returncode is None and process.stdin is not None:
+            with contextlib.suppress(ConnectionError):
+                process.stdin.write(b"stop\n")
+                await process.stdin.drain()
+        async with asyncio.timeout(timeout):
+            await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return process.returncode if process.returncode is not None else -1

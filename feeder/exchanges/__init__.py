@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from client.errors import InvalidSymbolError
+from client.layout import validate_symbol
 from client.models import OrderBookSnapshot
 
 
@@ -88,6 +90,24 @@ class ExchangeProtocol(Protocol):
 
 
 # The concrete protocols import the exceptions above from this package, so they are imported last.
+def unique_symbols(symbols: Sequence[str]) -> list[str]:
+    """Upper-cased, validated symbols without duplicates, in order: what a subscription may contain."""
+    if isinstance(symbols, str):
+        raise TypeError("symbols must be a sequence of str, not one str")
+    out: list[str] = []
+    seen: set[str] = set()
+    for symbol in symbols:
+        if not isinstance(symbol, str):
+            raise InvalidSymbolError(f"symbol must be a str, not {type(symbol).__name__}")
+        checked = validate_symbol(symbol.strip().upper())
+        if checked not in seen:
+            seen.add(checked)
+            out.append(checked)
+    if not out:
+        raise ValueError("no symbols to subscribe to")
+    return out
+
+
 from feeder.exchanges.binance import BinanceProtocol  # noqa: E402
 from feeder.exchanges.upbit import UpbitProtocol  # noqa: E402
 

@@ -29,7 +29,7 @@ import orjson
 from client.errors import InvalidSymbolError
 from client.layout import validate_symbol
 from client.models import Level, OrderBookSnapshot
-from feeder.exchanges import BadFrame, ExchangeError, ServerShutdown
+from feeder.exchanges import BadFrame, ExchangeError, ServerShutdown, unique_symbols
 
 DEFAULT_URL: Final = "wss://stream.binance.com:9443"
 DEPTHS: Final = frozenset({5, 10, 20})
@@ -206,19 +206,7 @@ class BinanceProtocol:
 
     def stream_names(self, symbols: Sequence[str]) -> list[str]:
         """Lower-case stream names for `symbols` (validated, duplicates removed), e.g. ``btcusdt@depth20@100ms``."""
-        if isinstance(symbols, str):
-            raise TypeError("symbols must be a sequence of str, not one str")
-        names: list[str] = []
-        seen: set[str] = set()
-        for symbol in symbols:
-            if not isinstance(symbol, str):
-                raise InvalidSymbolError(f"symbol must be a str, not {type(symbol).__name__}")
-            checked = validate_symbol(symbol.strip().upper())
-            if checked not in seen:
-                seen.add(checked)
-                names.append(checked.lower() + self._suffix)
-        if not names:
-            raise ValueError("no symbols to subscribe to")
+        names = [symbol.lower() + self._suffix for symbol in unique_symbols(symbols)]
         if len(names) > MAX_STREAMS_PER_CONNECTION:
             raise ValueError(
                 f"{len(names)} streams on one connection: Binance allows at most {MAX_STREAMS_PER_CONNECTION}"

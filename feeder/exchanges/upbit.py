@@ -29,7 +29,7 @@ import orjson
 from client.errors import InvalidSymbolError
 from client.layout import validate_symbol
 from client.models import Level, OrderBookSnapshot
-from feeder.exchanges import BadFrame, ExchangeError
+from feeder.exchanges import BadFrame, ExchangeError, unique_symbols
 
 DEFAULT_URL: Final = "wss://api.upbit.com/websocket/v1"
 FORMATS: Final = frozenset({"DEFAULT", "SIMPLE", "JSON_LIST", "SIMPLE_LIST"})
@@ -219,19 +219,7 @@ class UpbitProtocol:
 
     def codes(self, symbols: Sequence[str]) -> list[str]:
         """The request's ``codes``: upper case, validated, duplicates removed, ``.N`` suffix if `levels`."""
-        if isinstance(symbols, str):
-            raise TypeError("symbols must be a sequence of str, not one str")
-        codes: list[str] = []
-        seen: set[str] = set()
-        for symbol in symbols:
-            if not isinstance(symbol, str):
-                raise InvalidSymbolError(f"symbol must be a str, not {type(symbol).__name__}")
-            code = validate_symbol(symbol.strip().upper())
-            if code not in seen:
-                seen.add(code)
-                codes.append(code)
-        if not codes:
-            raise ValueError("no symbols to subscribe to")
+        codes = unique_symbols(symbols)
         if self.levels is not None:
             codes = [f"{code}.{self.levels}" for code in codes]
         return codes
