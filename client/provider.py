@@ -39,6 +39,7 @@ from client.layout import (
     RedisLayout,
     StoredBook,
     arun_flow,
+    book_identity,
     decode_book_fields,
     encode_book,
     feeder_alive,
@@ -55,6 +56,7 @@ from client.settings import ClientSettings, load_settings
 log = logging.getLogger(__name__)
 
 RESOLVE_TTL = 30.0  # seconds a bare symbol's exchange is cached
+_DECODED_LIMIT = 100_000  # decoded books remembered for unchanged re-reads
 _UNSET: Any = object()
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
 _Result = tuple[SnapshotStatus, OrderBookSnapshot | None]
@@ -153,6 +155,7 @@ class RedisMarketDataProvider(MarketDataProvider):
         self._resolved: dict[str, tuple[str, float]] = {}
         self._warned: set[tuple[str, str]] = set()
         self._corrupt: dict[tuple[str, str], CorruptSnapshotError] = {}
+        self._decoded: dict[str, tuple[tuple[Any, ...], StoredBook]] = {}
         self._last_unavailable_log = 0.0
         self._pending_writes: set[asyncio.Task[bool]] = set()
         self._latest = LatestSnapshots(self)
@@ -748,10 +751,21 @@ class RedisMarketDataProvider(MarketDataProvider):
         for key, raw in zip(present, replies[: len(present)], strict=True):
             if isinstance(raw, Exception):
                 raise raw
+            identity = book_identity(raw)
+            seen = self._decoded.get(key)
+            if seen is not None and seen[0] == identity:
+                decoded[key] = seen[1]  # unchanged since the last read: no need to decode it again
+                continue
             try:
-                decoded[key] = decode_book_fields(self.layout, key, raw)
+                fresh = decode_book_fields(self.layout, key, raw)
             except CorruptSnapshotError as exc:
                 decoded[key] = exc
+                continue
+            decoded[key] = fresh
+            if fresh is not None:
+                if len(self._decoded) >= _DECODED_LIMIT:
+                    self._decoded.clear()
+                self._decoded[key] = (identity, fresh)
         unknown = sorted(
             {
                 b.feeder
@@ -765,8 +779,9 @@ class RedisMarketDataProvider(MarketDataProvider):
         now = time.time()
         results: list[tuple[SnapshotStatus, OrderBookSnapshot | None]] = []
         for ex, (_, symbol), book_key in zip(exchanges, targets, keys, strict=True):
-            book = decoded.get(book_key) if book_key else None
-            results.append(self._judge(ex or "", symbol, book, states, now))
+            results.append(
+                self._judge(ex or "", symbol, decoded.get(book_key) if book_key else None, states, now)
+            )
         return results
 
     def _judge(

@@ -326,3 +326,16 @@ def test_batch_read_mixes_exchanges_and_missing(backend: Backend) -> None:
         "KRW-XRP": None,
         "ODD": None,
     }
+
+
+def test_rereads_of_an_unchanged_book_are_not_decoded_again_but_any_change_is(backend: Backend) -> None:
+    p = RedisMarketDataProvider(redis=backend.sync, strict=True)
+    p.on_upbit_snapshot(book(tag=1))
+    first = p.get_latest_snapshot("KRW-BTC")
+    assert first is not None and p.get_latest_snapshot("KRW-BTC") is first  # served from the decoded copy
+    backend.sync.hset("md:upbit:KRW-BTC", "bids", "[[5.0, 1.0]]")  # a hand edit that leaves seq alone
+    changed = p.get_latest_snapshot("KRW-BTC")
+    assert changed is not None and changed.bids == [(5.0, 1.0)]
+    backend.sync.hset("md:upbit:KRW-BTC", "asks", "not json")
+    with pytest.raises(CorruptSnapshotError):
+        p.get_latest_snapshot("KRW-BTC")
