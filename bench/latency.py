@@ -29,7 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import Context, Table, percentile
-from bench.rig import CpuMeter, FeederProbe, Feeders, quiet_machine, simulator, stop_recorder, symbol_names
+from bench.rig import (
+    CpuMeter,
+    FeederProbe,
+    Feeders,
+    psubscribe_books,
+    quiet_machine,
+    simulator,
+    stop_recorder,
+    symbol_names,
+)
 from feeder.sim import ExchangeSimulator
 
 TARGET_P50_MS = 1.0
@@ -182,13 +191,7 @@ def _pubsub_client(url: str, stop: threading.Event, rows: list[tuple[str, str, i
     pubsub = client.pubsub()  # type: ignore[no-untyped-call]
     raw: list[tuple[bytes, bytes, float]] = []
     try:
-        pubsub.psubscribe("md:upbit:*", "md:binance:*")
-        confirmed = 0
-        deadline = time.monotonic() + 10
-        while confirmed < 2 and time.monotonic() < deadline:
-            message = pubsub.get_message(timeout=0.1)
-            if message is not None and message["type"] == "psubscribe":
-                confirmed += 1
+        psubscribe_books(pubsub)
         print("ready", flush=True)
         get = pubsub.get_message
         while not stop.is_set():

@@ -23,7 +23,7 @@ import orjson
 import redis
 
 from bench.report import Context, Table, percentile
-from bench.rig import FeederProbe, Feeders, simulator, stop_recorder, symbol_names
+from bench.rig import FeederProbe, Feeders, psubscribe_books, simulator, stop_recorder, symbol_names
 
 TARGET_MS = 250.0
 
@@ -65,13 +65,7 @@ def watch_main(argv: list[str]) -> int:
     pubsub = client.pubsub()  # type: ignore[no-untyped-call]
     raw: list[tuple[float, bytes, bytes]] = []
     try:
-        pubsub.psubscribe("md:upbit:*", "md:binance:*")
-        confirmed = 0
-        deadline = time.monotonic() + 10
-        while confirmed < 2 and time.monotonic() < deadline:
-            message = pubsub.get_message(timeout=0.1)
-            if message is not None and message["type"] == "psubscribe":
-                confirmed += 1
+        psubscribe_books(pubsub)
         print("ready", flush=True)
         while not stop.is_set():
             message = pubsub.get_message(timeout=0.05)

@@ -412,3 +412,14 @@ async def stop_recorder(process: asyncio.subprocess.Process, timeout: float = 15
             process.kill()
             await process.wait()
     return process.returncode if process.returncode is not None else -1
+
+
+def psubscribe_books(pubsub: Any, timeout: float = 10.0) -> None:
+    """PSUBSCRIBE every Upbit and Binance book channel and wait until Redis confirmed both patterns."""
+    pubsub.psubscribe("md:upbit:*", "md:binance:*")
+    confirmed = 0
+    deadline = time.monotonic() + timeout
+    while confirmed < 2 and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.1)
+        if message is not None and message["type"] == "psubscribe":
+            confirmed += 1

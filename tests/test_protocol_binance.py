@@ -2,34 +2,20 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import pytest
+from captures import DATA, FRAMES, received_frames
 
 from client.errors import InvalidSymbolError
 from feeder.exchanges import BadFrame, BinanceProtocol, ExchangeError, ExchangeProtocol, ServerShutdown
 from feeder.exchanges import binance as binance_module
 
-DATA = Path(__file__).parent / "data"
-FRAMES = DATA / "frames"
 RECORDING = DATA / "recordings" / "binance-2021-10-12.ws.txt"
-
-
-def received_frames(path: Path) -> list[bytes | str]:
-    """Frames the client received: ``ts: b'...'`` lines are binary frames, ``ts: {...}`` text frames."""
-    frames: list[bytes | str] = []
-    for line in path.read_text().splitlines():
-        head, sep, payload = line.partition(": ")
-        if not sep or " " in head:  # blank, `URL <-> ts` and `URL <- ts: sent` lines
-            continue
-        frames.append(ast.literal_eval(payload) if payload.startswith("b'") else payload)
-    return frames
 
 
 def lines(name: str) -> list[str]:

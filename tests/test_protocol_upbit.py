@@ -2,36 +2,22 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import pickle
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from captures import DATA, FRAMES, received_frames
 
 from client.errors import InvalidSymbolError
 from client.models import OrderBookSnapshot
 from feeder.exchanges import BadFrame, ExchangeError, ExchangeProtocol, UpbitProtocol
 from feeder.exchanges import upbit as upbit_module
 
-DATA = Path(__file__).parent / "data"
-FRAMES = DATA / "frames"
 RECORDING = DATA / "recordings" / "upbit-2021-04-17.ws.txt"
-
-
-def received_frames(path: Path) -> list[bytes | str]:
-    """Frames the client received: ``ts: b'...'`` lines are binary frames, ``ts: {...}`` text frames."""
-    frames: list[bytes | str] = []
-    for line in path.read_text().splitlines():
-        head, sep, payload = line.partition(": ")
-        if not sep or " " in head:  # blank, `URL <-> ts` and `URL <- ts: sent` lines
-            continue
-        frames.append(ast.literal_eval(payload) if payload.startswith("b'") else payload)
-    return frames
 
 
 def reference_book(frame: bytes) -> dict[str, Any]:
