@@ -1,8 +1,8 @@
 """`encode_book` (the per-book cost of every write) produces exactly what its straightforward version did.
 
-`reference_encode_book` below is `client.layout.encode_book` as it was before it was made cheaper (one orjson
-call for the message's numbers, cached constant parts, orjson's float text reused where it equals repr). The
-script arguments (hash fields and the published message) must not change by a byte.
+`reference_encode_book` below is the straightforward encoding (every field formatted on its own, the message
+dumped from a dict): the hash fields and the published message that the write script makes of
+`encode_book`'s arguments must equal it byte for byte.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from client.layout import (
     RedisLayout,
     _check_levels,
     encode_book,
+    run_flow,
     validate_writer_id,
+    write_flow,
 )
 from client.models import OrderBookSnapshot
 
@@ -41,8 +43,8 @@ def reference_encode_book(
     xid: int | None = None,
     recv_ts: float | None = None,
     validate: bool = True,
-) -> EncodedBook:
-    """Encode a snapshot for WRITE_BOOK.
+) -> tuple[str, int, dict[str, bytes | str], bytes]:
+    """Key, ordering id, hash fields and message of a book's first write, the straightforward way.
 
     `heartbeat` says whether the writer keeps ``<prefix>:feeder:<writer>`` alive: readers then judge the book
     by that heartbeat, otherwise by ``max_age`` alone (books written directly by an engine's provider).
@@ -72,8 +74,14 @@ def reference_encode_book(
     asks_json = orjson.dumps(asks)
     bid = repr(bids[0][0]) if bids else ""
     ask = repr(asks[0][0]) if asks else ""
-    payload = orjson.dumps(
+    fields: dict[str, bytes | str] = {
+        "seq": "1", "exchange": exchange, "symbol": snapshot.symbol, "bids": bids_json, "asks": asks_json,
+        "bid": bid, "ask": ask, "ts": repr(ts), "recv_ts": repr(float(recv_ts)), "xid": str(xid),
+        "feeder": writer, "live": "1", "hb": "1" if heartbeat else "0",
+    }  # fmt: skip
+    message = orjson.dumps(
         {
+            "seq": 1,
             "exchange": exchange,
             "symbol": snapshot.symbol,
             "ts": ts,
@@ -87,37 +95,13 @@ def reference_encode_book(
             "bids": orjson.Fragment(bids_json),
             "asks": orjson.Fragment(asks_json),
         }
-    )[1:]
-    args: tuple[bytes | str, ...] = (
-        str(xid),
-        writer,
-        payload,
-        "exchange",
-        exchange,
-        "symbol",
-        snapshot.symbol,
-        "bids",
-        bids_json,
-        "asks",
-        asks_json,
-        "bid",
-        bid,
-        "ask",
-        ask,
-        "ts",
-        repr(ts),
-        "recv_ts",
-        repr(float(recv_ts)),
-        "xid",
-        str(xid),
-        "feeder",
-        writer,
-        "live",
-        "1",
-        "hb",
-        "1" if heartbeat else "0",
     )
-    return EncodedBook(exchange, snapshot.symbol, key, xid, writer, args)
+    return key, xid, fields, message
+
+
+def written(encoded: EncodedBook) -> tuple[str, int, dict[str, bytes | str], bytes]:
+    """What the write script stores and publishes for `encoded` as the key's first write."""
+    return encoded.key, encoded.xid, encoded.hash_fields(1), encoded.message(1)
 
 
 positive = st.one_of(
@@ -166,10 +150,12 @@ def test_encode_book_is_unchanged(
         "heartbeat": heartbeat,
         "validate": validate,
     }
-    assert encode_book(LAYOUT, snapshot, **kwargs) == reference_encode_book(LAYOUT, snapshot, **kwargs)
-    assert encode_book(LAYOUT, snapshot, recv_ts=recv_ts, xid=xid, **kwargs) == reference_encode_book(
-        LAYOUT, snapshot, recv_ts=recv_ts, xid=xid, **kwargs
+    assert written(encode_book(LAYOUT, snapshot, **kwargs)) == reference_encode_book(
+        LAYOUT, snapshot, **kwargs
     )
+    assert written(
+        encode_book(LAYOUT, snapshot, recv_ts=recv_ts, xid=xid, **kwargs)
+    ) == reference_encode_book(LAYOUT, snapshot, recv_ts=recv_ts, xid=xid, **kwargs)
 
 
 def test_message_is_the_documented_json() -> None:
@@ -177,12 +163,12 @@ def test_message_is_the_documented_json() -> None:
         "BTCUSDT", 1746601573.804, [(86704.77, 4.67805)], [], xid=7, recv_ts=1746601573.9
     )
     encoded = encode_book(LAYOUT, book, exchange="binance", writer="f-1", heartbeat=True, validate=False)
-    message = orjson.loads(b'{"seq":1,' + encoded.args[2])  # type: ignore[operator]
+    message = orjson.loads(encoded.message(1))
     assert list(message) == [
         "seq", "exchange", "symbol", "ts", "recv_ts", "xid", "feeder", "live", "hb", "bid", "ask", "bids", "asks"
     ]  # fmt: skip
     assert message["bid"] == 86704.77 and message["ask"] is None and message["asks"] == []
-    fields = dict(zip(encoded.args[3::2], encoded.args[4::2], strict=True))
+    fields = encoded.hash_fields(1)
     assert fields["bid"] == "86704.77" and fields["ask"] == "" and fields["ts"] == "1746601573.804"
 
 
@@ -190,3 +176,32 @@ def test_validation_still_refuses_bad_books() -> None:
     bad = OrderBookSnapshot("KRW-BTC", 1.0, [(math.nan, 1.0)], [])
     with pytest.raises(InvalidSnapshotError):
         encode_book(LAYOUT, bad, exchange="upbit", writer="w", heartbeat=False)
+
+
+def test_script_stores_and_publishes_what_encoded_book_says(backend: Any) -> None:
+    """`hash_fields` and `message` mirror the Lua script: checked against the script itself."""
+    client = backend.sync
+    pubsub = client.pubsub()
+    key = LAYOUT.book_key("binance", "BTCUSDT")
+    pubsub.subscribe(key)
+    try:
+        assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+        for seq, (bids, asks) in enumerate(
+            [([(86704.77, 4.67805), (86704.5, 1e-05)], [(86705.0, 0.5)]), ([], [(1.234e-05, 137001000.0)])],
+            start=1,
+        ):
+            book = OrderBookSnapshot(
+                "BTCUSDT", 1746601573.804 + seq, bids, asks, xid=seq, recv_ts=1746601574.5
+            )
+            encoded = encode_book(LAYOUT, book, exchange="binance", writer="f-1", heartbeat=True)
+            assert run_flow(client, write_flow(LAYOUT, [encoded])) == [seq]
+            stored = client.hgetall(key)
+            want = {
+                k.encode(): v if isinstance(v, bytes) else v.encode()
+                for k, v in encoded.hash_fields(seq).items()
+            }
+            assert stored == want
+            message = pubsub.get_message(timeout=5)
+            assert message is not None and message["data"] == encoded.message(seq)
+    finally:
+        pubsub.close()
