@@ -2,7 +2,8 @@
 
 Connections call `submit` for every decoded book; it never blocks and never grows past one pending book per
 key, so a slow or absent Redis costs memory bounded by the number of symbols, not by time. One task (`run`)
-drains the buffer into pipelined batches of the atomic write script. At low load a book is written as soon as
+drains the buffer into pipelined batches of the atomic write script, sent in chunks so that Redis runs
+one chunk while the next is encoded. At low load a book is written as soon as
 it arrives (the task wakes on every submit); under load, books that arrive while a batch is in flight replace
 their pending predecessor (counted as coalesced), which is exactly the backpressure a book cache wants.
 
@@ -34,7 +35,7 @@ import redis.asyncio
 import redis.exceptions
 from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
 
-from client.layout import Command, Flow, RedisLayout, arun_flow, encode_book, mark_down_flow, write_flow
+from client.layout import EncodedBook, Flow, RedisLayout, arun_flow, encode_book, mark_down_flow, write_flow
 from client.models import OrderBookSnapshot
 
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
@@ -46,6 +47,7 @@ except ImportError:  # pragma: no cover - redis[hiredis] is a dependency; withou
 log = logging.getLogger(__name__)
 
 BookId = tuple[str, str]  # (exchange, symbol)
+_CHUNK = 64  # books per chunk of a batch: encoding the next chunk overlaps Redis running this one
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 
 
@@ -62,25 +64,58 @@ def _packable(client: object) -> bool:
     return encoding == "utf8" and kwargs.get("encoding_errors", "strict") == "strict"
 
 
-async def _packed_round_trip(pool: Any, commands: list[Command]) -> list[Any]:
-    """Send `commands` in one write on a connection of `pool`; their replies in order, errors as values."""
+async def _packed_round_trips(pool: Any, flows: Iterable[Flow]) -> list[Any]:
+    """Drive `flows` on one connection of `pool`; each flow's result, in order.
+
+    Every flow's first commands are sent as soon as the flow is taken from `flows` (a lazy iterable: the
+    writer encodes a chunk of books only when it is taken), before the previous flows' replies are read, so
+    Redis works on one chunk while this process encodes the next. Replies are then read in order (errors as
+    values); a flow that asks for a further round (NOSCRIPT after a Redis restart) gets it afterwards.
+    """
     if _needs_command_name(pool):
         connection = await pool.get_connection("EVALSHA")  # redis-py < 5.3 required a command name
     else:
         connection = await pool.get_connection()
     try:
         assert _hiredis_pack is not None
-        replies: list[Any] = []
+        pack = _hiredis_pack
         read = connection.read_response
-        # One deadline for the whole round trip (the connection's socket timeout) instead of one per reply:
+
+        async def replies(count: int) -> list[Any]:
+            got: list[Any] = []
+            for _ in range(count):
+                try:
+                    got.append(await read(timeout=math.inf))  # inf: no timer of its own
+                except redis.exceptions.ResponseError as exc:  # an error reply; the stream is still in step
+                    got.append(exc)
+            return got
+
+        # One deadline for the whole exchange (the connection's socket timeout) instead of one per reply:
         # the replies of a batch arrive together, and a timer per reply cost more than reading it.
         async with asyncio.timeout(connection.socket_timeout):
-            await connection.send_packed_command(b"".join([_hiredis_pack(c) for c in commands]))
-            for _ in commands:
+            started: list[tuple[Flow, int]] = []
+            results: list[Any] = []
+            for flow in flows:
                 try:
-                    replies.append(await read(timeout=math.inf))  # inf: no timer of its own
-                except redis.exceptions.ResponseError as exc:  # an error reply; the stream is still in step
-                    replies.append(exc)
+                    commands = next(flow)
+                except StopIteration as stop:  # nothing to send
+                    results.append(stop.value)
+                    started.append((flow, -1))
+                    continue
+                await connection.send_packed_command(b"".join([pack(c) for c in commands]))
+                results.append(None)
+                started.append((flow, len(commands)))
+            first = [await replies(count) if count >= 0 else [] for _, count in started]
+            for i, ((flow, count), answer) in enumerate(zip(started, first, strict=True)):
+                if count < 0:
+                    continue
+                try:
+                    while True:
+                        commands = flow.send(answer)
+                        await connection.send_packed_command(b"".join([pack(c) for c in commands]))
+                        answer = await replies(len(commands))
+                except StopIteration as stop:
+                    results[i] = stop.value
     except BaseException:
         # A failure or a cancellation between the write and the last reply leaves replies in flight:
         # the connection must not be reused.
@@ -88,7 +123,7 @@ async def _packed_round_trip(pool: Any, commands: list[Command]) -> list[Any]:
         raise
     finally:
         await pool.release(connection)
-    return replies
+    return results
 
 
 _COMMAND_NAME_REQUIRED: dict[type, bool] = {}
@@ -226,14 +261,25 @@ class SnapshotWriter:
             items = []
             for book_id in list(self._pending)[: self._batch]:
                 items.append((book_id, self._pending.pop(book_id)))
-        try:
-            encoded = [
+        encoded: list[EncodedBook] = []
+
+        def encode(chunk: list[tuple[BookId, OrderBookSnapshot]]) -> list[EncodedBook]:
+            books = [
                 encode_book(
                     self._layout, snap, exchange=ex, writer=self._feeder_id, heartbeat=True, validate=False
                 )
-                for (ex, _), snap in items
+                for (ex, _), snap in chunk
             ]
-            seqs = await self._run_flow(write_flow(self._layout, encoded, indexed=self._indexed))
+            encoded.extend(books)
+            return books
+
+        # chunks, each encoded only when the previous one is on its way to Redis (see `_packed_round_trips`)
+        flows = (
+            write_flow(self._layout, encode(items[i : i + _CHUNK]), indexed=self._indexed)
+            for i in range(0, len(items), _CHUNK)
+        )
+        try:
+            seqs = [seq for chunk_seqs in await self._run_flows(flows) for seq in chunk_seqs]
         except BaseException:
             # Put the batch back unless something newer (or a mark-down) arrived meanwhile.
             for book_id, snap in items:
@@ -249,16 +295,13 @@ class SnapshotWriter:
         self.last_write = time.time()
 
     async def _run_flow(self, flow: Flow) -> Any:
-        """Drive a layout flow: hiredis-packed round trips on a plain client, `arun_flow` otherwise."""
+        return (await self._run_flows([flow]))[0]
+
+    async def _run_flows(self, flows: Iterable[Flow]) -> list[Any]:
+        """Drive layout flows: on one connection, hiredis-packed, on a plain client; `arun_flow` otherwise."""
         if not self._packed:
-            return await arun_flow(self._redis, flow)
-        pool = self._redis.connection_pool
-        try:
-            commands = next(flow)
-            while True:
-                commands = flow.send(await _packed_round_trip(pool, commands))
-        except StopIteration as stop:
-            return stop.value
+            return [await arun_flow(self._redis, flow) for flow in flows]
+        return await _packed_round_trips(self._redis.connection_pool, flows)
 
     def _on_error(self, exc: BaseException, failures: int) -> None:
         self.stats.redis_errors += 1

@@ -20,7 +20,7 @@ from conftest import Backend
 from client.layout import RedisLayout, arun_flow, decode_book, encode_book, write_flow
 from client.models import OrderBookSnapshot
 from feeder import writer as writer_module
-from feeder.writer import SnapshotWriter
+from feeder.writer import _CHUNK, SnapshotWriter
 
 
 def book(symbol: str, i: int, levels: int = 20) -> OrderBookSnapshot:
@@ -111,6 +111,37 @@ async def test_noscript_after_a_script_flush_is_reloaded(real_backend: Backend) 
     await asyncio.gather(task, return_exceptions=True)
     assert real_backend.sync.hget("md:upbit:KRW-BTC", "seq") == b"2"
     assert writer.stats.redis_errors == 0
+    await client.aclose()
+
+
+async def test_a_batch_of_several_chunks_is_written_in_order_and_reloads_the_script(
+    real_backend: Backend,
+) -> None:
+    """A batch larger than a chunk goes out as several pipelined flows on one connection; after a SCRIPT
+    FLUSH every chunk meets NOSCRIPT and gets its own reload round after all first replies were read."""
+    client = real_backend.new_async()
+    layout = RedisLayout()
+    writer = SnapshotWriter(client, layout, "w1", batch=500)
+    count = 3 * _CHUNK + 5
+    for i in range(count):
+        writer.submit("binance", book(f"S{i}USDT", i))
+    real_backend.sync.script_flush()  # every chunk's first round answers NOSCRIPT
+    task = asyncio.create_task(writer.run())
+    assert await writer.flush(5)
+    assert (writer.stats.written, writer.stats.batches, writer.stats.redis_errors) == (count, 1, 0)
+    for i in range(count):
+        writer.submit("binance", book(f"S{i}USDT", count + i))
+    assert await writer.flush(5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert writer.stats.written == 2 * count and writer.stats.rejected == 0
+    for i in (0, _CHUNK - 1, _CHUNK, count - 1):
+        stored = decode_book(
+            layout, f"md:binance:S{i}USDT", real_backend.sync.hgetall(f"md:binance:S{i}USDT")
+        )
+        assert stored is not None and stored.seq == 2 and stored.snapshot == book(f"S{i}USDT", count + i)
+    assert real_backend.sync.scard("md:symbols:binance") == count
+    assert in_use(client.connection_pool) == 0
     await client.aclose()
 
 
