@@ -27,7 +27,7 @@ import operator
 import re
 import time
 from collections.abc import Container, Generator, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -182,10 +182,10 @@ class LuaScript:
 
     name: str
     source: str
+    sha: str = field(init=False)  # computed once: a write batch names the script by it
 
-    @property
-    def sha(self) -> str:
-        return hashlib.sha1(self.source.encode()).hexdigest()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.source.encode()).hexdigest())
 
 
 # KEYS[1] book key (and channel). ARGV: 1 xid, 2 writer id, 3 the message's middle part (from "exchange" to
@@ -595,7 +595,7 @@ def write_flow(
     pipeline (not inside the script: they live in other Cluster slots). Books whose key is in `indexed` skip
     the index update: a feeder remembers what it already indexed since Redis last came back.
     """
-    sha = WRITE_BOOK.sha  # a property that hashes the script: once per batch, not once per book
+    sha = WRITE_BOOK.sha
     commands: list[Command] = [("EVALSHA", sha, 1, book.key, *book.args) for book in books]
     last: dict[str, str] = {}
     new_exchanges: set[str] = set()
