@@ -29,6 +29,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import redis.asyncio
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 BookId = tuple[str, str]  # (exchange, symbol)
 _CHUNK = 64  # books per chunk of a batch: encoding the next chunk overlaps Redis running this one
+_FIRST_CHUNK = 16  # smaller, so that Redis starts early
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 
 
@@ -274,9 +276,11 @@ class SnapshotWriter:
             return books
 
         # chunks, each encoded only when the previous one is on its way to Redis (see `_packed_round_trips`)
+        bounds = [0, *range(_FIRST_CHUNK, len(items), _CHUNK), len(items)]
         flows = (
-            write_flow(self._layout, encode(items[i : i + _CHUNK]), indexed=self._indexed)
-            for i in range(0, len(items), _CHUNK)
+            write_flow(self._layout, encode(items[start:end]), indexed=self._indexed)
+            for start, end in pairwise(bounds)
+            if start < end
         )
         try:
             seqs = [seq for chunk_seqs in await self._run_flows(flows) for seq in chunk_seqs]
