@@ -276,7 +276,12 @@ class SnapshotWriter:
             return books
 
         # chunks, each encoded only when the previous one is on its way to Redis (see `_packed_round_trips`)
-        bounds = [0, *range(_FIRST_CHUNK, len(items), _CHUNK), len(items)]
+        # a small batch goes in one write (one syscall); a large one starts with a small chunk
+        bounds = (
+            [0, len(items)]
+            if len(items) <= _CHUNK
+            else [0, *range(_FIRST_CHUNK, len(items), _CHUNK), len(items)]
+        )
         flows = (
             write_flow(self._layout, encode(items[start:end]), indexed=self._indexed)
             for start, end in pairwise(bounds)
