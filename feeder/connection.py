@@ -27,6 +27,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.frames import Frame
 
+from client.models import OrderBookSnapshot
 from feeder.exchanges import BadFrame, ExchangeError, ExchangeProtocol, ServerShutdown
 from feeder.writer import SnapshotWriter
 
@@ -250,12 +251,19 @@ class ExchangeConnection:
         parsers read bytes, and a text frame that is not UTF-8 is then a bad frame (counted, skipped) instead
         of a connection websockets closes. Complete frames websockets has already received are taken from its
         queue directly (`_received_frames`); ``recv`` is awaited only when that queue is empty.
+
+        A frame whose head shows a book of a known symbol (`book_symbol`) goes to the writer undecoded: under
+        load most frames are superseded by a newer one of their symbol before they are written, and decoding
+        only those that are written (`decode_deferred`) is what keeps the writer from starving (measured: with
+        every frame decoded here, 2000 symbols at 40,000 frames/s left 3,300 books/s written; deferred, 19,000).
         """
         ws = session.ws
         recv = ws.recv
         queued, resume = _received_frames(ws)
         parse = self.protocol.parse
+        book_symbol = self.protocol.book_symbol
         submit = self.writer.submit
+        submit_frame = self.writer.submit_frame
         exchange = self.exchange
         stats = self.stats
         now = time.time
@@ -276,6 +284,14 @@ class ExchangeConnection:
                     except TimeoutError:
                         return f"no frame for {silence:.1f}s (silence watchdog)"
                 stats.frames += 1
+                symbol = book_symbol(frame)
+                if symbol is not None:  # a book of a known symbol: decoded only if and when it is written
+                    submit_frame(exchange, symbol, frame, now(), self)
+                    stats.books += 1
+                    if first:
+                        first = False
+                        self._receiving(session)
+                    continue
                 try:
                     books = parse(frame, now())
                 except BadFrame as exc:
@@ -296,14 +312,32 @@ class ExchangeConnection:
                 stats.books += len(books)
                 if first:
                     first = False
-                    session.first_frame.set()
-                    if not session.retiring:
-                        self.up = True
-                        log.info("%s: receiving (%d symbols)", self.name, len(self.symbols))
+                    self._receiving(session)
         except ConnectionClosed as exc:
             if session.retiring:
                 return "retired"
             return _describe(exc)
+
+    def _receiving(self, session: _Session) -> None:
+        session.first_frame.set()
+        if not session.retiring:
+            self.up = True
+            log.info("%s: receiving (%d symbols)", self.name, len(self.symbols))
+
+    def decode_deferred(self, frame: bytes, recv_ts: float, symbol: str) -> OrderBookSnapshot | None:
+        """Decode a frame handed to the writer undecoded (`FrameSource`); a malformed one is counted here."""
+        try:
+            books = self.protocol.parse(frame, recv_ts)
+        except (BadFrame, ExchangeError) as exc:  # an error reply cannot look like a book: malformed too
+            self.stats.bad_frames += 1
+            self._log_bad(BadFrame(str(exc)), frame)
+            return None
+        for book in books:
+            if book.symbol == symbol:
+                return book
+        self.stats.bad_frames += 1
+        self._log_bad(BadFrame(f"no {symbol} book in a frame that looked like one"), frame)
+        return None
 
     def _went_down(self, reason: str) -> None:
         self.stats.last_error = reason

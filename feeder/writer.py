@@ -27,10 +27,10 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio
 import redis.exceptions
@@ -48,6 +48,17 @@ except ImportError:  # pragma: no cover - redis[hiredis] is a dependency; withou
 log = logging.getLogger(__name__)
 
 BookId = tuple[str, str]  # (exchange, symbol)
+
+
+class FrameSource(Protocol):
+    """Where a deferred frame came from: decodes it when the writer needs it (see `submit_frame`)."""
+
+    def decode_deferred(self, frame: bytes, recv_ts: float, symbol: str) -> OrderBookSnapshot | None:
+        """`symbol`'s book from `frame`, or None when the frame is malformed (counted by the source)."""
+        ...
+
+
+Deferred = tuple[bytes, float, FrameSource]  # a received frame not decoded yet, its receive time, its source
 _CHUNK = 64  # books per chunk of a batch: encoding the next chunk overlaps Redis running this one
 _FIRST_CHUNK = 16  # smaller, so that Redis starts early
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
@@ -150,6 +161,7 @@ class WriterStats:
     batches: int = 0
     marked_down: int = 0
     redis_errors: int = 0
+    malformed: int = 0  # deferred frames that did not decode (their source counted and logged them)
 
 
 class SnapshotWriter:
@@ -169,7 +181,7 @@ class SnapshotWriter:
         self._feeder_id = feeder_id
         self._batch = batch
         self._max_backoff = max_backoff
-        self._pending: dict[BookId, OrderBookSnapshot] = {}
+        self._pending: dict[BookId, OrderBookSnapshot | Deferred] = {}
         self._down: dict[BookId, None] = {}
         self._indexed: set[str] = set()
         self._wake = asyncio.Event()
@@ -189,6 +201,28 @@ class SnapshotWriter:
         if book_id in pending:
             self.stats.coalesced += 1
         pending[book_id] = snapshot
+        self.stats.submitted += 1
+        if self._down:
+            self._down.pop(book_id, None)
+        if not self._wake.is_set():
+            self._idle.clear()
+            self._wake.set()
+
+    def submit_frame(
+        self, exchange: str, symbol: str, frame: bytes, recv_ts: float, source: FrameSource
+    ) -> None:
+        """Queue a received frame that holds `symbol`'s book, undecoded: `source` decodes it when it is written.
+
+        Under load most frames are replaced by a newer one of their symbol before the writer gets to them;
+        decoding only the ones that are written leaves the CPU to reading and writing, so a feeder keeps both
+        up at a higher frame rate. A frame that turns out malformed is `source`'s to count; its key then keeps
+        the book Redis already holds until the next frame.
+        """
+        book_id = (exchange, symbol)
+        pending = self._pending
+        if book_id in pending:
+            self.stats.coalesced += 1
+        pending[book_id] = (frame, recv_ts, source)
         self.stats.submitted += 1
         if self._down:
             self._down.pop(book_id, None)
@@ -264,36 +298,59 @@ class SnapshotWriter:
             for book_id in list(self._pending)[: self._batch]:
                 items.append((book_id, self._pending.pop(book_id)))
         encoded: list[EncodedBook] = []
+        decoded: dict[BookId, OrderBookSnapshot | None] = {}  # deferred frames decoded for this batch
 
-        def encode(chunk: list[tuple[BookId, OrderBookSnapshot]]) -> list[EncodedBook]:
-            books = [
-                encode_book(
-                    self._layout, snap, exchange=ex, writer=self._feeder_id, heartbeat=True, validate=False
+        def encode(chunk: list[tuple[BookId, OrderBookSnapshot | Deferred]]) -> list[EncodedBook]:
+            books = []
+            for book_id, item in chunk:
+                if isinstance(item, OrderBookSnapshot):
+                    snap = item
+                else:
+                    frame, recv_ts, source = item
+                    decoded[book_id] = book = source.decode_deferred(frame, recv_ts, book_id[1])
+                    if book is None:
+                        self.stats.malformed += 1
+                        continue
+                    snap = book
+                books.append(
+                    encode_book(
+                        self._layout,
+                        snap,
+                        exchange=book_id[0],
+                        writer=self._feeder_id,
+                        heartbeat=True,
+                        validate=False,
+                    )
                 )
-                for (ex, _), snap in chunk
-            ]
             encoded.extend(books)
             return books
 
-        # chunks, each encoded only when the previous one is on its way to Redis (see `_packed_round_trips`)
-        # a small batch goes in one write (one syscall); a large one starts with a small chunk
-        bounds = (
-            [0, len(items)]
-            if len(items) <= _CHUNK
-            else [0, *range(_FIRST_CHUNK, len(items), _CHUNK), len(items)]
-        )
-        flows = (
-            write_flow(self._layout, encode(items[start:end]), indexed=self._indexed)
-            for start, end in pairwise(bounds)
-            if start < end
-        )
+        def flows() -> Iterator[Flow]:
+            # chunks, each encoded only when the previous one is on its way to Redis (`_packed_round_trips`);
+            # a small batch goes in one write (one syscall), a large one starts with a small chunk
+            bounds = (
+                [0, len(items)]
+                if len(items) <= _CHUNK
+                else [0, *range(_FIRST_CHUNK, len(items), _CHUNK), len(items)]
+            )
+            for start, end in pairwise(bounds):
+                books = encode(items[start:end])
+                if books:
+                    yield write_flow(self._layout, books, indexed=self._indexed)
+
         try:
-            seqs = [seq for chunk_seqs in await self._run_flows(flows) for seq in chunk_seqs]
+            seqs = [seq for chunk_seqs in await self._run_flows(flows()) for seq in chunk_seqs]
         except BaseException:
-            # Put the batch back unless something newer (or a mark-down) arrived meanwhile.
-            for book_id, snap in items:
+            # Put the batch back unless something newer (or a mark-down) arrived meanwhile; a frame decoded
+            # already goes back as its book (a malformed one not at all, it was counted).
+            for book_id, item in items:
                 if book_id not in self._pending and book_id not in self._down:
-                    self._pending[book_id] = snap
+                    if book_id in decoded:
+                        snap = decoded[book_id]
+                        if snap is not None:
+                            self._pending[book_id] = snap
+                    else:
+                        self._pending[book_id] = item
             raise
         for book in encoded:
             self._indexed.add(book.key)

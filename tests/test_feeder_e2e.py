@@ -352,3 +352,40 @@ async def test_two_shards_split_the_list(rig: Rig) -> None:
     for s in symbols:
         feeders.setdefault((await rig.raw.hget(f"md:upbit:{s}", "feeder")), set()).add(s)
     assert set(feeders) == {b"shard-1", b"shard-2"}
+
+
+async def test_a_frame_that_looks_like_a_book_but_is_malformed_is_counted_and_never_written(rig: Rig) -> None:
+    """Frames of known symbols reach the writer undecoded; one that fails to decode there is a bad frame: counted,
+    logged, not written (its huge ordering id would otherwise block every later book), and the symbol's next
+    frames are written as usual."""
+    rig.start_feeder(["KRW-BTC"], ["BTCUSDT"])
+    await poll(lambda: rig.all_live("upbit", ["KRW-BTC"]), 20, "upbit book did not arrive")
+    await poll(lambda: rig.all_live("binance", ["BTCUSDT"]), 20, "binance book did not arrive")
+    await rig.sim.send_garbage(
+        "binance",
+        '{"stream":"btcusdt@depth20@100ms","data":{"lastUpdateId":99999999999999,'
+        '"bids":[["1.0","oops"]],"asks":[]}}',
+    )
+    await rig.sim.send_garbage(
+        "upbit",
+        b'{"type":"orderbook","code":"KRW-BTC","timestamp":999999999999999,"total_ask_size":1.0,'
+        b'"total_bid_size":1.0,"orderbook_units":[{"ask_price":"x","bid_price":1.0,"ask_size":1.0,"bid_size":1.0}]}',
+    )
+
+    async def counted() -> bool:
+        return int((await rig.status()).get("bad", 0)) >= 2
+
+    await poll(counted, 5, f"malformed book frames not counted\n{rig.fail_log()}")
+    btc = await rig.provider.aget_latest_snapshot("KRW-BTC")
+    usdt = await rig.provider.aget_latest_snapshot("BTCUSDT")
+    assert btc is not None and usdt is not None
+    assert btc.xid is not None and btc.xid < 999999999999999
+    assert usdt.xid is not None and usdt.xid < 99999999999999
+
+    async def flowing() -> bool:
+        b2 = await rig.provider.aget_latest_snapshot("KRW-BTC")
+        u2 = await rig.provider.aget_latest_snapshot("BTCUSDT")
+        return bool(b2 and u2 and b2.xid > btc.xid and u2.xid > usdt.xid)  # type: ignore[operator]
+
+    await poll(flowing, 5, "the symbol's later books were not written after a malformed one")
+    assert "malformed frame" in rig.feeders[0].log()

@@ -165,3 +165,59 @@ async def test_mark_down_discards_pending_books_and_fresh_data_revives(
     assert await writer.flush(5)
     await stop(task)
     assert p.get_latest_snapshot("KRW-BTC") == book("KRW-BTC", 3)
+
+
+class FrameSourceStub:
+    """A connection as the writer sees it: decodes deferred frames (``b"<i>"`` -> book i, ``b"bad"`` -> None)."""
+
+    def __init__(self) -> None:
+        self.decoded: list[tuple[bytes, str]] = []
+
+    def decode_deferred(self, frame: bytes, recv_ts: float, symbol: str) -> OrderBookSnapshot | None:
+        self.decoded.append((frame, symbol))
+        return None if frame == b"bad" else book(symbol, int(frame))
+
+
+async def test_deferred_frames_are_decoded_only_when_written(backend: Backend, aclient: Any) -> None:
+    source = FrameSourceStub()
+    writer = SnapshotWriter(aclient, RedisLayout(), "w1")
+    for i in range(1, 51):  # before the task runs: only the newest frame of each key will be written
+        writer.submit_frame("binance", "BTCUSDT", str(i).encode(), 1e9 + i, source)
+    writer.submit("binance", book("ETHUSDT", 7))  # decoded books and deferred frames mix
+    writer.submit_frame("binance", "SOLUSDT", b"3", 1e9, source)
+    writer.submit_frame("binance", "SOLUSDT", b"bad", 1e9, source)  # a malformed frame replaces a good one
+    task = await run_writer(writer)
+    assert await writer.flush(5)
+    await stop(task)
+    assert sorted(source.decoded) == [(b"50", "BTCUSDT"), (b"bad", "SOLUSDT")]
+    stats = writer.stats
+    assert (stats.submitted, stats.coalesced, stats.written, stats.malformed) == (53, 50, 2, 1)
+    backend.sync.hset("md:feeder:w1", "state", "running")
+    p = RedisMarketDataProvider(redis=backend.sync)
+    assert p.get_latest_snapshot("BTCUSDT") == book("BTCUSDT", 50)
+    assert p.get_latest_snapshot("ETHUSDT") == book("ETHUSDT", 7)
+    assert p.get_latest_snapshot("SOLUSDT") is None  # neither the replaced frame nor the malformed one
+
+
+async def test_a_deferred_frame_is_decoded_once_even_when_its_write_fails(
+    backend: Backend, aclient: Any
+) -> None:
+    source = FrameSourceStub()
+    flaky = FlakyRedis(aclient)
+    writer = SnapshotWriter(flaky, RedisLayout(), "w1", max_backoff=0.05)  # type: ignore[arg-type]
+    flaky.down = True
+    writer.submit_frame("binance", "BTCUSDT", b"5", 1e9, source)
+    writer.submit_frame("binance", "ETHUSDT", b"bad", 1e9, source)
+    task = await run_writer(writer)
+
+    deadline = asyncio.get_running_loop().time() + 5
+    while writer.stats.redis_errors < 2:  # failed, backed off, failed again
+        assert asyncio.get_running_loop().time() < deadline, "the writer did not retry"
+        await asyncio.sleep(0.01)
+    flaky.down = False
+    assert await writer.flush(5)
+    await stop(task)
+    assert sorted(source.decoded) == [(b"5", "BTCUSDT"), (b"bad", "ETHUSDT")]  # once each, not per attempt
+    assert writer.stats.malformed == 1 and writer.stats.written == 1
+    backend.sync.hset("md:feeder:w1", "state", "running")
+    assert RedisMarketDataProvider(redis=backend.sync).get_latest_snapshot("BTCUSDT") == book("BTCUSDT", 5)

@@ -264,3 +264,41 @@ def test_mutated_frames_decide_as_the_general_path(data: st.DataObject) -> None:
         elif position + 1 < len(raw):
             raw[position], raw[position + 1] = raw[position + 1], raw[position]
     assert_same(make, bytes(raw))
+
+
+# ---- book_symbol: the cheap look at a frame's head that lets the connection defer decoding -------------------
+def test_book_symbol_names_a_known_symbol_from_the_head_only() -> None:
+    """None until `parse` has seen the symbol (so every symbol is validated once), the symbol afterwards; None
+    for anything that must be parsed now (control frames, text, other formats). A head of the right shape is
+    enough: the body is `parse`'s to judge, later."""
+    binance = BinanceProtocol()
+    frame = GOOD_BINANCE.encode()
+    assert binance.book_symbol(frame) is None  # stream not routed yet
+    assert [b.symbol for b in binance.parse(frame, 1.0)] == ["BTCUSDT"]
+    assert binance.book_symbol(frame) == "BTCUSDT"
+    broken = frame.replace(b'"100.5"', b'"oops"')
+    assert binance.book_symbol(broken) == "BTCUSDT"
+    with pytest.raises(BadFrame):
+        binance.parse(broken, 1.0)
+    for other in (
+        GOOD_BINANCE,  # text: only bytes are deferred
+        b'{"result":null,"id":1}',
+        b'{"stream":"btcusdt@bookTicker","data":{"u":1}}',
+        GOOD_BINANCE.replace("btcusdt", "ethusdt").encode(),  # another stream, not routed yet
+        b"garbage",
+    ):
+        assert binance.book_symbol(other) is None  # type: ignore[arg-type]
+
+    upbit = UpbitProtocol()
+    simple, default = UPBIT_SIMPLE[0], UPBIT_DEFAULT[0]
+    code = json.loads(simple)["cd"]
+    assert upbit.book_symbol(simple) is None and upbit.book_symbol(default) is None
+    upbit.parse(simple, 1.0)
+    assert upbit.book_symbol(simple) == code and upbit.book_symbol(default) == code
+    for other in (
+        b"[" + simple + b"]",
+        simple.decode(),
+        b'{"status":"UP"}',
+        b'{"ty":"trade","cd":"KRW-BTC"}',
+    ):
+        assert upbit.book_symbol(other) is None  # type: ignore[arg-type]

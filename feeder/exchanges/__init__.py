@@ -88,6 +88,16 @@ class ExchangeProtocol(Protocol):
         """Decode one received frame; raise `BadFrame` or `ExchangeError` (nothing else)."""
         ...
 
+    def book_symbol(self, frame: bytes) -> str | None:
+        """The symbol of the book `frame` carries, judged from its head alone (cheap), or None.
+
+        None means "parse it now": a control frame, an error, a stream seen for the first time, anything of
+        an unusual shape. A symbol lets the connection hand the frame over undecoded (the writer decodes it
+        with `parse` only if no newer frame of that symbol replaced it first), and says nothing about the
+        rest of the frame: `parse` still decides whether it is a valid book.
+        """
+        ...
+
 
 # The concrete protocols import the exceptions above from this package, so they are imported last.
 def unique_symbols(symbols: Sequence[str]) -> list[str]:

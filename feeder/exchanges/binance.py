@@ -282,6 +282,15 @@ class BinanceProtocol:
             OrderBookSnapshot(symbol, timestamp, bids, asks, exchange="binance", xid=xid, recv_ts=recv_ts)
         ]
 
+    def book_symbol(self, frame: bytes) -> str | None:
+        """The partial book's symbol when `frame` starts like one of a stream already routed (see the interface)."""
+        if type(frame) is not bytes:
+            return None
+        head = _FAST_HEAD.match(frame)
+        if head is None:
+            return None
+        return self._fast_streams.get(head[1]) or None  # unknown (first frame) or not a partial book: None
+
     def _parse_fast(self, frame: bytes | str, recv_ts: float) -> OrderBookSnapshot | None:
         """The snapshot of a partial-book frame of the usual shape, or None to take the general path."""
         if type(frame) is bytes:

@@ -300,6 +300,16 @@ class UpbitProtocol:
             symbol, tms / 1000, bids, asks, exchange="upbit", xid=int(tms), recv_ts=recv_ts
         )
 
+    def book_symbol(self, frame: bytes) -> str | None:
+        """The book's symbol when `frame` starts like an order book of a code already seen (see the interface)."""
+        if type(frame) is not bytes:
+            return None
+        for head_re in _FAST_HEADS:
+            head = head_re.match(frame)
+            if head is not None:
+                return self._fast_symbols.get(head[1])
+        return None
+
     def _parse_fast(self, frame: bytes | str, recv_ts: float) -> OrderBookSnapshot | None:
         """The snapshot of an order-book frame of the usual shape, or None to take the general path."""
         if type(frame) is bytes:
