@@ -332,6 +332,12 @@ class ExchangeConnection:
             self.stats.bad_frames += 1
             self._log_bad(BadFrame(str(exc)), frame)
             return None
+        except Exception:
+            # parse raises nothing else (fuzz-tested); but this runs in the writer, which every connection
+            # shares: a bug here must cost one frame, not the writer task
+            self.stats.bad_frames += 1
+            log.exception("%s: decoding a frame failed unexpectedly: %r", self.name, frame[:120])
+            return None
         for book in books:
             if book.symbol == symbol:
                 return book

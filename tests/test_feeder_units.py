@@ -11,6 +11,8 @@ from conftest import Backend
 
 from client import OrderBookSnapshot, RedisMarketDataProvider, SettingsError, load_settings
 from client.layout import RedisLayout
+from feeder.connection import ConnectionSettings, ExchangeConnection, OpenRateLimiter
+from feeder.exchanges import BinanceProtocol
 from feeder.settings import FeederSettings
 from feeder.sharding import shard_of, split_for_connections, take_shard
 from feeder.writer import SnapshotWriter
@@ -221,3 +223,33 @@ async def test_a_deferred_frame_is_decoded_once_even_when_its_write_fails(
     assert writer.stats.malformed == 1 and writer.stats.written == 1
     backend.sync.hset("md:feeder:w1", "state", "running")
     assert RedisMarketDataProvider(redis=backend.sync).get_latest_snapshot("BTCUSDT") == book("BTCUSDT", 5)
+
+
+async def test_deferred_decoding_counts_malformed_frames_and_survives_a_parser_bug(
+    aclient: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`decode_deferred` runs in the writer, which every connection shares: a bad frame or even a parser bug
+    costs that frame (counted as bad), never the writer."""
+    protocol = BinanceProtocol()
+    connection = ExchangeConnection(
+        protocol,
+        ["BTCUSDT"],
+        SnapshotWriter(aclient, RedisLayout(), "w1"),
+        ConnectionSettings(),
+        OpenRateLimiter(5.0, 5),
+        name="binance-1",
+    )
+    good = b'{"stream":"btcusdt@depth20@100ms","data":{"lastUpdateId":7,"bids":[["100.5","1.25"]],"asks":[["100.6","0.5"]]}}'
+    book_ = connection.decode_deferred(good, 1.5, "BTCUSDT")
+    assert book_ is not None and book_.xid == 7 and book_.bids == [(100.5, 1.25)] and book_.recv_ts == 1.5
+    assert connection.decode_deferred(good, 1.5, "ETHUSDT") is None  # not the symbol it was queued for
+    assert connection.decode_deferred(good.replace(b'"1.25"', b'"x"'), 1.5, "BTCUSDT") is None
+    assert connection.stats.bad_frames == 2
+
+    def broken_parse(frame: bytes | str, recv_ts: float | None = None) -> list[OrderBookSnapshot]:
+        raise RuntimeError("a parser bug")
+
+    protocol.parse = broken_parse  # type: ignore[method-assign]
+    assert connection.decode_deferred(good, 1.5, "BTCUSDT") is None
+    assert connection.stats.bad_frames == 3
+    assert "decoding a frame failed unexpectedly" in caplog.text
