@@ -1,22 +1,24 @@
 """`SnapshotWriter`: the latest-wins pending buffer between the connections and Redis.
 
-Connections call `submit` for every decoded book; it never blocks and never grows past one pending book per
-key, so a slow or absent Redis costs memory bounded by the number of symbols, not by time. One task (`run`)
-drains the buffer into pipelined batches of the atomic write script, sent in chunks so that Redis runs
-one chunk while the next is encoded. At low load a book is written as soon as
-it arrives (the task wakes on every submit); under load, books that arrive while a batch is in flight replace
-their pending predecessor (counted as coalesced), which is exactly the backpressure a book cache wants.
+Connections call `submit` for every decoded book, or `submit_frame` for a received frame of a known symbol that
+is decoded only when it is written (under load most frames are replaced by a newer one of their symbol first,
+and decoding them all would starve the writer). Neither blocks, and the buffer never grows past one pending
+book per key, so a slow or absent Redis costs memory bounded by the number of symbols, not by time. One task
+(`run`) drains the buffer into pipelined batches of the atomic write script, sent in chunks so that Redis runs
+one chunk while the next is encoded. At low load a book is written as soon as it arrives (the task wakes on
+every submit); under load, books that arrive while a batch is in flight replace their pending predecessor
+(counted as coalesced), which is exactly the backpressure a book cache wants.
 
 When Redis fails, the batch goes back into the buffer (unless a newer book already replaced it), the writer
 waits with capped exponential backoff and tries again; Redis coming back empty (a restart) is handled by the
 layout's NOSCRIPT reload and by re-adding the index entries.
 
 Round trips: redis-py's asyncio pipeline packs every command argument in Python (about 1.5 µs an argument),
-and a book is one script call of 31 arguments, which made packing the largest cost of a write. With a plain
-`redis.asyncio.Redis` client (not a Sentinel, Cluster or test double) the writer therefore packs each batch
-with hiredis (C, the packer redis-py's sync client uses) and sends it on a connection of the client's own pool,
-reading the replies back in order; the result is the same list of replies (errors as values) that
-`arun_flow` hands to a flow. Any other client goes through `arun_flow` unchanged.
+which made packing the largest cost of a write. With a plain `redis.asyncio.Redis` client (not a Sentinel,
+Cluster or test double) the writer therefore packs each batch with hiredis (C, the packer redis-py's sync
+client uses) and sends it on a connection of the client's own pool, reading the replies back in order; the
+result is the same list of replies (errors as values) that `arun_flow` hands to a flow. Any other client goes
+through `arun_flow` unchanged.
 """
 
 from __future__ import annotations
