@@ -1,4 +1,5 @@
-"""Read cost for an engine: read-through, batch and mirror reads against the old in-process dict lookup.
+"""Read cost for an engine: read-through, batch and mirror reads against the old in-process dict lookup, and
+what mirror mode costs per update instead (one message received and applied).
 
 Targets (2-core machine): mirror read ≤ 5 µs, read-through p50 ≤ 100 µs, batch of 100 ≤ 2 ms.
 """
@@ -14,6 +15,7 @@ import redis
 from bench.report import Context, Table, percentile
 from client import OrderBookSnapshot, RedisMarketDataProvider
 from client.layout import RedisLayout, encode_book, run_flow, write_flow
+from client.mirror import BookCache
 
 
 def _book(symbol: str, i: int, levels: int = 15) -> OrderBookSnapshot:
@@ -41,6 +43,51 @@ def _row(table: Table, name: str, samples: list[float], per_call: int, target: s
     us = [s * 1e6 for s in samples]
     verdict = "" if ok is None else ("met" if ok else "NOT met")
     table.add(name, per_call, percentile(us, 50), percentile(us, 99), percentile(us, 99.9), target, verdict)
+
+
+def _mirror_updates(
+    client: redis.Redis, layout: RedisLayout, symbols: list[str], first: int, count: int, table: Table
+) -> list[float]:
+    """Time what a mirror's subscriber does per update: receive one message (already queued) and apply it."""
+    cache = BookCache(layout)
+    messages = []
+    for i in range(count):
+        version = first + i // len(symbols)
+        book = _book(symbols[i % len(symbols)], version)
+        encoded = encode_book(layout, book, exchange="upbit", writer="bench", heartbeat=True)
+        messages.append((encoded.key, encoded.message(version)))
+    pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    try:
+        pubsub.psubscribe(layout.book_pattern("upbit"))
+        deadline = time.monotonic() + 5
+        while client.pubsub_numpat() < 1:  # the server has the subscription: nothing published is lost
+            pubsub.get_message(timeout=0.01)
+            if time.monotonic() > deadline:
+                raise TimeoutError("PSUBSCRIBE not confirmed")
+        pipe = client.pipeline(transaction=False)
+        for key, data in messages:
+            pipe.publish(key, data)
+        receivers = pipe.execute()
+        table.check(all(r >= 1 for r in receivers), "mirror update: a message had no subscriber")
+        samples: list[float] = []
+        clock, get, apply = time.perf_counter, pubsub.get_message, cache.apply
+        deadline = time.monotonic() + 30
+        while len(samples) < count and time.monotonic() < deadline:
+            t0 = clock()
+            message = get(timeout=1)
+            if message is None:  # the PSUBSCRIBE confirmation (swallowed), or nothing yet
+                continue
+            apply(message["channel"], message["data"])
+            samples.append(clock() - t0)
+    finally:
+        pubsub.close()
+    table.check(len(samples) == count, f"mirror update: {len(samples)} of {count} messages arrived")
+    last = first + (count - 1) // len(symbols)
+    table.check(
+        cache.books[layout.book_key("upbit", symbols[(count - 1) % len(symbols)])].seq == last,
+        "mirror update: the cache does not hold the last message",
+    )
+    return samples
 
 
 def run(ctx: Context) -> list[Table]:
@@ -117,6 +164,12 @@ def run(ctx: Context) -> list[Table]:
         _row(table, "mirror batch of 100", batch, 100, "", None)
         table.check(mirror.get_latest_snapshots(symbols) == books, "mirror returned other books")
         table.check(mirror.get_latest_snapshot("KRW-R007") == books["KRW-R007"], "mirror read differs")
+    updates = _mirror_updates(client, layout, symbols, version[0] + 1, 200 if ctx.quick else 4000, table)
+    _row(table, "mirror: one update received and applied (engine CPU)", updates, 1, "", None)
+    table.note(
+        "mirror update: redis-py get_message + the mirror cache's apply of one queued message, the work the "
+        "mirror's subscriber thread does for every update of a mirrored book"
+    )
     table.note(
         "each call timed alone with perf_counter (adds ~0.1 µs); the client and redis-server share the host"
     )
