@@ -38,7 +38,16 @@ import redis.asyncio
 import redis.exceptions
 from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
 
-from client.layout import EncodedBook, Flow, RedisLayout, arun_flow, encode_book, mark_down_flow, write_flow
+from client.layout import (
+    Command,
+    EncodedBook,
+    Flow,
+    RedisLayout,
+    arun_flow,
+    encode_book,
+    mark_down_flow,
+    write_flow,
+)
 from client.models import OrderBookSnapshot
 
 _hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
@@ -96,6 +105,9 @@ async def _packed_round_trips(pool: Any, flows: Iterable[Flow]) -> list[Any]:
         pack = _hiredis_pack
         read = connection.read_response
 
+        async def send(commands: list[Command]) -> None:
+            await connection.send_packed_command(b"".join([pack(c) for c in commands]))
+
         async def replies(count: int) -> list[Any]:
             got: list[Any] = []
             for _ in range(count):
@@ -117,7 +129,7 @@ async def _packed_round_trips(pool: Any, flows: Iterable[Flow]) -> list[Any]:
                     results.append(stop.value)
                     started.append((flow, -1))
                     continue
-                await connection.send_packed_command(b"".join([pack(c) for c in commands]))
+                await send(commands)
                 results.append(None)
                 started.append((flow, len(commands)))
             first = [await replies(count) if count >= 0 else [] for _, count in started]
@@ -127,7 +139,7 @@ async def _packed_round_trips(pool: Any, flows: Iterable[Flow]) -> list[Any]:
                 try:
                     while True:
                         commands = flow.send(answer)
-                        await connection.send_packed_command(b"".join([pack(c) for c in commands]))
+                        await send(commands)
                         answer = await replies(len(commands))
                 except StopIteration as stop:
                     results[i] = stop.value
@@ -198,17 +210,7 @@ class SnapshotWriter:
     # ------------------------------------------------------------------------------------------ producers
     def submit(self, exchange: str, snapshot: OrderBookSnapshot) -> None:
         """Queue a book; a pending older book of the same key is replaced (and counted as coalesced)."""
-        book_id = (exchange, snapshot.symbol)
-        pending = self._pending
-        if book_id in pending:
-            self.stats.coalesced += 1
-        pending[book_id] = snapshot
-        self.stats.submitted += 1
-        if self._down:
-            self._down.pop(book_id, None)
-        if not self._wake.is_set():
-            self._idle.clear()
-            self._wake.set()
+        self._queue((exchange, snapshot.symbol), snapshot)
 
     def submit_frame(
         self, exchange: str, symbol: str, frame: bytes, recv_ts: float, source: FrameSource
@@ -220,11 +222,13 @@ class SnapshotWriter:
         up at a higher frame rate. A frame that turns out malformed is `source`'s to count; its key then keeps
         the book Redis already holds until the next frame.
         """
-        book_id = (exchange, symbol)
+        self._queue((exchange, symbol), (frame, recv_ts, source))
+
+    def _queue(self, book_id: BookId, item: OrderBookSnapshot | Deferred) -> None:
         pending = self._pending
         if book_id in pending:
             self.stats.coalesced += 1
-        pending[book_id] = (frame, recv_ts, source)
+        pending[book_id] = item
         self.stats.submitted += 1
         if self._down:
             self._down.pop(book_id, None)

@@ -18,7 +18,7 @@ feeder share one definition of each format, and keeps the decode hot path measur
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from client.errors import InvalidSymbolError
@@ -99,7 +99,20 @@ class ExchangeProtocol(Protocol):
         ...
 
 
-# The concrete protocols import the exceptions above from this package, so they are imported last.
+# The concrete protocols import the exceptions and helpers below from this package, so they are imported last.
+def remember_raw_name(cache: dict[bytes, str], raw: bytes, resolve: Callable[[str], str], limit: int) -> str:
+    """`resolve` of a name seen as raw bytes, remembered under those bytes (bounded by `limit` entries).
+
+    The fast paths look a frame's stream name or code up before decoding anything; only the first sight of a
+    name decodes and resolves it (validation, routing). The bound only guards against a stream of new names.
+    """
+    resolved = resolve(raw.decode())
+    if len(cache) >= limit:
+        cache.clear()
+    cache[raw] = resolved
+    return resolved
+
+
 def unique_symbols(symbols: Sequence[str]) -> list[str]:
     """Upper-cased, validated symbols without duplicates, in order: what a subscription may contain."""
     if isinstance(symbols, str):

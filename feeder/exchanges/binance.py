@@ -29,7 +29,7 @@ import orjson
 from client.errors import InvalidSymbolError
 from client.layout import validate_symbol
 from client.models import Level, OrderBookSnapshot
-from feeder.exchanges import BadFrame, ExchangeError, ServerShutdown, unique_symbols
+from feeder.exchanges import BadFrame, ExchangeError, ServerShutdown, remember_raw_name, unique_symbols
 
 DEFAULT_URL: Final = "wss://stream.binance.com:9443"
 DEPTHS: Final = frozenset({5, 10, 20})
@@ -316,13 +316,7 @@ class BinanceProtocol:
         stream = head[1]
         symbol = self._fast_streams.get(stream)
         if symbol is None:
-            name = stream.decode()
-            symbol = self._streams.get(name)
-            if symbol is None:
-                symbol = self._route(name)
-            if len(self._fast_streams) >= _STREAM_CACHE_MAX:
-                self._fast_streams.clear()
-            self._fast_streams[stream] = symbol
+            symbol = remember_raw_name(self._fast_streams, stream, self._route, _STREAM_CACHE_MAX)
         if not symbol:
             return None
         pairs = iter(numbers)

@@ -29,7 +29,7 @@ import orjson
 from client.errors import InvalidSymbolError
 from client.layout import validate_symbol
 from client.models import Level, OrderBookSnapshot
-from feeder.exchanges import BadFrame, ExchangeError, unique_symbols
+from feeder.exchanges import BadFrame, ExchangeError, remember_raw_name, unique_symbols
 
 DEFAULT_URL: Final = "wss://api.upbit.com/websocket/v1"
 FORMATS: Final = frozenset({"DEFAULT", "SIMPLE", "JSON_LIST", "SIMPLE_LIST"})
@@ -343,13 +343,7 @@ class UpbitProtocol:
         code = head[1]
         symbol = self._fast_symbols.get(code)
         if symbol is None:
-            text = code.decode()
-            symbol = self._symbols.get(text)
-            if symbol is None:
-                symbol = self._learn_symbol(text)
-            if len(self._fast_symbols) >= _SYMBOL_CACHE_MAX:
-                self._fast_symbols.clear()
-            self._fast_symbols[code] = symbol
+            symbol = remember_raw_name(self._fast_symbols, code, self._learn_symbol, _SYMBOL_CACHE_MAX)
         tms = int(head[2])
         # numbers: ask price, bid price, ask size, bid size of each unit in turn, so every other number is
         # ask price, ask size, ask price... (and bid price, bid size, ...): zip pairs them up
