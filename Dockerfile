@@ -4,6 +4,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY client ./client
 COPY feeder ./feeder
+COPY exchange_sim ./exchange_sim
+COPY md_cli ./md_cli
 RUN pip install --no-cache-dir --prefix=/install .
 
 FROM python:3.11-slim

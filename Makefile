@@ -25,10 +25,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m feeder.demo
+	$(PY) -m launch.demo
 
 run: $(STAMP)
-	$(PY) -m feeder.demo --live
+	$(PY) -m launch.demo --live
 
 test: $(STAMP)
 	$(PY) -m pytest

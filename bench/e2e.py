@@ -30,7 +30,7 @@ from bench.rig import (
     wait_for_truth,
 )
 from client import RedisMarketDataProvider
-from feeder.sim import ExchangeSimulator
+from exchange_sim import ExchangeSimulator
 
 TARGET = 20_000  # frames/s from one feeder process
 

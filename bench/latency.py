@@ -39,7 +39,7 @@ from bench.rig import (
     stop_recorder,
     symbol_names,
 )
-from feeder.sim import ExchangeSimulator
+from exchange_sim import ExchangeSimulator
 
 TARGET_P50_MS = 1.0
 TARGET_P99_MS = 5.0

@@ -30,7 +30,7 @@ import orjson
 
 from bench.report import Context, Table, best_rate
 from client.models import OrderBookSnapshot
-from feeder.exchanges import BinanceProtocol, UpbitProtocol
+from feeder.exchanges import BinanceProtocol, Event, UpbitProtocol, books_in
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 UPBIT_RECORDING = DATA / "recordings" / "upbit-2021-04-17.ws.txt"
@@ -210,7 +210,7 @@ def run(ctx: Context) -> list[Table]:
         simple, default = simple[:10], default[:10]
     upbit = UpbitProtocol()
     binance_protocol = BinanceProtocol()
-    cases: list[tuple[str, Callable[..., list[OrderBookSnapshot]], Sequence[bytes | str], Any, int]] = [
+    cases: list[tuple[str, Callable[..., list[Event]], Sequence[bytes | str], Any, int]] = [
         ("upbit DEFAULT 30 units", upbit.parse, default, upbit_reference, 30),
         ("upbit SIMPLE 15 units", upbit.parse, simple, upbit_reference, 15),
         ("binance depth20 combined", binance_protocol.parse, binance, binance_reference, 20),
@@ -225,12 +225,12 @@ def run(ctx: Context) -> list[Table]:
         # correctness: every frame, against the independent decoding
         mismatches = 0
         for frame in frames:
-            snapshots = parse(frame, RECV_TS)
+            snapshots = books_in(parse(frame, RECV_TS))
             if as_books(snapshots) != reference(frame) or not exact_floats(snapshots):
                 mismatches += 1
         table.check(mismatches == 0, f"{name}: {mismatches} of {len(frames)} frames decode differently")
         table.check(
-            all(len(s.bids) == len(s.asks) == levels for f in frames for s in parse(f, RECV_TS)),
+            all(len(s.bids) == len(s.asks) == levels for f in frames for s in books_in(parse(f, RECV_TS))),
             f"{name}: not {levels} levels a side",
         )
 

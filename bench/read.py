@@ -14,8 +14,9 @@ import redis
 
 from bench.report import Context, Table, percentile
 from client import OrderBookSnapshot, RedisMarketDataProvider
-from client.layout import RedisLayout, encode_book, run_flow, write_flow
+from client.layout import RedisLayout, encode_book, write_flow
 from client.mirror import BookCache
+from client.transport import run_flow
 
 
 def _book(symbol: str, i: int, levels: int = 15) -> OrderBookSnapshot:

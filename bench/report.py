@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from feeder.local_redis import LocalRedisServer
+from launch.redis_server import LocalRedisServer
 
 
 @dataclass

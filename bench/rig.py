@@ -17,9 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -29,7 +26,9 @@ from typing import Any
 import redis.asyncio
 
 from client import OrderBookSnapshot, RedisMarketDataProvider
-from feeder.sim import ExchangeSimulator
+from client.layout import RedisLayout
+from exchange_sim import ExchangeSimulator
+from launch.child import ChildProcess, clean_environment, feeder_command
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -176,7 +175,7 @@ def symbol_names(exchange: str, n: int, start: int = 0) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ feeders
-class FeederProcess:
+class FeederProcess(ChildProcess):
     """``python -m feeder`` as a subprocess, pointed at the simulator and the run's Redis."""
 
     def __init__(
@@ -204,42 +203,13 @@ class FeederProcess:
             settings["MD_UPBIT_URL"] = sim.upbit_url
         if "binance" in sim.servers:
             settings["MD_BINANCE_URL"] = sim.binance_url
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("MD_")}
-        full_env.update(BENCH_ENV)
-        full_env.update(settings)
-        full_env.update(env or {})
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.log_path = log_dir / f"feeder-{feeder_id}.log"
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "feeder"],
-            env=full_env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+        super().__init__(
+            feeder_command(),
+            log_dir / f"feeder-{feeder_id}.log",
+            env=clean_environment({**BENCH_ENV, **settings, **(env or {})}),
             cwd=log_dir,  # no stray .env from the repository
         )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM (the feeder flushes and marks itself offline), SIGKILL after `timeout`; always reaped."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self._log.close()
-        return self.process.returncode
-
-    def log_tail(self, chars: int = 2000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
 
 
 class Feeders:
@@ -306,7 +276,7 @@ class FeederProbe:
         await self.client.aclose()
 
     async def status(self, feeder_id: str) -> dict[str, str]:
-        raw = await self.client.hgetall(f"{self.prefix}:feeder:{feeder_id}")
+        raw = await self.client.hgetall(RedisLayout(self.prefix).feeder_key(feeder_id))
         return {_text(k): _text(v) for k, v in raw.items()}
 
     async def counters(self, feeder_id: str) -> dict[str, int]:

@@ -33,8 +33,8 @@ from bench.rig import (
     wait_for_truth,
 )
 from client import RedisMarketDataProvider
+from exchange_sim import ExchangeSimulator
 from feeder.sharding import shard_of, split_for_connections, take_shard
-from feeder.sim import ExchangeSimulator
 
 TARGET_RSS_MB = 150.0
 TARGET_RATIO = 1.6

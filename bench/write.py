@@ -40,7 +40,7 @@ from bench.parse import binance_depth20_frames
 from bench.report import Context, Table
 from client.layout import RedisLayout, decode_book
 from client.models import OrderBookSnapshot
-from feeder.exchanges import BinanceProtocol
+from feeder.exchanges import BinanceProtocol, books_in
 from feeder.writer import SnapshotWriter
 
 TARGET = 0.8
@@ -160,7 +160,7 @@ class _Source:
         self._parse = protocol.parse
 
     def decode_deferred(self, frame: bytes, recv_ts: float, symbol: str) -> OrderBookSnapshot | None:
-        return next((book for book in self._parse(frame, recv_ts) if book.symbol == symbol), None)
+        return next((book for book in books_in(self._parse(frame, recv_ts)) if book.symbol == symbol), None)
 
 
 async def _feeder(
@@ -181,7 +181,7 @@ async def _feeder(
         await pubsub.psubscribe(layout.book_pattern("binance"))
     try:
         for frame, ts in zip(frames[:warmup], stamps, strict=False):
-            for book in parse(frame, ts):
+            for book in books_in(parse(frame, ts)):
                 submit("binance", book)
         if not await writer.flush(30):
             raise RuntimeError("writer did not flush the warm-up round")
@@ -190,7 +190,7 @@ async def _feeder(
         submit_seconds = 0.0
         start = time.perf_counter()
         if mode == "writer only":
-            books = [b for frame, ts in timed for b in parse(frame, ts)]
+            books = [b for frame, ts in timed for b in books_in(parse(frame, ts))]
             start = time.perf_counter()
             for i, book in enumerate(books):
                 submit("binance", book)
@@ -206,15 +206,17 @@ async def _feeder(
                 if symbol is not None:
                     submit_frame("binance", symbol, frame, ts, source)
                 else:
-                    for book in parse(frame, ts):
-                        submit("binance", book)
+                    for event in parse(frame, ts):
+                        if type(event) is OrderBookSnapshot:  # as the feeder's read loop does
+                            submit("binance", event)
                 if i % CHUNK == CHUNK - 1:
                     await asyncio.sleep(0)
             submit_seconds = time.perf_counter() - start
         else:  # lock-step
             for i, (frame, ts) in enumerate(timed):
-                for book in parse(frame, ts):
-                    submit("binance", book)
+                for event in parse(frame, ts):
+                    if type(event) is OrderBookSnapshot:  # as the feeder's read loop does
+                        submit("binance", event)
                 if i % round_size == round_size - 1 and not await writer.flush(30):
                     raise RuntimeError("writer did not flush")
         if not await writer.flush(60):
@@ -227,7 +229,7 @@ async def _feeder(
         )  # fmt: skip
         # correctness
         for frame, ts in zip(frames, stamps, strict=True):
-            for book in protocol.parse(frame, ts):
+            for book in books_in(protocol.parse(frame, ts)):
                 last[book.symbol] = book
         table.check(stats.rejected == 0 and stats.redis_errors == 0, f"{run.name}: rejected or Redis errors")
         table.check(

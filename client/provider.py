@@ -1,66 +1,69 @@
 """`RedisMarketDataProvider`: the engines' `MarketDataProvider` interface, served from the shared Redis cache.
 
-Every read is one pipelined round trip in the steady state: the book hashes plus the heartbeat state of the
-feeders that wrote them last time (a book's feeder rarely changes, so it is guessed from the previous read and
-only checked again when the guess was wrong). Bare symbols are resolved to their exchange once, from the
-``<prefix>:symbols:<exchange>`` indexes, and the answer is cached for `RESOLVE_TTL` seconds.
+Every public method comes as a sync and an asyncio twin (``get_latest_snapshot`` / ``aget_latest_snapshot``…),
+in that order, and both are one line over the same flow (see `client.layout.flows`): the sync twin runs it
+with `_execute` (the sync client), the asyncio twin with `_aexecute` (the asyncio client), so the two cannot
+drift apart. The flows live at the end of the class.
 
-Every Redis interaction is written once as a flow (see `client.layout`) and run by the sync or the asyncio
-client, so the sync and async methods cannot drift apart.
+A read is one pipelined round trip in the steady state: the book hashes plus the state of the feeders that
+wrote them last time (a book's feeder rarely changes, so it is guessed from the previous read and only checked
+again when the guess was wrong). Whether a book is served is decided by `client.freshness` (the one liveness
+rule), bare symbols are resolved by `client.resolver`, and mirror mode reads `client.mirror`'s local copy.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import re
-import socket
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import redis
 import redis.asyncio
 import redis.exceptions
 
 from client.errors import (
-    AmbiguousSymbolError,
     CorruptSnapshotError,
     MarketDataError,
     MarketDataUnavailableError,
     StaleSnapshotError,
 )
+from client.freshness import Judged, book_state, judge
 from client.layout import (
-    Command,
+    Flow,
     RedisLayout,
     StoredBook,
-    arun_flow,
     book_identity,
     decode_book_fields,
     encode_book,
     feeder_alive,
-    read_book_command,
-    run_flow,
-    validate_exchange,
+    feeder_states_flow,
+    indexed_books_flow,
+    last_symbol_flow,
+    process_writer_id,
+    read_books_flow,
+    split_target,
     validate_symbol,
     write_flow,
 )
-from client.mirror import AsyncSubscriber, BookCache, MirrorPlan, SyncSubscriber, UpdateCallback, UpdateQueue
+from client.legacy import LatestSnapshots
+from client.masking import mask_url
+from client.mirror import BookCache, MirrorPlan, TaskSubscriber, ThreadSubscriber, UpdateCallback, UpdateQueue
 from client.models import BookState, OrderBookSnapshot, SnapshotStatus
+from client.resolver import SymbolResolver, Target, ambiguous, guess_exchange
 from client.settings import ClientSettings, load_settings
+from client.transport import arun_flow, run_flow
 
 log = logging.getLogger(__name__)
 
-RESOLVE_TTL = 30.0  # seconds a bare symbol's exchange is cached
+T = TypeVar("T")
 _DECODED_LIMIT = 100_000  # decoded books remembered for unchanged re-reads
 _UNSET: Any = object()
 _REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
-_Result = tuple[SnapshotStatus, OrderBookSnapshot | None]
-_Flow = Any  # Generator[list[Command], list[Any], T]; spelled loosely to keep signatures readable
 
 
 class MarketDataProvider(ABC):
@@ -83,20 +86,6 @@ class MarketDataProvider(ABC):
 
     @abstractmethod
     async def astop(self) -> None: ...
-
-
-def guess_exchange(symbol: str) -> str | None:
-    """The engines' old convention, used only when Redis has no book of the symbol on any exchange."""
-    if "-" in symbol:
-        return "upbit"
-    if symbol.endswith("USDT"):
-        return "binance"
-    return None
-
-
-def _default_writer_id() -> str:
-    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64] or "host"
-    return f"client:{host}:{os.getpid()}"
 
 
 class RedisMarketDataProvider(MarketDataProvider):
@@ -142,7 +131,8 @@ class RedisMarketDataProvider(MarketDataProvider):
         self.layout = RedisLayout(settings.prefix)
         self.max_age = settings.max_age
         self.strict = settings.strict
-        self.writer_id = writer_id or _default_writer_id()
+        self.writer_id = writer_id or "client:" + process_writer_id(":")
+        self.mode = settings.mode
         self._redis = redis
         self._async_redis = async_redis
         self._owns_sync = False
@@ -151,19 +141,19 @@ class RedisMarketDataProvider(MarketDataProvider):
             self._redis = self._build_sync_client()
             self._owns_sync = True
             self._owns_async = True  # built lazily, inside the event loop that first needs it
+        self._resolver = SymbolResolver(self.layout)
         self._feeder_guess: dict[str, str] = {}
-        self._resolved: dict[str, tuple[str, float]] = {}
         self._warned: set[tuple[str, str]] = set()
         self._corrupt: dict[tuple[str, str], CorruptSnapshotError] = {}
         self._decoded: dict[str, tuple[tuple[Any, ...], StoredBook]] = {}
         self._last_unavailable_log = 0.0
         self._pending_writes: set[asyncio.Task[bool]] = set()
-        self._latest = LatestSnapshots(self)
-        self.mode = settings.mode
+        self._latest = LatestSnapshots(self.inspect_books, self.all_books)
         self._cache = BookCache(self.layout)
         self._mirror: MirrorPlan | None = None  # set by start/astart in mirror mode
-        self._subscriber: SyncSubscriber | AsyncSubscriber | None = None
+        self._subscriber: ThreadSubscriber | TaskSubscriber | None = None
         self._wait_queues: dict[frozenset[str] | None, UpdateQueue] = {}
+        self._wait_queues_lock = threading.Lock()
 
     # ----------------------------------------------------------------------------------------- construction
     @classmethod
@@ -171,10 +161,6 @@ class RedisMarketDataProvider(MarketDataProvider):
         """A provider that owns clients built for `url` (closed by stop/astop)."""
         settings = load_settings(ClientSettings, redis_url=url)
         return cls(settings=settings, **kwargs)
-
-    @classmethod
-    def from_settings(cls, settings: ClientSettings | None = None, **kwargs: Any) -> RedisMarketDataProvider:
-        return cls(settings=settings or load_settings(ClientSettings), **kwargs)
 
     def _client_options(self) -> dict[str, Any]:
         timeout = self.settings.redis_timeout
@@ -204,6 +190,22 @@ class RedisMarketDataProvider(MarketDataProvider):
     def __repr__(self) -> str:
         return f"<RedisMarketDataProvider prefix={self.layout.prefix!r} strict={self.strict} max_age={self.max_age}>"
 
+    # ----------------------------------------------------------------------------------------- execute points
+    def _execute(self, flow: Flow[T]) -> T:
+        """Run a flow with the sync client (the one execute point of every sync method)."""
+        return run_flow(self._sync(), flow)
+
+    async def _aexecute(self, flow: Flow[T]) -> T:
+        """Run a flow with the asyncio client (the one execute point of every asyncio method)."""
+        return await arun_flow(self._async(), flow)
+
+    async def _aexecute_any(self, flow: Flow[T]) -> T:
+        """`_aexecute`, or, for a provider given only a sync client, `_execute` on a worker thread (never a
+        blocking call in the event loop): event consumers may await on a sync provider."""
+        if self._async_redis is not None or self._owns_async:
+            return await self._aexecute(flow)
+        return await asyncio.to_thread(self._execute, flow)
+
     # ----------------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
         """Check that Redis answers (a warning only: an engine may start before Redis does).
@@ -214,18 +216,16 @@ class RedisMarketDataProvider(MarketDataProvider):
         try:
             self._sync().ping()
         except _REDIS_DOWN as exc:
-            log.warning(
-                "Redis at %s does not answer yet (%s); reads return None until it does", self._where(), exc
-            )
+            self._warn_not_answering(exc)
         if self.mode == "mirror" and self._subscriber is None:
-            self._mirror = self._run_plan(self._sync_run)
-            subscriber = SyncSubscriber(self._sync(), self._mirror, self._cache)
+            self._mirror = self._execute(self._plan_flow())
+            subscriber = ThreadSubscriber(self._sync(), self._mirror, self._cache)
             self._subscriber = subscriber
             if not subscriber.start(self.settings.redis_timeout):
                 log.warning("mirror: initial load not finished; books read as unavailable until it is")
 
     def stop(self) -> None:
-        if isinstance(self._subscriber, SyncSubscriber):
+        if isinstance(self._subscriber, ThreadSubscriber):
             self._subscriber.stop()
             self._subscriber = None
         if self._owns_sync and self._redis is not None:
@@ -235,12 +235,10 @@ class RedisMarketDataProvider(MarketDataProvider):
         try:
             await self._async().ping()
         except _REDIS_DOWN as exc:
-            log.warning(
-                "Redis at %s does not answer yet (%s); reads return None until it does", self._where(), exc
-            )
+            self._warn_not_answering(exc)
         if self.mode == "mirror" and self._subscriber is None:
-            self._mirror = await self._arun_plan()
-            subscriber = AsyncSubscriber(self._async(), self._mirror, self._cache)
+            self._mirror = await self._aexecute(self._plan_flow())
+            subscriber = TaskSubscriber(self._async(), self._mirror, self._cache)
             self._subscriber = subscriber
             if not await subscriber.start(self.settings.redis_timeout):
                 log.warning("mirror: initial load not finished; books read as unavailable until it is")
@@ -248,58 +246,13 @@ class RedisMarketDataProvider(MarketDataProvider):
     async def astop(self) -> None:
         if self._pending_writes:
             await asyncio.gather(*self._pending_writes, return_exceptions=True)
-        if isinstance(self._subscriber, AsyncSubscriber):
+        if isinstance(self._subscriber, TaskSubscriber):
             await self._subscriber.stop()
             self._subscriber = None
         if self._owns_async and self._async_redis is not None:
             await self._async_redis.aclose()
             self._async_redis = None
         self.stop()
-
-    def _plan_targets(self) -> tuple[list[tuple[str | None, str]], set[str] | None]:
-        symbols = [x for x in self.settings.mirror_symbols.split(",") if x]
-        exchanges = {x for x in self.settings.mirror_exchanges.split(",") if x}
-        targets: list[tuple[str | None, str]] = []
-        for item in symbols:
-            exchange, _, symbol = item.rpartition(":")
-            targets.append((exchange or None, symbol))
-        whole: set[str] | None = exchanges if exchanges or not symbols else None
-        if not symbols and not exchanges:
-            whole = set()  # everything
-        return targets, whole
-
-    def _make_plan(
-        self, targets: list[tuple[str | None, str]], exchanges: list[str | None], whole: set[str] | None
-    ) -> MirrorPlan:
-        keys = set()
-        for (_, symbol), exchange in zip(targets, exchanges, strict=True):
-            if exchange is None:
-                log.warning(
-                    "mirror: no exchange has a book of %s yet and its name says none; not mirrored", symbol
-                )
-            else:
-                keys.add(self.layout.book_key(exchange, symbol))
-        return MirrorPlan(self.layout, keys=keys, exchanges=whole)
-
-    def _run_plan(self, run: Callable[[_Flow], Any]) -> MirrorPlan:
-        targets, whole = self._plan_targets()
-        exchanges: list[str | None] = []
-        if targets:
-            try:
-                exchanges = run(self._resolve_flow(targets))
-            except _REDIS_DOWN:
-                exchanges = [ex or guess_exchange(s) for ex, s in targets]
-        return self._make_plan(targets, exchanges, whole)
-
-    async def _arun_plan(self) -> MirrorPlan:
-        targets, whole = self._plan_targets()
-        exchanges: list[str | None] = []
-        if targets:
-            try:
-                exchanges = await arun_flow(self._async(), self._resolve_flow(targets))
-            except _REDIS_DOWN:
-                exchanges = [ex or guess_exchange(s) for ex, s in targets]
-        return self._make_plan(targets, exchanges, whole)
 
     def __enter__(self) -> Self:
         self.start()
@@ -319,8 +272,12 @@ class RedisMarketDataProvider(MarketDataProvider):
     ) -> None:
         await self.astop()
 
-    def _where(self) -> str:
-        return re.sub(r"//[^@/]*@", "//***@", self.settings.redis_url)  # never log a password
+    def _warn_not_answering(self, exc: BaseException) -> None:
+        log.warning(
+            "Redis at %s does not answer yet (%s); reads return None until it does",
+            mask_url(self.settings.redis_url),
+            exc,
+        )
 
     # ----------------------------------------------------------------------------------------- reads
     def get_latest_snapshot(self, symbol: str, exchange: str | None = None) -> OrderBookSnapshot | None:
@@ -329,23 +286,7 @@ class RedisMarketDataProvider(MarketDataProvider):
             book = self._mirror_hit(symbol)
             if book is not None:
                 return book
-        return self._serve(self._lookup([(exchange, symbol)])[0])
-
-    def _mirror_hit(self, symbol: str) -> OrderBookSnapshot | None:
-        """The hot path of a mirror read: a live book of a bare symbol, or None to take the full path.
-
-        Same rules as `_judge` (live flag, feeder alive, max_age), without building a status on success.
-        """
-        cache = self._cache
-        keys = cache.by_symbol.get(symbol)
-        if keys is None or len(keys) != 1 or not cache.connected:
-            return None
-        book = cache.books[keys[0]]
-        if not book.live or (book.heartbeat and book.feeder not in cache.alive):
-            return None
-        if self.max_age is not None and time.time() - book.recv_ts > self.max_age:
-            return None
-        return book.snapshot
+        return self._execute(self._snapshot_flow(symbol, exchange))
 
     async def aget_latest_snapshot(
         self, symbol: str, exchange: str | None = None
@@ -354,8 +295,7 @@ class RedisMarketDataProvider(MarketDataProvider):
             book = self._mirror_hit(symbol)
             if book is not None:
                 return book
-        targets = [(exchange, symbol)]
-        return self._serve((await self._alookup(targets))[0])
+        return await self._aexecute(self._snapshot_flow(symbol, exchange))
 
     def get_latest_snapshots(
         self, symbols: Iterable[str], exchange: str | None = None
@@ -366,26 +306,21 @@ class RedisMarketDataProvider(MarketDataProvider):
             hits = {s: self._mirror_hit(s) for s in symbols}
             if all(book is not None for book in hits.values()):
                 return hits
-        targets = [(exchange, s) for s in symbols]
-        results = self._lookup(targets)
-        return {s: self._serve(r) for (_, s), r in zip(targets, results, strict=True)}
+        return self._execute(self._snapshots_flow(symbols, exchange))
 
     async def aget_latest_snapshots(
         self, symbols: Iterable[str], exchange: str | None = None
     ) -> dict[str, OrderBookSnapshot | None]:
-        targets = [(exchange, s) for s in symbols]
-        results = await self._alookup(targets)
-        return {s: self._serve(r) for (_, s), r in zip(targets, results, strict=True)}
+        return await self._aexecute(self._snapshots_flow(list(symbols), exchange))
 
     def snapshot_status(self, symbol: str, exchange: str | None = None) -> SnapshotStatus:
         """Why a book is or is not served: live, missing, connection down, feeder dead, too old, corrupt."""
-        return self._lookup([(exchange, symbol)])[0][0]
+        return self._execute(self._lookup_flow([(exchange, symbol)]))[0][0]
 
     async def asnapshot_status(self, symbol: str, exchange: str | None = None) -> SnapshotStatus:
-        targets = [(exchange, symbol)]
-        return (await self._alookup(targets))[0][0]
+        return (await self._aexecute(self._lookup_flow([(exchange, symbol)])))[0][0]
 
-    def inspect_books(self, targets: Iterable[tuple[str | None, str]]) -> list[_Result]:
+    def inspect_books(self, targets: Iterable[Target]) -> list[Judged]:
         """Status and stored book of each ``(exchange or None, symbol)``, in order, in one batch read.
 
         For tools that show what Redis holds (the ``md`` CLI), not for trading: unlike `get_latest_snapshots`
@@ -394,12 +329,24 @@ class RedisMarketDataProvider(MarketDataProvider):
         the book ``None``). Invalid names raise InvalidSymbolError, an ambiguous bare symbol
         AmbiguousSymbolError, as everywhere else.
         """
-        targets = list(targets)
-        return self._lookup(targets) if targets else []
+        return self._execute(self._lookup_flow(list(targets)))
 
-    async def ainspect_books(self, targets: Iterable[tuple[str | None, str]]) -> list[_Result]:
-        targets = list(targets)
-        return (await self._alookup(targets)) if targets else []
+    async def ainspect_books(self, targets: Iterable[Target]) -> list[Judged]:
+        return await self._aexecute(self._lookup_flow(list(targets)))
+
+    def all_books(self) -> list[tuple[str, str]]:
+        """Every (exchange, symbol) that has a book, from the indexes."""
+        return self._execute(indexed_books_flow(self.layout))
+
+    async def aall_books(self) -> list[tuple[str, str]]:
+        return await self._aexecute(indexed_books_flow(self.layout))
+
+    def get_last_snapshot(self, exchange: str) -> OrderBookSnapshot | None:
+        """The most recently written book of `exchange`, if live."""
+        return self._execute(self._last_flow(exchange))
+
+    async def aget_last_snapshot(self, exchange: str) -> OrderBookSnapshot | None:
+        return await self._aexecute(self._last_flow(exchange))
 
     # ----------------------------------------------------------------------------------------- writes
     def write_snapshot(self, snapshot: OrderBookSnapshot, exchange: str) -> bool:
@@ -409,18 +356,25 @@ class RedisMarketDataProvider(MarketDataProvider):
         timestamp in milliseconds. The book has no feeder heartbeat behind it, so readers judge it by
         ``max_age`` alone.
         """
-        encoded = encode_book(
-            self.layout, snapshot, exchange=exchange, writer=self.writer_id, heartbeat=False
-        )
-        seqs: list[int] = run_flow(self._sync(), write_flow(self.layout, [encoded]))
-        return seqs[0] > 0
+        return self._execute(self._write_flow(snapshot, exchange))
 
     async def awrite_snapshot(self, snapshot: OrderBookSnapshot, exchange: str) -> bool:
-        encoded = encode_book(
-            self.layout, snapshot, exchange=exchange, writer=self.writer_id, heartbeat=False
-        )
-        seqs: list[int] = await arun_flow(self._async(), write_flow(self.layout, [encoded]))
-        return seqs[0] > 0
+        return await self._aexecute(self._write_flow(snapshot, exchange))
+
+    # ----------------------------------------------------------------------------------------- legacy fields
+    @property
+    def latest_snapshots(self) -> LatestSnapshots:
+        """Read-only mapping symbol -> live book, backed by Redis (the old provider's dict)."""
+        return self._latest
+
+    @property
+    def snapshot_upbit(self) -> OrderBookSnapshot | None:
+        """The most recently written Upbit book (any symbol), if live."""
+        return self.get_last_snapshot("upbit")
+
+    @property
+    def snapshot_binance(self) -> OrderBookSnapshot | None:
+        return self.get_last_snapshot("binance")
 
     def on_upbit_snapshot(self, snapshot: OrderBookSnapshot) -> None:
         """Legacy adapter callback: the book goes into the shared cache for every process to read."""
@@ -443,45 +397,6 @@ class RedisMarketDataProvider(MarketDataProvider):
         if not task.cancelled() and task.exception() is not None:
             log.error("write of a legacy snapshot failed: %s", task.exception())
 
-    # ----------------------------------------------------------------------------------------- legacy fields
-    @property
-    def latest_snapshots(self) -> LatestSnapshots:
-        """Read-only mapping symbol -> live book, backed by Redis (the old provider's dict)."""
-        return self._latest
-
-    @property
-    def snapshot_upbit(self) -> OrderBookSnapshot | None:
-        """The most recently written Upbit book (any symbol), if live."""
-        return self.get_last_snapshot("upbit")
-
-    @property
-    def snapshot_binance(self) -> OrderBookSnapshot | None:
-        return self.get_last_snapshot("binance")
-
-    def get_last_snapshot(self, exchange: str) -> OrderBookSnapshot | None:
-        """The most recently written book of `exchange`, if live."""
-        try:
-            symbol = self._sync().get(self.layout.last_key(exchange))
-        except _REDIS_DOWN as exc:
-            return self._serve(self._unavailable(exchange, "", exc))
-        return None if symbol is None else self.get_latest_snapshot(_text(symbol), exchange)
-
-    async def aget_last_snapshot(self, exchange: str) -> OrderBookSnapshot | None:
-        try:
-            symbol = await self._async().get(self.layout.last_key(exchange))
-        except _REDIS_DOWN as exc:
-            return self._serve(self._unavailable(exchange, "", exc))
-        return None if symbol is None else await self.aget_latest_snapshot(_text(symbol), exchange)
-
-    def all_books(self) -> list[tuple[str, str]]:
-        """Every (exchange, symbol) that has a book, from the indexes."""
-        result: list[tuple[str, str]] = self._sync_run(self._all_books_flow())
-        return result
-
-    async def aall_books(self) -> list[tuple[str, str]]:
-        result: list[tuple[str, str]] = await arun_flow(self._async(), self._all_books_flow())
-        return result
-
     # ----------------------------------------------------------------------------------------- events
     def wait_for_update(
         self, symbols: Iterable[str] | None = None, timeout: float | None = None, exchange: str | None = None
@@ -493,16 +408,16 @@ class RedisMarketDataProvider(MarketDataProvider):
         ``snapshot.skipped`` counts the updates of that book it did not see. Works in both modes: in
         read-through mode the first call starts a subscriber for these symbols.
         """
-        keys = self._keys_for(symbols, exchange, self._sync_run)
+        keys = self._execute(self._keys_flow(symbols, exchange))
         queue = self._queue(keys)
-        self._ensure_subscriber_sync(keys)
+        self._ensure_subscriber(keys)
         return queue.wait(timeout)
 
     async def await_for_update(
         self, symbols: Iterable[str] | None = None, timeout: float | None = None, exchange: str | None = None
     ) -> list[OrderBookSnapshot]:
         """The asyncio twin of `wait_for_update`."""
-        keys = await self._akeys_for(symbols, exchange)
+        keys = await self._aexecute_any(self._keys_flow(symbols, exchange))
         queue = self._queue(keys)
         await self._aensure_subscriber(keys)
         return await queue.await_(timeout)
@@ -515,16 +430,16 @@ class RedisMarketDataProvider(MarketDataProvider):
         A consumer slower than the feed sees the newest book per symbol (``snapshot.skipped`` says how many it
         missed); the buffer never holds more than one book per symbol.
         """
-        keys = await self._akeys_for(symbols, exchange)
+        keys = await self._aexecute_any(self._keys_flow(symbols, exchange))
         queue = UpdateQueue(keys)
-        self._cache.queues.append(queue)
+        self._cache.add_queue(queue)
         try:
             await self._aensure_subscriber(keys)
             while True:
                 for snapshot in await queue.await_(None):
                     yield snapshot
         finally:
-            self._cache.queues.remove(queue)
+            self._cache.remove_queue(queue)
 
     def on_update(
         self, callback: UpdateCallback, symbols: Iterable[str] | None = None, exchange: str | None = None
@@ -535,11 +450,11 @@ class RedisMarketDataProvider(MarketDataProvider):
         one): keep it short. Returns a function that unregisters it. With an asyncio-only provider call
         `astart()` first (mirror mode) or use `updates()`.
         """
-        keys = self._keys_for(symbols, exchange, self._sync_run) if self._redis is not None else None
-        entry = (keys, callback)
-        self._cache.callbacks.append(entry)
+        keys = self._execute(self._keys_flow(symbols, exchange)) if self._redis is not None else None
+        consumer = (keys, callback)
+        self._cache.add_callback(consumer)
         if self._redis is not None:
-            self._ensure_subscriber_sync(keys)
+            self._ensure_subscriber(keys)
         elif self._subscriber is not None and keys:
             self._subscriber.add_keys(keys)
         elif self._subscriber is None:
@@ -548,59 +463,27 @@ class RedisMarketDataProvider(MarketDataProvider):
             )
 
         def unregister() -> None:
-            with contextlib.suppress(ValueError):
-                self._cache.callbacks.remove(entry)
+            self._cache.remove_callback(consumer)
 
         return unregister
 
     def _queue(self, keys: set[str] | None) -> UpdateQueue:
         token = frozenset(keys) if keys is not None else None
-        queue = self._wait_queues.get(token)
-        if queue is None:
-            queue = self._wait_queues[token] = UpdateQueue(keys)
-            self._cache.queues.append(queue)
+        with self._wait_queues_lock:
+            queue = self._wait_queues.get(token)
+            if queue is None:
+                queue = self._wait_queues[token] = UpdateQueue(keys)
+                self._cache.add_queue(queue)
         return queue
 
-    def _keys_for(
-        self, symbols: Iterable[str] | None, exchange: str | None, run: Callable[[_Flow], Any]
-    ) -> set[str] | None:
-        if symbols is None:
-            return None
-        targets = [(exchange, s) for s in symbols]
-        try:
-            exchanges = run(self._resolve_flow(targets))
-        except _REDIS_DOWN:  # Redis away: the subscriber will wait for it; names decide meanwhile
-            exchanges = [ex or guess_exchange(s) for ex, s in targets]
-        return self._resolved_keys(targets, exchanges)
+    def _new_plan(self, keys: set[str] | None) -> MirrorPlan:
+        return self._mirror or MirrorPlan(
+            self.layout, keys=set(keys or ()), exchanges=None if keys else set()
+        )
 
-    async def _akeys_for(self, symbols: Iterable[str] | None, exchange: str | None) -> set[str] | None:
-        if symbols is None:
-            return None
-        targets = [(exchange, s) for s in symbols]
-        client = self._async() if (self._async_redis is not None or self._owns_async) else None
-        try:
-            if client is None:
-                exchanges = self._sync_run(self._resolve_flow(targets))
-            else:
-                exchanges = await arun_flow(client, self._resolve_flow(targets))
-        except _REDIS_DOWN:
-            exchanges = [ex or guess_exchange(s) for ex, s in targets]
-        return self._resolved_keys(targets, exchanges)
-
-    def _resolved_keys(self, targets: list[tuple[str | None, str]], exchanges: list[str | None]) -> set[str]:
-        keys = set()
-        for (_, symbol), ex in zip(targets, exchanges, strict=True):
-            if ex is None:
-                raise MarketDataError(f"cannot tell the exchange of {symbol!r}: pass exchange=")
-            keys.add(self.layout.book_key(ex, symbol))
-        return keys
-
-    def _ensure_subscriber_sync(self, keys: set[str] | None) -> None:
+    def _ensure_subscriber(self, keys: set[str] | None) -> None:
         if self._subscriber is None:
-            plan = self._mirror or MirrorPlan(
-                self.layout, keys=set(keys or ()), exchanges=None if keys else set()
-            )
-            subscriber = SyncSubscriber(self._sync(), plan, self._cache)
+            subscriber = ThreadSubscriber(self._sync(), self._new_plan(keys), self._cache)
             self._subscriber = subscriber
             subscriber.start(self.settings.redis_timeout)
         elif keys is None:
@@ -613,42 +496,31 @@ class RedisMarketDataProvider(MarketDataProvider):
 
     async def _aensure_subscriber(self, keys: set[str] | None) -> None:
         if self._subscriber is None and self._async_redis is None and not self._owns_async:
-            await asyncio.to_thread(self._ensure_subscriber_sync, keys)
+            await asyncio.to_thread(self._ensure_subscriber, keys)
             return
         if self._subscriber is None:
-            plan = self._mirror or MirrorPlan(
-                self.layout, keys=set(keys or ()), exchanges=None if keys else set()
-            )
-            subscriber = AsyncSubscriber(self._async(), plan, self._cache)
+            subscriber = TaskSubscriber(self._async(), self._new_plan(keys), self._cache)
             self._subscriber = subscriber
             await subscriber.start(self.settings.redis_timeout)
         elif keys is not None:
             self._subscriber.add_keys(k for k in keys if not self._subscriber.plan.covers(k))
 
-    # ----------------------------------------------------------------------------------------- lookups
-    def _lookup(self, targets: Sequence[tuple[str | None, str]]) -> list[_Result]:
-        """Mirror hits from memory, everything else read through Redis in one batch."""
-        results, rest = self._from_mirror(targets)
-        if rest:
-            fetched = self._run(self._read_flow([targets[i] for i in rest]), [targets[i] for i in rest])
-            for i, result in zip(rest, fetched, strict=True):
-                results[i] = result
-        return results  # type: ignore[return-value]
+    # ----------------------------------------------------------------------------------------- mirror
+    def _mirror_hit(self, symbol: str) -> OrderBookSnapshot | None:
+        """The hot path of a mirror read: a live book of a bare symbol, or None to take the full path."""
+        cache = self._cache
+        keys = cache.by_symbol.get(symbol)
+        if keys is None or len(keys) != 1 or not cache.connected:
+            return None
+        book = cache.books[keys[0]]
+        if book_state(book, cache.alive, self.max_age) is BookState.LIVE:
+            return book.snapshot
+        return None
 
-    async def _alookup(self, targets: Sequence[tuple[str | None, str]]) -> list[_Result]:
-        results, rest = self._from_mirror(targets)
-        if rest:
-            sub = [targets[i] for i in rest]
-            fetched = await self._arun(self._read_flow(sub), sub)
-            for i, result in zip(rest, fetched, strict=True):
-                results[i] = result
-        return results  # type: ignore[return-value]
-
-    def _from_mirror(
-        self, targets: Sequence[tuple[str | None, str]]
-    ) -> tuple[list[_Result | None], list[int]]:
+    def _from_mirror(self, targets: Sequence[Target]) -> tuple[list[Judged | None], list[int]]:
+        """The targets the mirror covers, judged from memory, and the indexes of the others."""
         plan = self._mirror
-        results: list[_Result | None] = [None] * len(targets)
+        results: list[Judged | None] = [None] * len(targets)
         if plan is None:
             return results, list(range(len(targets)))
         cache = self._cache
@@ -665,12 +537,9 @@ class RedisMarketDataProvider(MarketDataProvider):
                         rest.append(i)
                     continue
                 if len(keys) > 1:
-                    found = ", ".join(sorted(k.split(":", 2)[1] for k in keys))
-                    raise AmbiguousSymbolError(
-                        f"symbol {symbol!r} has books on several exchanges ({found}): pass exchange= to choose"
-                    )
+                    raise ambiguous(symbol, sorted(self.layout.exchange_of(k) for k in keys))
                 key = keys[0]
-                exchange = key.split(":", 2)[1]
+                exchange = self.layout.exchange_of(key)
             else:
                 key = self.layout.book_key(exchange, symbol)
             if plan.covers(key):
@@ -679,76 +548,48 @@ class RedisMarketDataProvider(MarketDataProvider):
                 rest.append(i)
         return results, rest
 
-    def _mirror_result(self, exchange: str, symbol: str, book: StoredBook | None, now: float) -> _Result:
+    def _mirror_result(self, exchange: str, symbol: str, book: StoredBook | None, now: float) -> Judged:
         if not self._cache.connected:
             detail = "mirror not synced with Redis (disconnected or still loading)"
             return SnapshotStatus(exchange, symbol, BookState.UNAVAILABLE, detail=detail), None
-        return self._judge(exchange, symbol, book, self._cache.feeder_states, now)
+        return self._judge(exchange, symbol, book, self._cache.alive, now)
 
     # ----------------------------------------------------------------------------------------- flows
-    def _all_books_flow(self) -> _Flow:
-        replies = yield [("SMEMBERS", self.layout.exchanges_key())]
-        exchanges = sorted(_text(x) for x in replies[0])
-        if not exchanges:
-            return []
-        replies = yield [("SMEMBERS", self.layout.symbols_key(ex)) for ex in exchanges]
-        return [
-            (ex, _text(s)) for ex, members in zip(exchanges, replies, strict=True) for s in sorted(members)
-        ]
+    def _snapshot_flow(self, symbol: str, exchange: str | None) -> Flow[OrderBookSnapshot | None]:
+        results = yield from self._lookup_flow([(exchange, symbol)])
+        return self._serve(results[0])
 
-    def _resolve_flow(self, targets: Sequence[tuple[str | None, str]]) -> _Flow:
-        """Exchange of each target: given, cached, found in the indexes, or guessed by the old convention."""
-        now = time.monotonic()
-        resolved: list[str | None] = []
-        unknown: list[str] = []
-        for exchange, symbol in targets:
-            validate_symbol(symbol)
-            if exchange is not None:
-                resolved.append(validate_exchange(exchange))
-                continue
-            cached = self._resolved.get(symbol)
-            if cached is not None and cached[1] > now:
-                resolved.append(cached[0])
-            else:
-                resolved.append(None)
-                unknown.append(symbol)
-        if not unknown:
-            return resolved
-        replies = yield [("SMEMBERS", self.layout.exchanges_key())]
-        exchanges = sorted(_text(x) for x in replies[0])
-        carriers: dict[str, list[str]] = {s: [] for s in unknown}
-        if exchanges:
-            pairs = [(s, ex) for s in carriers for ex in exchanges]
-            replies = yield [("SISMEMBER", self.layout.symbols_key(ex), s) for s, ex in pairs]
-            for (s, ex), member in zip(pairs, replies, strict=True):
-                if member:
-                    carriers[s].append(ex)
-        for s, found in carriers.items():
-            if len(found) > 1:
-                raise AmbiguousSymbolError(
-                    f"symbol {s!r} has books on several exchanges ({', '.join(found)}): pass exchange= to choose"
-                )
-            if found:
-                self._resolved[s] = (found[0], now + RESOLVE_TTL)
-        return [
-            ex if ex is not None else (carriers[s][0] if carriers[s] else guess_exchange(s))
-            for ex, (_, s) in zip(resolved, targets, strict=True)
-        ]
+    def _snapshots_flow(
+        self, symbols: list[str], exchange: str | None
+    ) -> Flow[dict[str, OrderBookSnapshot | None]]:
+        targets: list[Target] = [(exchange, s) for s in symbols]
+        results = yield from self._lookup_flow(targets)
+        return {s: self._serve(r) for (_, s), r in zip(targets, results, strict=True)}
 
-    def _read_flow(self, targets: Sequence[tuple[str | None, str]]) -> _Flow:
+    def _lookup_flow(self, targets: Sequence[Target]) -> Flow[list[Judged]]:
+        """Mirror hits from memory, everything else read through Redis in one batch; unreachable: unavailable."""
+        results, rest = self._from_mirror(targets)
+        if rest:
+            sub = [targets[i] for i in rest]
+            try:
+                fetched = yield from self._read_flow(sub)
+            except _REDIS_DOWN as exc:
+                fetched = [self._unavailable(ex or "", s, exc) for ex, s in sub]
+            for i, result in zip(rest, fetched, strict=True):
+                results[i] = result
+        return results  # type: ignore[return-value]  # every slot is filled by now
+
+    def _read_flow(self, targets: Sequence[Target]) -> Flow[list[Judged]]:
         """Statuses and books of the targets: HMGET of each book plus the state of their feeders."""
-        exchanges: list[str | None] = yield from self._resolve_flow(targets)
+        exchanges = yield from self._resolver.resolve_flow(targets)
         keys = [
             self.layout.book_key(ex, s) if ex else None for ex, (_, s) in zip(exchanges, targets, strict=True)
         ]
         present = [k for k in keys if k is not None]
         guesses = sorted({self._feeder_guess[k] for k in present if k in self._feeder_guess})
-        commands: list[Command] = [read_book_command(k) for k in present]
-        commands += [("HGET", self.layout.feeder_key(f), "state") for f in guesses]
-        replies = yield commands
-        states: dict[str, Any] = dict(zip(guesses, replies[len(present) :], strict=True))
+        raws, states = yield from read_books_flow(self.layout, present, guesses)
         decoded: dict[str, StoredBook | CorruptSnapshotError | None] = {}
-        for key, raw in zip(present, replies[: len(present)], strict=True):
+        for key, raw in zip(present, raws, strict=True):
             if isinstance(raw, Exception):
                 raise raw
             identity = book_identity(raw)
@@ -774,47 +615,82 @@ class RedisMarketDataProvider(MarketDataProvider):
             }
         )
         if unknown:
-            replies = yield [("HGET", self.layout.feeder_key(f), "state") for f in unknown]
-            states.update(zip(unknown, replies, strict=True))
+            states.update((yield from feeder_states_flow(self.layout, unknown)))
+        alive = {feeder for feeder, state in states.items() if feeder_alive(state)}
         now = time.time()
-        results: list[tuple[SnapshotStatus, OrderBookSnapshot | None]] = []
-        for ex, (_, symbol), book_key in zip(exchanges, targets, keys, strict=True):
-            results.append(
-                self._judge(ex or "", symbol, decoded.get(book_key) if book_key else None, states, now)
-            )
-        return results
+        return [
+            self._judge(ex or "", symbol, decoded.get(key) if key else None, alive, now)
+            for ex, (_, symbol), key in zip(exchanges, targets, keys, strict=True)
+        ]
 
+    def _last_flow(self, exchange: str) -> Flow[OrderBookSnapshot | None]:
+        try:
+            symbol = yield from last_symbol_flow(self.layout, exchange)
+        except _REDIS_DOWN as exc:
+            return self._serve(self._unavailable(exchange, "", exc))
+        if symbol is None:
+            return None
+        return (yield from self._snapshot_flow(symbol, exchange))
+
+    def _write_flow(self, snapshot: OrderBookSnapshot, exchange: str) -> Flow[bool]:
+        encoded = encode_book(
+            self.layout, snapshot, exchange=exchange, writer=self.writer_id, heartbeat=False
+        )
+        seqs = yield from write_flow(self.layout, [encoded])
+        return seqs[0] > 0
+
+    def _keys_flow(self, symbols: Iterable[str] | None, exchange: str | None) -> Flow[set[str] | None]:
+        """The book keys of `symbols` (None: every book); while Redis is away, names decide."""
+        if symbols is None:
+            return None
+        targets: list[Target] = [(exchange, s) for s in symbols]
+        try:
+            exchanges = yield from self._resolver.resolve_flow(targets)
+        except _REDIS_DOWN:  # the subscriber will wait for Redis
+            exchanges = self._resolver.offline(targets)
+        return self._resolver.keys(targets, exchanges)
+
+    def _plan_flow(self) -> Flow[MirrorPlan]:
+        """What mirror mode mirrors, from ``MD_MIRROR_SYMBOLS`` / ``MD_MIRROR_EXCHANGES``."""
+        symbols = [x for x in self.settings.mirror_symbols.split(",") if x]
+        exchanges = {x for x in self.settings.mirror_exchanges.split(",") if x}
+        targets = [split_target(item) for item in symbols]
+        whole: set[str] | None = exchanges if exchanges or not symbols else None
+        resolved: list[str | None] = []
+        if targets:
+            try:
+                resolved = yield from self._resolver.resolve_flow(targets)
+            except _REDIS_DOWN:
+                resolved = self._resolver.offline(targets)
+        keys = set()
+        for (_, symbol), exchange in zip(targets, resolved, strict=True):
+            if exchange is None:
+                log.warning(
+                    "mirror: no exchange has a book of %s yet and its name says none; not mirrored", symbol
+                )
+            else:
+                keys.add(self.layout.book_key(exchange, symbol))
+        return MirrorPlan(self.layout, keys=keys, exchanges=whole)
+
+    # ----------------------------------------------------------------------------------------- policy
     def _judge(
         self,
         exchange: str,
         symbol: str,
         book: StoredBook | CorruptSnapshotError | None,
-        feeder_states: Mapping[str, Any],
+        alive: set[str],
         now: float,
-    ) -> tuple[SnapshotStatus, OrderBookSnapshot | None]:
-        if book is None:
-            return SnapshotStatus(exchange, symbol, BookState.MISSING, detail="no book in Redis"), None
+    ) -> Judged:
         if isinstance(book, CorruptSnapshotError):
             self._corrupt[(exchange, symbol)] = book
-            return SnapshotStatus(exchange, symbol, BookState.CORRUPT, detail=str(book)), None
-        self._warned.discard((f"{exchange}:{symbol}", "corrupt"))
-        if book.heartbeat:
-            self._feeder_guess[book.key] = book.feeder
-        age = now - book.recv_ts
-        state, detail = BookState.LIVE, ""
-        if not book.live:
-            state, detail = BookState.CONNECTION_DOWN, f"feeder {book.feeder} reported its connection down"
-        elif book.heartbeat and not feeder_alive(feeder_states.get(book.feeder)):
-            state, detail = BookState.FEEDER_DEAD, f"feeder {book.feeder} has no heartbeat or is offline"
-        elif self.max_age is not None and age > self.max_age:
-            state, detail = BookState.TOO_OLD, f"received {age:.3f}s ago, max_age is {self.max_age}s"
-        status = SnapshotStatus(
-            exchange, symbol, state, age=age, seq=book.seq, feeder=book.feeder, detail=detail
-        )
-        return status, book.snapshot
+        elif book is not None:
+            self._warned.discard((f"{exchange}:{symbol}", "corrupt"))
+            if book.heartbeat:
+                self._feeder_guess[book.key] = book.feeder
+        status = judge(exchange, symbol, book, alive, self.max_age, now)
+        return status, book.snapshot if isinstance(book, StoredBook) else None
 
-    # ----------------------------------------------------------------------------------------- policy
-    def _serve(self, result: tuple[SnapshotStatus, OrderBookSnapshot | None]) -> OrderBookSnapshot | None:
+    def _serve(self, result: Judged) -> OrderBookSnapshot | None:
         status, snapshot = result
         if status.state is BookState.LIVE:
             return snapshot
@@ -842,89 +718,14 @@ class RedisMarketDataProvider(MarketDataProvider):
         error = self._corrupt.get((status.exchange, status.symbol))
         return error or CorruptSnapshotError(f"{status.exchange}:{status.symbol}", "?", status.detail)
 
-    # ----------------------------------------------------------------------------------------- drivers
-    def _sync_run(self, flow: _Flow) -> Any:
-        return run_flow(self._sync(), flow)
-
-    def _run(self, flow: _Flow, targets: Sequence[tuple[str | None, str]]) -> list[_Result]:
-        try:
-            results: list[_Result] = run_flow(self._sync(), flow)
-        except _REDIS_DOWN as exc:
-            return [self._unavailable(ex or "", s, exc) for ex, s in targets]
-        return results
-
-    async def _arun(self, flow: _Flow, targets: Sequence[tuple[str | None, str]]) -> list[_Result]:
-        try:
-            results: list[_Result] = await arun_flow(self._async(), flow)
-        except _REDIS_DOWN as exc:
-            return [self._unavailable(ex or "", s, exc) for ex, s in targets]
-        return results
-
-    def _unavailable(
-        self, exchange: str, symbol: str, exc: BaseException
-    ) -> tuple[SnapshotStatus, OrderBookSnapshot | None]:
+    def _unavailable(self, exchange: str, symbol: str, exc: BaseException) -> Judged:
         now = time.monotonic()
         if now - self._last_unavailable_log > 10.0:
             self._last_unavailable_log = now
             log.warning(
-                "Redis at %s is unavailable (%s); serving no books until it is back", self._where(), exc
+                "Redis at %s is unavailable (%s); serving no books until it is back",
+                mask_url(self.settings.redis_url),
+                exc,
             )
-        return SnapshotStatus(
-            exchange, symbol, BookState.UNAVAILABLE, detail=f"Redis unavailable: {exc}"
-        ), None
-
-
-class LatestSnapshots(Mapping[str, OrderBookSnapshot]):
-    """The legacy ``latest_snapshots`` dict as a read-only view of the live books in Redis.
-
-    ``in``, ``[]`` and ``get`` read one book; iteration, ``len`` and ``dict(...)`` read every indexed book in
-    one batch. A symbol with books on two exchanges cannot be one dict key: it is left out of iteration and
-    ``[]`` raises AmbiguousSymbolError.
-    """
-
-    def __init__(self, provider: RedisMarketDataProvider) -> None:
-        self._provider = provider
-
-    def __getitem__(self, symbol: str) -> OrderBookSnapshot:
-        status, snapshot = self._provider._run(self._provider._read_flow([(None, symbol)]), [(None, symbol)])[
-            0
-        ]
-        if status.state is not BookState.LIVE or snapshot is None:
-            raise KeyError(symbol)
-        return snapshot
-
-    def __contains__(self, symbol: object) -> bool:
-        if not isinstance(symbol, str):
-            return False
-        try:
-            self[symbol]
-        except (KeyError, AmbiguousSymbolError):
-            return False
-        return True
-
-    def _live(self) -> dict[str, OrderBookSnapshot]:
-        provider = self._provider
-        books = provider.all_books()
-        counts: dict[str, int] = {}
-        for _, symbol in books:
-            counts[symbol] = counts.get(symbol, 0) + 1
-        targets = [(ex, s) for ex, s in books if counts[s] == 1]
-        results = provider._lookup(targets)
-        return {
-            s: snap
-            for (_, s), (status, snap) in zip(targets, results, strict=True)
-            if status.state is BookState.LIVE and snap is not None
-        }
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._live())
-
-    def __len__(self) -> int:
-        return len(self._live())
-
-    def __repr__(self) -> str:
-        return f"LatestSnapshots({self._live()!r})"
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+        status = SnapshotStatus(exchange, symbol, BookState.UNAVAILABLE, detail=f"Redis unavailable: {exc}")
+        return status, None

@@ -13,7 +13,7 @@ from pydantic import ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from client.errors import SettingsError
-from client.layout import validate_exchange, validate_prefix, validate_symbol
+from client.layout import split_target, validate_exchange, validate_prefix, validate_symbol
 
 ENV_PREFIX = "MD_"
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -76,7 +76,7 @@ class ClientSettings(BaseSettings):
     def _check_mirror_symbols(cls, value: str) -> str:
         items = [x.strip() for x in value.split(",") if x.strip()]
         for item in items:
-            exchange, _, symbol = item.rpartition(":")
+            exchange, symbol = split_target(item)
             if exchange:
                 validate_exchange(exchange)
             validate_symbol(symbol)

@@ -10,15 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 import redis.asyncio
 
 from client.layout import RedisLayout
+from client.masking import mask_url
 from feeder.connection import ConnectionSettings, ExchangeConnection, OpenRateLimiter
-from feeder.exchanges import ExchangeProtocol
-from feeder.exchanges.binance import BinanceProtocol
-from feeder.exchanges.upbit import UpbitProtocol
+from feeder.exchanges.registry import EXCHANGES
 from feeder.settings import FeederSettings
 from feeder.sharding import split_for_connections, take_shard
 from feeder.status import FeederStatus, StatusFields
@@ -26,28 +24,7 @@ from feeder.writer import SnapshotWriter
 
 log = logging.getLogger(__name__)
 
-# New connections per second and burst, per exchange (Upbit: 5/s per IP; Binance: 300 per 5 minutes per IP).
-OPEN_RATES = {"upbit": (5.0, 5), "binance": (1.0, 10)}
-# Pause between subscribe frames on one connection (Upbit: 5 requests/s; Binance: 5 incoming messages/s).
-SUBSCRIBE_INTERVALS = {"upbit": 0.25, "binance": 0.25}
 FLUSH_TIMEOUT = 3.0
-
-
-def build_protocol(settings: FeederSettings, exchange: str) -> ExchangeProtocol:
-    if exchange == "upbit":
-        return UpbitProtocol(
-            url=settings.upbit_url,
-            format=settings.upbit_format,
-            max_symbols_per_connection=settings.upbit_symbols_per_connection,
-        )
-    if exchange == "binance":
-        return BinanceProtocol(
-            depth=settings.binance_depth,
-            speed=settings.binance_speed,
-            url=settings.binance_url,
-            max_symbols_per_connection=settings.binance_symbols_per_connection,
-        )
-    raise ValueError(f"unknown exchange {exchange!r}")
 
 
 class Feeder:
@@ -66,25 +43,32 @@ class Feeder:
             self.redis, self.layout, self.id, self._status_fields, ttl=settings.heartbeat_ttl
         )
         self.connections = self._build_connections()
-        self._started = time.monotonic()
 
     def _build_connections(self) -> list[ExchangeConnection]:
         s = self.settings
         k, n = s.shard_pair
         connections: list[ExchangeConnection] = []
         for exchange in s.exchange_list:
-            protocol = build_protocol(s, exchange)
-            symbols = take_shard(s.symbols_of(exchange), k, n)
-            rate, burst = OPEN_RATES[exchange]
-            limiter = OpenRateLimiter(rate, burst)
+            descriptor = EXCHANGES[exchange]
+            idle = descriptor.keepalive.idle_timeout
+            if idle is not None and s.ping_interval >= idle:
+                log.warning(
+                    "%s closes connections idle for %.0fs: MD_PING_INTERVAL=%s is too long to keep them open",
+                    exchange,
+                    idle,
+                    s.ping_interval,
+                )
+            protocol = descriptor.build(s)
+            symbols = take_shard(descriptor.symbols(s), k, n)
+            limiter = OpenRateLimiter(descriptor.pacing.open_rate, descriptor.pacing.open_burst)
             conn_settings = ConnectionSettings(
                 connect_timeout=s.connect_timeout,
                 ping_interval=s.ping_interval,
                 ping_timeout=s.ping_timeout,
                 silence_timeout=s.silence_timeout,
                 reconnect_max_delay=s.reconnect_max_delay,
-                max_lifetime=s.binance_max_lifetime if exchange == "binance" else None,
-                subscribe_interval=SUBSCRIBE_INTERVALS[exchange],
+                max_lifetime=descriptor.max_lifetime(s),
+                subscribe_interval=descriptor.pacing.subscribe_interval,
             )
             chunks = split_for_connections(symbols, protocol.max_symbols_per_connection)
             for i, chunk in enumerate(chunks, 1):
@@ -139,7 +123,7 @@ class Feeder:
             ", ".join(
                 f"{ex} {len(take_shard(s.symbols_of(ex), *s.shard_pair))} symbols" for ex in s.exchange_list
             ),
-            _mask(s.redis_url),
+            mask_url(s.redis_url),
             s.prefix,
         )
         await self.status.beat()  # before the first book, so readers never see books of an unknown feeder
@@ -189,9 +173,3 @@ async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-def _mask(url: str) -> str:
-    import re
-
-    return re.sub(r"//[^@/]*@", "//***@", url)

@@ -20,7 +20,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -28,7 +28,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.frames import Frame
 
 from client.models import OrderBookSnapshot
-from feeder.exchanges import BadFrame, ExchangeError, ExchangeProtocol, ServerShutdown
+from feeder.exchanges import BadFrame, ErrorReply, Event, ExchangeProtocol, ShutdownNotice
+from feeder.websocket_queue import received_frames
 from feeder.writer import SnapshotWriter
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,6 @@ class ConnectionStats:
     books: int = 0
     bad_frames: int = 0
     exchange_errors: int = 0
-    connects: int = 0
     reconnects: int = 0
     rotations: int = 0
     last_error: str = ""
@@ -182,7 +182,6 @@ class ExchangeConnection:
         except BaseException:
             await ws.close()
             raise
-        self.stats.connects += 1
         return _Session(ws)
 
     async def _serve(self, session: _Session) -> str:
@@ -250,7 +249,7 @@ class ExchangeConnection:
         This loop runs once per frame, so it keeps what it needs in locals and takes frames as bytes: the
         parsers read bytes, and a text frame that is not UTF-8 is then a bad frame (counted, skipped) instead
         of a connection websockets closes. Complete frames websockets has already received are taken from its
-        queue directly (`_received_frames`); ``recv`` is awaited only when that queue is empty.
+        queue directly (`feeder.websocket_queue`); ``recv`` is awaited only when that queue is empty.
 
         A frame whose head shows a book of a known symbol (`book_symbol`) goes to the writer undecoded: under
         load most frames are superseded by a newer one of their symbol before they are written, and decoding
@@ -259,7 +258,9 @@ class ExchangeConnection:
         """
         ws = session.ws
         recv = ws.recv
-        queued, resume = _received_frames(ws)
+        fast = received_frames(ws)
+        queued: deque[Frame] = fast.queue if fast is not None else deque()
+        resume = fast.resume if fast is not None else _nothing
         parse = self.protocol.parse
         book_symbol = self.protocol.book_symbol
         submit = self.writer.submit
@@ -293,30 +294,38 @@ class ExchangeConnection:
                         self._receiving(session)
                     continue
                 try:
-                    books = parse(frame, now())
+                    events = parse(frame, now())
                 except BadFrame as exc:
                     stats.bad_frames += 1
                     self._log_bad(exc, frame)
                     continue
-                except ServerShutdown:
-                    log.info("%s: server announced a shutdown", self.name)
-                    session.shutdown_announced.set()
-                    continue
-                except ExchangeError as exc:
-                    stats.exchange_errors += 1
-                    stats.last_error = str(exc)
-                    log.warning("%s: %s", self.name, exc)
-                    continue
-                for book in books:
-                    submit(exchange, book)
-                stats.books += len(books)
-                if first:
+                receiving = True  # an error reply or a shutdown notice does not show the subscription works
+                for event in events:
+                    if type(event) is OrderBookSnapshot:
+                        submit(exchange, event)
+                        stats.books += 1
+                    elif not self._on_event(session, event):
+                        receiving = False
+                if first and receiving:
                     first = False
                     self._receiving(session)
         except ConnectionClosed as exc:
             if session.retiring:
                 return "retired"
             return _describe(exc)
+
+    def _on_event(self, session: _Session, event: Event) -> bool:
+        """What the exchange told us besides books; False for a shutdown notice or an error reply."""
+        if isinstance(event, ShutdownNotice):
+            log.info("%s: server announced a shutdown", self.name)
+            session.shutdown_announced.set()
+            return False
+        if isinstance(event, ErrorReply):
+            self.stats.exchange_errors += 1
+            self.stats.last_error = str(event)
+            log.warning("%s: %s", self.name, event)
+            return False
+        return True  # an ack
 
     def _receiving(self, session: _Session) -> None:
         session.first_frame.set()
@@ -327,10 +336,10 @@ class ExchangeConnection:
     def decode_deferred(self, frame: bytes, recv_ts: float, symbol: str) -> OrderBookSnapshot | None:
         """Decode a frame handed to the writer undecoded (`FrameSource`); a malformed one is counted here."""
         try:
-            books = self.protocol.parse(frame, recv_ts)
-        except (BadFrame, ExchangeError) as exc:  # an error reply cannot look like a book: malformed too
+            events = self.protocol.parse(frame, recv_ts)
+        except BadFrame as exc:
             self.stats.bad_frames += 1
-            self._log_bad(BadFrame(str(exc)), frame)
+            self._log_bad(exc, frame)
             return None
         except Exception:
             # parse raises nothing else (fuzz-tested); but this runs in the writer, which every connection
@@ -338,9 +347,9 @@ class ExchangeConnection:
             self.stats.bad_frames += 1
             log.exception("%s: decoding a frame failed unexpectedly: %r", self.name, frame[:120])
             return None
-        for book in books:
-            if book.symbol == symbol:
-                return book
+        for event in events:  # an error reply cannot look like a book: no book here means malformed
+            if type(event) is OrderBookSnapshot and event.symbol == symbol:
+                return event
         self.stats.bad_frames += 1
         self._log_bad(BadFrame(f"no {symbol} book in a frame that looked like one"), frame)
         return None
@@ -364,27 +373,6 @@ class ExchangeConnection:
                 shown,
                 self.stats.bad_frames,
             )
-
-
-def _received_frames(ws: ClientConnection) -> tuple[deque[Frame] | None, Callable[[], None]]:
-    """The queue of frames websockets received for `ws` but ``recv`` has not returned yet, and its resume.
-
-    ``recv`` costs about 1 µs more per frame than taking a complete frame from this queue (a coroutine, the
-    reassembly of a one-frame message, flow-control bookkeeping): a few percent of the feeder's CPU at 20,000
-    frames/s. The queue is websockets' internal state (``recv_messages``, the pinned 17.x `Assembler`); the
-    reader takes only frames that are complete messages (``fin``) and calls ``maybe_resume`` after each, as
-    ``Assembler.get`` does, so flow control works unchanged. If the internals are not there (another
-    websockets version), this returns ``None`` and every frame goes through ``recv``.
-    """
-    try:
-        assembler = ws.recv_messages
-        queue = assembler.frames.queue
-        resume = assembler.maybe_resume
-    except AttributeError:
-        return None, _nothing
-    if not isinstance(queue, deque) or not callable(resume):
-        return None, _nothing
-    return queue, resume
 
 
 def _nothing() -> None:

@@ -1,27 +1,19 @@
-"""Feeder settings: the client's settings plus what a feeder process needs (``MD_*``, `.env`).
+"""Feeder settings: the client's settings, every exchange's own, and what a feeder process needs (``MD_*``).
 
 Every field is listed with its default and meaning in `.env.example`; `load_settings` turns a bad value into
-a `SettingsError` naming the variable, which `md-feeder` prints before exiting with status 2.
+a `SettingsError` naming the variable, which `md-feeder` prints before exiting with status 2. The settings of
+each exchange (``MD_UPBIT_*``, ``MD_BINANCE_*``) are declared in its module (`feeder.exchanges.registry`).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-from typing import Any, Literal
 
 from pydantic import field_validator, model_validator
 
-from client.layout import validate_symbol, validate_writer_id
+from client.layout import process_writer_id, validate_writer_id
 from client.settings import ClientSettings
-
-EXCHANGES = ("upbit", "binance")
-
-
-def _default_feeder_id() -> str:
-    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64] or "host"
-    return f"{host}-{os.getpid()}"
+from feeder.exchanges.registry import EXCHANGES, ExchangeSettings
 
 
 def parse_shard(value: str) -> tuple[int, int]:
@@ -35,25 +27,13 @@ def parse_shard(value: str) -> tuple[int, int]:
     return k, n
 
 
-class FeederSettings(ClientSettings):
+class FeederSettings(ClientSettings, ExchangeSettings):
     """Settings of one `md-feeder` process."""
 
     feeder_id: str = ""
     """Id of this feeder in Redis (md:feeder:<id>, the `feeder` field of its books). Empty: <host>-<pid>."""
     exchanges: str = "upbit,binance"
     """Comma-separated exchanges this process feeds."""
-    upbit_symbols: str = "KRW-BTC,KRW-ETH,KRW-USDT"
-    binance_symbols: str = "BTCUSDT,ETHUSDT"
-    upbit_url: str = "wss://api.upbit.com/websocket/v1"
-    binance_url: str = "wss://stream.binance.com:9443"
-    upbit_format: Literal["DEFAULT", "SIMPLE", "JSON_LIST", "SIMPLE_LIST"] = "SIMPLE"
-    """SIMPLE sends the same books with shorter keys: fewer bytes to receive and parse."""
-    upbit_symbols_per_connection: int = 100
-    binance_symbols_per_connection: int = 1024
-    binance_depth: Literal[5, 10, 20] = 20
-    binance_speed: Literal["100ms", "1000ms"] = "100ms"
-    binance_max_lifetime: float = 23 * 3600.0
-    """Seconds before a Binance connection is replaced (Binance cuts at 24 h); the new one opens first."""
     shard: str = "1/1"
     """K/N: take the K-th of N deterministic shares of each symbol list (several feeders split a list)."""
     connect_timeout: float = 10.0
@@ -76,7 +56,7 @@ class FeederSettings(ClientSettings):
     @field_validator("feeder_id")
     @classmethod
     def _check_feeder_id(cls, value: str) -> str:
-        return validate_writer_id(value) if value else _default_feeder_id()
+        return validate_writer_id(value) if value else process_writer_id("-")
 
     @field_validator("exchanges")
     @classmethod
@@ -86,21 +66,6 @@ class FeederSettings(ClientSettings):
         if unknown or not names:
             raise ValueError(f"expected a comma-separated subset of {', '.join(EXCHANGES)}, got {value!r}")
         return ",".join(dict.fromkeys(names))
-
-    @field_validator("upbit_symbols", "binance_symbols")
-    @classmethod
-    def _check_symbols(cls, value: str) -> str:
-        symbols = [s.strip().upper() for s in value.split(",") if s.strip()]
-        for symbol in symbols:
-            validate_symbol(symbol)
-        return ",".join(dict.fromkeys(symbols))
-
-    @field_validator("upbit_url", "binance_url")
-    @classmethod
-    def _check_ws_url(cls, value: str) -> str:
-        if not re.match(r"wss?://[^/\s]+", value):
-            raise ValueError(f"expected a ws:// or wss:// URL, got {value!r}")
-        return value.rstrip("/")
 
     @field_validator("shard")
     @classmethod
@@ -116,7 +81,6 @@ class FeederSettings(ClientSettings):
         "heartbeat_interval",
         "heartbeat_ttl",
         "summary_interval",
-        "binance_max_lifetime",
     )
     @classmethod
     def _positive_seconds(cls, value: float) -> float:
@@ -131,18 +95,11 @@ class FeederSettings(ClientSettings):
             raise ValueError("must be 0 (off) or a positive number of seconds")
         return value
 
-    @field_validator("upbit_symbols_per_connection", "binance_symbols_per_connection", "write_batch")
+    @field_validator("write_batch")
     @classmethod
     def _positive_count(cls, value: int) -> int:
         if value < 1:
             raise ValueError("must be at least 1")
-        return value
-
-    @field_validator("binance_symbols_per_connection")
-    @classmethod
-    def _binance_limit(cls, value: int) -> int:
-        if value > 1024:
-            raise ValueError("Binance allows at most 1024 streams per connection")
         return value
 
     @field_validator("log_level")
@@ -165,8 +122,7 @@ class FeederSettings(ClientSettings):
         return self.exchanges.split(",")
 
     def symbols_of(self, exchange: str) -> list[str]:
-        raw: Any = getattr(self, f"{exchange}_symbols")
-        return [s for s in str(raw).split(",") if s]
+        return EXCHANGES[exchange].symbols(self)
 
     @property
     def shard_pair(self) -> tuple[int, int]:

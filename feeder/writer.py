@@ -13,48 +13,27 @@ When Redis fails, the batch goes back into the buffer (unless a newer book alrea
 waits with capped exponential backoff and tries again; Redis coming back empty (a restart) is handled by the
 layout's NOSCRIPT reload and by re-adding the index entries.
 
-Round trips: redis-py's asyncio pipeline packs every command argument in Python (about 1.5 µs an argument),
-which made packing the largest cost of a write. With a plain `redis.asyncio.Redis` client (not a Sentinel,
-Cluster or test double) the writer therefore packs each batch with hiredis (C, the packer redis-py's sync
-client uses) and sends it on a connection of the client's own pool, reading the replies back in order; the
-result is the same list of replies (errors as values) that `arun_flow` hands to a flow. Any other client goes
-through `arun_flow` unchanged.
+Round trips go through `client.transport.arun_flows`: on a plain asyncio client, every chunk of a batch is
+packed with hiredis and sent on one connection while the previous chunk's replies are still coming back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
-import math
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, Protocol
 
 import redis.asyncio
 import redis.exceptions
-from redis.asyncio.connection import BlockingConnectionPool, ConnectionPool
 
-from client.layout import (
-    Command,
-    EncodedBook,
-    Flow,
-    RedisLayout,
-    arun_flow,
-    encode_book,
-    mark_down_flow,
-    write_flow,
-)
+from client.layout import EncodedBook, Flow, RedisLayout, encode_book, mark_down_flow, write_flow
 from client.models import OrderBookSnapshot
-
-_hiredis_pack: Callable[[tuple[Any, ...]], bytes] | None
-try:
-    from hiredis import pack_command as _hiredis_pack
-except ImportError:  # pragma: no cover - redis[hiredis] is a dependency; without it the pipeline is used
-    _hiredis_pack = None
+from client.transport import arun_flows
 
 log = logging.getLogger(__name__)
 
@@ -73,97 +52,6 @@ Deferred = tuple[bytes, float, FrameSource]  # a received frame not decoded yet,
 _CHUNK = 64  # books per chunk of a batch: encoding the next chunk overlaps Redis running this one
 _FIRST_CHUNK = 16  # smaller, so that Redis starts early
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
-
-
-def _packable(client: object) -> bool:
-    """True when `client` is a plain asyncio client whose pool hands out ordinary connections."""
-    if _hiredis_pack is None or type(client) is not redis.asyncio.Redis:
-        return False
-    pool = client.connection_pool
-    if type(pool) not in (ConnectionPool, BlockingConnectionPool):
-        return False  # Sentinel pools pick their server per connection: leave them to redis-py
-    kwargs = pool.connection_kwargs
-    # hiredis encodes text as strict UTF-8, which is what redis-py does unless told otherwise
-    encoding = str(kwargs.get("encoding", "utf-8")).lower().replace("-", "")
-    return encoding == "utf8" and kwargs.get("encoding_errors", "strict") == "strict"
-
-
-async def _packed_round_trips(pool: Any, flows: Iterable[Flow]) -> list[Any]:
-    """Drive `flows` on one connection of `pool`; each flow's result, in order.
-
-    Every flow's first commands are sent as soon as the flow is taken from `flows` (a lazy iterable: the
-    writer encodes a chunk of books only when it is taken), before the previous flows' replies are read, so
-    Redis works on one chunk while this process encodes the next. Replies are then read in order (errors as
-    values); a flow that asks for a further round (NOSCRIPT after a Redis restart) gets it afterwards.
-    """
-    if _needs_command_name(pool):
-        connection = await pool.get_connection("EVALSHA")  # redis-py < 5.3 required a command name
-    else:
-        connection = await pool.get_connection()
-    try:
-        assert _hiredis_pack is not None
-        pack = _hiredis_pack
-        read = connection.read_response
-
-        async def send(commands: list[Command]) -> None:
-            await connection.send_packed_command(b"".join([pack(c) for c in commands]))
-
-        async def replies(count: int) -> list[Any]:
-            got: list[Any] = []
-            for _ in range(count):
-                try:
-                    got.append(await read(timeout=math.inf))  # inf: no timer of its own
-                except redis.exceptions.ResponseError as exc:  # an error reply; the stream is still in step
-                    got.append(exc)
-            return got
-
-        # One deadline for the whole exchange (the connection's socket timeout) instead of one per reply:
-        # the replies of a batch arrive together, and a timer per reply cost more than reading it.
-        async with asyncio.timeout(connection.socket_timeout):
-            started: list[tuple[Flow, int]] = []
-            results: list[Any] = []
-            for flow in flows:
-                try:
-                    commands = next(flow)
-                except StopIteration as stop:  # nothing to send
-                    results.append(stop.value)
-                    started.append((flow, -1))
-                    continue
-                await send(commands)
-                results.append(None)
-                started.append((flow, len(commands)))
-            first = [await replies(count) if count >= 0 else [] for _, count in started]
-            for i, ((flow, count), answer) in enumerate(zip(started, first, strict=True)):
-                if count < 0:
-                    continue
-                try:
-                    while True:
-                        commands = flow.send(answer)
-                        await send(commands)
-                        answer = await replies(len(commands))
-                except StopIteration as stop:
-                    results[i] = stop.value
-    except BaseException:
-        # A failure or a cancellation between the write and the last reply leaves replies in flight:
-        # the connection must not be reused.
-        await connection.disconnect()
-        raise
-    finally:
-        await pool.release(connection)
-    return results
-
-
-_COMMAND_NAME_REQUIRED: dict[type, bool] = {}
-
-
-def _needs_command_name(pool: Any) -> bool:
-    kind = type(pool)
-    needed = _COMMAND_NAME_REQUIRED.get(kind)
-    if needed is None:
-        parameter = inspect.signature(pool.get_connection).parameters.get("command_name")
-        needed = parameter is not None and parameter.default is inspect.Parameter.empty
-        _COMMAND_NAME_REQUIRED[kind] = needed
-    return needed
 
 
 @dataclass
@@ -201,7 +89,6 @@ class SnapshotWriter:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._packed = _packable(client)
         self.stats = WriterStats()
         self.redis_ok = True
         self.last_error = ""
@@ -331,7 +218,7 @@ class SnapshotWriter:
             encoded.extend(books)
             return books
 
-        def flows() -> Iterator[Flow]:
+        def flows() -> Iterator[Flow[list[int]]]:
             # chunks, each encoded only when the previous one is on its way to Redis (`_packed_round_trips`);
             # a small batch goes in one write (one syscall), a large one starts with a small chunk
             bounds = (
@@ -366,14 +253,11 @@ class SnapshotWriter:
         self.stats.batches += 1
         self.last_write = time.time()
 
-    async def _run_flow(self, flow: Flow) -> Any:
+    async def _run_flow(self, flow: Flow[Any]) -> Any:
         return (await self._run_flows([flow]))[0]
 
-    async def _run_flows(self, flows: Iterable[Flow]) -> list[Any]:
-        """Drive layout flows: on one connection, hiredis-packed, on a plain client; `arun_flow` otherwise."""
-        if not self._packed:
-            return [await arun_flow(self._redis, flow) for flow in flows]
-        return await _packed_round_trips(self._redis.connection_pool, flows)
+    async def _run_flows(self, flows: Iterable[Flow[Any]]) -> list[Any]:
+        return await arun_flows(self._redis, flows)
 
     def _on_error(self, exc: BaseException, failures: int) -> None:
         self.stats.redis_errors += 1

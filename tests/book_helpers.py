@@ -6,7 +6,8 @@ import time
 from typing import Any
 
 from client import OrderBookSnapshot
-from client.layout import RedisLayout, encode_book, run_flow, write_flow
+from client.layout import RedisLayout, encode_book, write_flow
+from client.transport import run_flow
 
 LAYOUT = RedisLayout("md")
 

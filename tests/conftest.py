@@ -17,7 +17,7 @@ import pytest
 import redis
 import redis.asyncio
 
-from feeder.local_redis import LocalRedisServer as RedisServer
+from launch.redis_server import LocalRedisServer as RedisServer
 
 BACKENDS = ["fakeredis", "redis"]
 

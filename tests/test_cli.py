@@ -1,12 +1,11 @@
 """The ``md`` CLI: get, watch, status, symbols, exit codes; in-process on both backends and as a subprocess.
 
 In-process runs inject the backend's client through ``main(..., client_factory=...)``, which is how the CLI
-reaches fakeredis. The subprocess test runs ``python -m client`` against the private real redis-server.
+reaches fakeredis. The subprocess test runs ``python -m md_cli`` against the private real redis-server.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -18,12 +17,16 @@ from pathlib import Path
 import pytest
 from conftest import Backend
 
-import client.cli as cli
+import md_cli.commands as cli
+import md_cli.render as render
 from client import BookState, OrderBookSnapshot, RedisMarketDataProvider, SnapshotStatus
-from client.cli import fmt_age, fmt_num, main, mask_url
 from client.errors import InvalidSymbolError
-from client.layout import RedisLayout, encode_book, mark_down_flow, run_flow, write_flow
-from feeder.local_redis import free_port
+from client.layout import RedisLayout, encode_book, mark_down_flow, write_flow
+from client.masking import mask_url
+from client.transport import run_flow
+from launch.redis_server import free_port
+from md_cli.main import main
+from md_cli.render import fmt_age, fmt_num
 
 LAYOUT = RedisLayout("md")
 BTC = OrderBookSnapshot(
@@ -284,14 +287,13 @@ def test_watch_on_a_terminal_redraws_until_ctrl_c(
 
 def test_watch_on_a_small_terminal_keeps_the_books_that_are_down(backend: Backend) -> None:
     rows = [
-        cli.WatchRow(
+        render.WatchRow(
             SnapshotStatus("upbit", f"S{i}", BookState.FEEDER_DEAD if i == 7 else BookState.LIVE), None, None
         )
         for i in range(10)
     ]
     provider = RedisMarketDataProvider(redis=backend.sync)
-    ctx = cli.Context(argparse.Namespace(), provider.settings, provider, backend.sync, "redis://x")
-    lines = cli.render_watch(rows, ctx, color=False, max_rows=3)
+    lines = render.render_watch(rows, "redis://x", provider.layout.prefix, color=False, max_rows=3)
     assert [line.split()[1] for line in lines[2:5]] == ["S0", "S1", "S7"]
     assert lines[-1].startswith("... 7 live books not shown")
 
@@ -393,14 +395,14 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- subprocess
-def test_python_m_client_against_a_real_redis(real_backend: Backend, tmp_path: Path) -> None:
+def test_python_m_md_cli_against_a_real_redis(real_backend: Backend, tmp_path: Path) -> None:
     assert real_backend.url is not None
     feeder_write(real_backend, BTC, "upbit")
     env = {k: v for k, v in os.environ.items() if not k.startswith("MD_")}
 
     def md_process(*argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "client", *argv],
+            [sys.executable, "-m", "md_cli", *argv],
             capture_output=True,
             text=True,
             timeout=60,
@@ -446,10 +448,10 @@ def test_fmt_num(value: float | None, text: str) -> None:
 
 
 def test_fmt_spread_has_no_float_noise() -> None:
-    assert cli.fmt_spread(70000.01, 70000.02) == "0.01"
-    assert cli.fmt_spread(0.00000912, 0.00000913) == "0.00000001"
-    assert cli.fmt_spread(137001000.0, 137002000.0) == "1000"
-    assert cli.fmt_spread(101.0, 100.5) == "-0.5"  # a crossed book shows as such
+    assert render.fmt_spread(70000.01, 70000.02) == "0.01"
+    assert render.fmt_spread(0.00000912, 0.00000913) == "0.00000001"
+    assert render.fmt_spread(137001000.0, 137002000.0) == "1000"
+    assert render.fmt_spread(101.0, 100.5) == "-0.5"  # a crossed book shows as such
 
 
 def test_fmt_age() -> None:

@@ -12,14 +12,14 @@ import time
 
 from feeder_process import FeederProcess, wait_until
 
-from feeder.local_redis import LocalRedisServer as RedisServer
-from feeder.local_redis import free_port
+from launch.redis_server import LocalRedisServer as RedisServer
+from launch.redis_server import free_port
 
 
 def test_demo_once_shows_live_books_and_leaves_nothing_running(tmp_path) -> None:  # type: ignore[no-untyped-def]
     env = {k: v for k, v in os.environ.items() if not k.startswith("MD_")}
     done = subprocess.run(
-        [sys.executable, "-m", "feeder.demo", "--once", "--log-dir", str(tmp_path)],
+        [sys.executable, "-m", "launch.demo", "--once", "--log-dir", str(tmp_path)],
         env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr + "".join(p.read_text() for p in tmp_path.glob("*.log"))
@@ -71,7 +71,7 @@ async def test_arbitrage_example_prints_premiums(fresh_redis_server: RedisServer
     import asyncio
     from pathlib import Path
 
-    from feeder.sim import ExchangeSimulator
+    from exchange_sim import ExchangeSimulator
 
     example = Path(__file__).resolve().parent.parent / "examples" / "arbitrage.py"
     async with ExchangeSimulator(rate=10.0) as sim:

@@ -22,13 +22,13 @@ from client.layout import (
     MAX_XID,
     EncodedBook,
     RedisLayout,
-    _check_levels,
     encode_book,
-    run_flow,
     validate_writer_id,
     write_flow,
 )
+from client.layout.codec import _check_levels
 from client.models import OrderBookSnapshot
+from client.transport import run_flow
 
 LAYOUT = RedisLayout()
 

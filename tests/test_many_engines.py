@@ -14,8 +14,8 @@ import redis
 from feeder_process import FeederProcess
 
 from client import RedisMarketDataProvider
-from feeder.local_redis import LocalRedisServer as RedisServer
-from feeder.sim import ExchangeSimulator
+from exchange_sim import ExchangeSimulator
+from launch.redis_server import LocalRedisServer as RedisServer
 
 pytestmark = pytest.mark.e2e
 

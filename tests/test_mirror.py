@@ -13,9 +13,10 @@ from book_helpers import book, feeder_write, set_feeder_state
 from conftest import Backend
 
 from client import BookState, OrderBookSnapshot, RedisMarketDataProvider
-from client.layout import RedisLayout, mark_down_flow, run_flow
+from client.layout import RedisLayout, mark_down_flow
 from client.mirror import BookCache
-from feeder.local_redis import LocalRedisServer as RedisServer
+from client.transport import run_flow
+from launch.redis_server import LocalRedisServer as RedisServer
 
 
 def poll(check: Any, timeout: float = 5.0, message: str = "condition") -> None:
@@ -235,7 +236,7 @@ async def test_async_updates_iterator(backend: Backend, aclient: Any) -> None:
         await asyncio.wait_for(consumer, 5)
         assert sorted(s.symbol for s in received) == ["BTCUSDT", "KRW-S0"]
         assert await p.await_for_update(["KRW-S0"], timeout=0.1) == []
-        assert p._cache.queues == [q for q in p._cache.queues if q in p._wait_queues.values()]
+        assert list(p._cache.queues) == [q for q in p._cache.queues if q in p._wait_queues.values()]
     assert set(asyncio.all_tasks()) == before
 
 

@@ -12,7 +12,7 @@ import pytest
 from captures import DATA, FRAMES, received_frames
 
 from client.errors import InvalidSymbolError
-from feeder.exchanges import BadFrame, BinanceProtocol, ExchangeError, ExchangeProtocol, ServerShutdown
+from feeder.exchanges import Ack, BadFrame, BinanceProtocol, ErrorReply, ExchangeProtocol, ShutdownNotice
 from feeder.exchanges import binance as binance_module
 
 RECORDING = DATA / "recordings" / "binance-2021-10-12.ws.txt"
@@ -113,38 +113,27 @@ def test_fast_path_agrees_with_strict_decoding() -> None:
 def test_control_frames() -> None:
     protocol = BinanceProtocol()
     ack, listing, wrapped_error, bare_error, shutdown = lines("binance-control.txt")
-    assert protocol.parse(ack) == []
-    assert protocol.parse(listing) == []
-    with pytest.raises(ExchangeError) as caught:
-        protocol.parse(wrapped_error)
-    assert (caught.value.exchange, caught.value.name) == ("binance", "2")
-    assert caught.value.message.startswith("Invalid request: unknown variant `FOO`")
-    assert str(caught.value).startswith("binance error 2: Invalid request")
-    assert not isinstance(caught.value, ServerShutdown)
-    with pytest.raises(ExchangeError) as caught:
-        protocol.parse(bare_error.encode())
-    assert (caught.value.name, caught.value.message) == (
-        "3",
-        "Invalid JSON: expected value at line 1 column 1",
-    )
-    with pytest.raises(ServerShutdown) as shut:
-        protocol.parse(shutdown)
-    assert shut.value.exchange == "binance"
-    assert shut.value.name == "serverShutdown"
-    assert shut.value.event_time == 1770123456.789
-    assert isinstance(shut.value, ExchangeError)
+    assert protocol.parse(ack) == [Ack(json.loads(ack)["id"], None)]
+    (listed,) = protocol.parse(listing)
+    assert isinstance(listed, Ack) and listed.result == json.loads(listing)["result"]
+    (error,) = protocol.parse(wrapped_error)
+    assert isinstance(error, ErrorReply)
+    assert (error.exchange, error.name) == ("binance", "2")
+    assert error.message.startswith("Invalid request: unknown variant `FOO`")
+    assert str(error).startswith("binance error 2: Invalid request")
+    (error,) = protocol.parse(bare_error.encode())
+    assert isinstance(error, ErrorReply)
+    assert (error.name, error.message) == ("3", "Invalid JSON: expected value at line 1 column 1")
+    assert protocol.parse(shutdown) == [ShutdownNotice("binance", event_time=1770123456.789)]
 
 
 def test_bare_server_shutdown_event() -> None:
-    with pytest.raises(ServerShutdown) as shut:
-        BinanceProtocol().parse('{"e":"serverShutdown"}')
-    assert shut.value.event_time is None
+    assert BinanceProtocol().parse('{"e":"serverShutdown"}') == [ShutdownNotice("binance", event_time=None)]
 
 
 def test_error_code_given_as_string() -> None:
-    with pytest.raises(ExchangeError) as caught:
-        BinanceProtocol().parse('{"error":{"code":"-1121","msg":"Invalid symbol."},"id":4}')
-    assert caught.value.name == "-1121"
+    (error,) = BinanceProtocol().parse('{"error":{"code":"-1121","msg":"Invalid symbol."},"id":4}')
+    assert isinstance(error, ErrorReply) and error.name == "-1121"
 
 
 def test_recording_frames_of_other_streams_give_nothing() -> None:
@@ -166,11 +155,14 @@ def test_recording_frames_of_other_streams_give_nothing() -> None:
         '{"stream":"btcusdt@depth","data":{"e":"depthUpdate","s":"BTCUSDT","U":1,"u":2,"b":[],"a":[]}}',
         '{"stream":"btcusdt@depth25@100ms","data":{}}',
         '{"e":"trade","s":"BTCUSDT"}',
-        '{"result":null,"id":"abc"}',
     ],
 )
 def test_other_streams_and_events_give_nothing(frame: str) -> None:
     assert BinanceProtocol().parse(frame) == []
+
+
+def test_a_reply_with_a_string_id_is_an_ack() -> None:
+    assert BinanceProtocol().parse('{"result":null,"id":"abc"}') == [Ack("abc", None)]
 
 
 # ---- malformed input -------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Fuzzing both protocols: whatever arrives, parse() returns sane snapshots or raises BadFrame/ExchangeError.
+"""Fuzzing both protocols: whatever arrives, parse() returns sane events or raises BadFrame, nothing else.
 
 The inputs are random bytes and text, random JSON values, and mutations of the real frames in tests/data
 (a key deleted, a value replaced by a random JSON value, the text truncated), which reach far deeper into
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from client.layout import validate_symbol
 from client.models import OrderBookSnapshot
-from feeder.exchanges import BadFrame, BinanceProtocol, ExchangeError, UpbitProtocol
+from feeder.exchanges import Ack, BadFrame, BinanceProtocol, ErrorReply, ShutdownNotice, UpbitProtocol
 
 DATA = Path(__file__).parent / "data"
 
@@ -79,9 +79,17 @@ json_values = st.recursive(
 )
 
 
-def check_snapshots(snapshots: list[OrderBookSnapshot], exchange: str) -> None:
-    assert isinstance(snapshots, list)
-    for snapshot in snapshots:
+def check_events(events: list[Any], exchange: str) -> None:
+    assert isinstance(events, list)
+    for event in events:
+        if isinstance(event, ErrorReply | ShutdownNotice):
+            assert event.exchange == exchange
+            if isinstance(event, ErrorReply):
+                assert type(event.name) is str and type(event.message) is str
+            continue
+        if isinstance(event, Ack):
+            continue
+        snapshot = event
         assert isinstance(snapshot, OrderBookSnapshot)
         assert snapshot.exchange == exchange
         assert validate_symbol(snapshot.symbol) == snapshot.symbol
@@ -98,13 +106,13 @@ def check_snapshots(snapshots: list[OrderBookSnapshot], exchange: str) -> None:
 
 
 def feed(frame: bytes | str) -> None:
-    """Give the frame to both protocols; only the two documented exception types may escape."""
+    """Give the frame to both protocols; only the documented exception type may escape."""
     for protocol in PROTOCOLS:
         try:
-            snapshots = protocol.parse(frame, recv_ts=1700000000.5)
-        except (BadFrame, ExchangeError):
+            events = protocol.parse(frame, recv_ts=1700000000.5)
+        except BadFrame:
             continue
-        check_snapshots(snapshots, protocol.name)
+        check_events(events, protocol.name)
 
 
 def _paths(obj: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -173,14 +181,11 @@ def test_truncated_real_frames(text: str, data: st.DataObject) -> None:
 
 
 def test_unmutated_real_frames_parse() -> None:
-    """The pool itself decodes: each frame gives snapshots, [] or an exchange error, never BadFrame."""
+    """The pool itself decodes: each frame gives events (books, replies) or [], never BadFrame."""
     protocols = {protocol.name: protocol for protocol in PROTOCOLS}
     books = 0
     for exchange, text in EXCHANGE_TEXTS:
-        try:
-            snapshots = protocols[exchange].parse(text, 1.0)
-        except ExchangeError:
-            continue
-        check_snapshots(snapshots, exchange)
-        books += len(snapshots)
+        events = protocols[exchange].parse(text, 1.0)
+        check_events(events, exchange)
+        books += sum(1 for e in events if isinstance(e, OrderBookSnapshot))
     assert books >= 10

@@ -14,7 +14,7 @@ from captures import DATA, FRAMES, received_frames
 
 from client.errors import InvalidSymbolError
 from client.models import OrderBookSnapshot
-from feeder.exchanges import BadFrame, ExchangeError, ExchangeProtocol, UpbitProtocol
+from feeder.exchanges import Ack, BadFrame, ErrorReply, ExchangeProtocol, UpbitProtocol
 from feeder.exchanges import upbit as upbit_module
 
 RECORDING = DATA / "recordings" / "upbit-2021-04-17.ws.txt"
@@ -184,30 +184,25 @@ def test_ticker_and_trade_types_give_nothing() -> None:
 # ---- errors and keep-alive -------------------------------------------------------------------------------
 
 
-def test_error_frames_raise_exchange_error() -> None:
+def test_error_frames_are_error_replies() -> None:
     protocol = UpbitProtocol()
     lines = frame_text("upbit-errors.txt").splitlines()
     names = []
     for line in lines[:3]:
-        with pytest.raises(ExchangeError) as caught:
-            protocol.parse(line.encode())
-        assert caught.value.exchange == "upbit"
-        assert caught.value.message
-        assert str(caught.value).startswith(f"upbit error {caught.value.name}: ")
-        names.append(caught.value.name)
+        (error,) = protocol.parse(line.encode())
+        assert isinstance(error, ErrorReply)
+        assert error.exchange == "upbit"
+        assert error.message
+        assert str(error).startswith(f"upbit error {error.name}: ")
+        names.append(error.name)
     assert names == ["NO_TICKET", "INVALID_PARAM", "WRONG_FORMAT"]
-    assert protocol.parse(lines[3]) == []  # {"status":"UP"}, the reply to a text PING
+    assert protocol.parse(lines[3]) == [Ack(None, "UP")]  # {"status":"UP"}, the reply to a text PING
 
 
-def test_exchange_error_pickles() -> None:
-    error = ExchangeError("upbit", "INVALID_PARAM", "bad")
+def test_error_reply_pickles() -> None:
+    error = ErrorReply("upbit", "INVALID_PARAM", "bad")
     copy = pickle.loads(pickle.dumps(error))
-    assert (copy.exchange, copy.name, copy.message, str(copy)) == (
-        "upbit",
-        "INVALID_PARAM",
-        "bad",
-        "upbit error INVALID_PARAM: bad",
-    )
+    assert copy == error and str(copy) == "upbit error INVALID_PARAM: bad"
 
 
 # ---- malformed input -------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ from client import (
     RedisMarketDataProvider,
     StaleSnapshotError,
 )
-from client.layout import mark_down_flow, run_flow
+from client.layout import mark_down_flow
+from client.transport import run_flow
 
 
 def feeder_write(backend: Backend, snapshot: OrderBookSnapshot, writer: str, exchange: str = "upbit") -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from client import BookState, MarketDataUnavailableError, OrderBookSnapshot, RedisMarketDataProvider
-from feeder.local_redis import LocalRedisServer as RedisServer
+from launch.redis_server import LocalRedisServer as RedisServer
 
 
 def test_reads_survive_a_redis_outage(fresh_redis_server: RedisServer) -> None:
@@ -38,7 +38,7 @@ async def test_async_reads_survive_a_redis_outage(fresh_redis_server: RedisServe
 
 
 def test_start_does_not_fail_when_redis_is_down(caplog: pytest.LogCaptureFixture) -> None:
-    from feeder.local_redis import free_port
+    from launch.redis_server import free_port
 
     provider = RedisMarketDataProvider.from_url(f"redis://127.0.0.1:{free_port()}/0")
     provider.settings.redis_timeout  # noqa: B018

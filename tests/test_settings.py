@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from client import ClientSettings, RedisMarketDataProvider, SettingsError, load_settings
+from client.masking import mask_url
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -67,7 +68,8 @@ def test_tls_and_acl_urls_build_matching_clients(monkeypatch: pytest.MonkeyPatch
     kwargs = p._sync().connection_pool.connection_kwargs
     assert p._sync().connection_pool.connection_class.__name__ == "SSLConnection"
     assert (kwargs["username"], kwargs["password"], kwargs["db"]) == ("engine", "s3cret", 2)
-    assert "s3cret" not in p._where()
+    assert "s3cret" not in mask_url(p.settings.redis_url)
+    assert "s3cret" not in repr(p)
 
 
 def test_acl_user_against_real_redis(real_backend, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

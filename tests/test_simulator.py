@@ -25,9 +25,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 from websockets.frames import Frame, Opcode
 
-from feeder.sim import ExchangeSimulator, RandomWalkBook, load_capture, parse_capture
-from feeder.sim.replay import CaptureFormatError
-from feeder.sim.upbit import UpbitRequestError, parse_request
+from exchange_sim import ExchangeSimulator, RandomWalkBook, load_capture, parse_capture
+from exchange_sim.replay import CaptureFormatError
+from exchange_sim.upbit import UpbitRequestError, parse_request
 
 DATA = Path(__file__).parent / "data" / "sim"
 UPBIT_CAPTURE = DATA / "upbit-2021-04-17.ws.txt"
@@ -765,7 +765,7 @@ async def test_cli_serves_and_stops_cleanly_on_signal(sig: signal.Signals) -> No
     env = {**os.environ, "PYTHONPATH": str(root)}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        *("-m", "feeder.sim", "--upbit-port", "0", "--binance-port", "0", "--rate", "20"),
+        *("-m", "exchange_sim", "--upbit-port", "0", "--binance-port", "0", "--rate", "20"),
         stderr=asyncio.subprocess.PIPE,
         env=env,
         cwd=root,

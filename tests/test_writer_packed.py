@@ -17,9 +17,9 @@ import redis
 import redis.asyncio
 from conftest import Backend
 
-from client.layout import RedisLayout, arun_flow, decode_book, encode_book, write_flow
+from client.layout import RedisLayout, decode_book, encode_book, write_flow
 from client.models import OrderBookSnapshot
-from feeder import writer as writer_module
+from client.transport import arun_flow, packed_commands
 from feeder.writer import _CHUNK, SnapshotWriter
 
 
@@ -40,14 +40,14 @@ def in_use(pool: Any) -> int:
 
 def test_only_plain_clients_take_the_packed_path(redis_server: Any) -> None:
     plain = redis.asyncio.Redis.from_url(redis_server.url)
-    assert writer_module._packable(plain)
-    assert not writer_module._packable(fakeredis.FakeAsyncRedis())
-    assert not writer_module._packable(object())
-    assert not writer_module._packable(redis.asyncio.Redis.from_url(redis_server.url, encoding="latin-1"))
+    assert packed_commands(plain)
+    assert not packed_commands(fakeredis.FakeAsyncRedis())
+    assert not packed_commands(object())
+    assert not packed_commands(redis.asyncio.Redis.from_url(redis_server.url, encoding="latin-1"))
     blocking = redis.asyncio.Redis(
         connection_pool=redis.asyncio.BlockingConnectionPool.from_url(redis_server.url)
     )
-    assert writer_module._packable(blocking)
+    assert packed_commands(blocking)
 
 
 async def test_packed_writes_store_and_publish_what_the_pipeline_does(real_backend: Backend) -> None:
@@ -56,7 +56,7 @@ async def test_packed_writes_store_and_publish_what_the_pipeline_does(real_backe
     pubsub = client.pubsub()
     await pubsub.psubscribe(layout.book_pattern())
     writer = SnapshotWriter(client, layout, "w1", batch=7)
-    assert writer._packed
+    assert packed_commands(client)
     books = [book(f"S{i % 5}USDT", i) for i in range(40)]
     for b in books[:20]:  # written by the writer, packed
         writer.submit("binance", b)

@@ -14,6 +14,8 @@ Facts this module relies on (Binance spot WebSocket Streams and WebSocket API do
   LIST_SUBSCRIPTIONS; errors are ``{"error": {"code": C, "msg": ...}, "id": N}`` or the bare
   ``{"code": C, "msg": ..., "id": N}``. A ``serverShutdown`` event announces that the server will close the
   connection.
+- Pacing: 300 new connections per 5 minutes per IP; 5 incoming messages per second per connection. The server
+  pings every 20 s and drops a client that has not answered for 60 s; a connection lives at most 24 hours.
 """
 
 from __future__ import annotations
@@ -22,14 +24,33 @@ import re
 from collections.abc import Sequence
 from math import isfinite
 from time import time as _now
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import orjson
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from client.errors import InvalidSymbolError
 from client.layout import validate_symbol
 from client.models import Level, OrderBookSnapshot
-from feeder.exchanges import BadFrame, ExchangeError, ServerShutdown, remember_raw_name, unique_symbols
+from feeder.exchanges.base import (
+    Ack,
+    BadFrame,
+    ErrorReply,
+    Event,
+    ExchangeDescriptor,
+    KeepAlive,
+    Pacing,
+    ShutdownNotice,
+    check_symbol_list,
+    check_ws_url,
+    remember_raw_name,
+    split_list,
+    unique_symbols,
+)
+
+if TYPE_CHECKING:
+    from feeder.settings import FeederSettings
 
 DEFAULT_URL: Final = "wss://stream.binance.com:9443"
 DEPTHS: Final = frozenset({5, 10, 20})
@@ -235,11 +256,10 @@ class BinanceProtocol:
 
     # ---- decoding ------------------------------------------------------------------------------------
 
-    def parse(self, frame: bytes | str, recv_ts: float | None = None) -> list[OrderBookSnapshot]:
-        """Decode one frame: a partial book gives one snapshot; acks and other streams give ``[]``.
+    def parse(self, frame: bytes | str, recv_ts: float | None = None) -> list[Event]:
+        """Decode one frame into events: a partial book, an ack, an error reply, a shutdown notice.
 
-        Raises `BadFrame` for malformed input, `ExchangeError` for error replies and `ServerShutdown` for
-        the ``serverShutdown`` event.
+        Streams of other kinds give ``[]``; malformed input raises `BadFrame`.
         """
         if recv_ts is None:
             recv_ts = _now()
@@ -254,8 +274,8 @@ class BinanceProtocol:
             raise BadFrame(f"frame is a JSON {type(obj).__name__}, not an object")
         stream = obj.get("stream")
         if stream is None:
-            self._control(obj)
-            return []
+            event = self._control(obj)
+            return [] if event is None else [event]
         data = obj.get("data")
         if type(stream) is not str or type(data) is not dict:
             raise BadFrame("combined-stream frame without a string 'stream' and an object 'data'")
@@ -264,7 +284,7 @@ class BinanceProtocol:
             symbol = self._route(stream)
         if not symbol:
             if stream == "!serverShutdown" or data.get("e") == "serverShutdown":
-                raise _shutdown(data)
+                return [_shutdown(data)]
             return []  # bookTicker, aggTrade, kline, diff depth...: not the partial books this feeder uses
 
         xid = data.get("lastUpdateId")
@@ -352,38 +372,97 @@ class BinanceProtocol:
         return routed
 
     @staticmethod
-    def _control(obj: dict[str, Any]) -> None:
+    def _control(obj: dict[str, Any]) -> Event | None:
         """A frame without the combined-stream wrapper: a reply to a control message, or an event."""
         if "result" in obj and "id" in obj:
-            return  # SUBSCRIBE/UNSUBSCRIBE ack, LIST_SUBSCRIPTIONS reply
+            return Ack(obj["id"], obj["result"])  # SUBSCRIBE/UNSUBSCRIBE ack, LIST_SUBSCRIPTIONS reply
         error = obj.get("error")
         if error is not None:
             if type(error) is dict:
                 name = _error_name(error.get("code"))
                 message = error.get("msg", "")
                 if name is not None and type(message) is str:
-                    raise ExchangeError("binance", name, message)
+                    return ErrorReply("binance", name, message)
             raise BadFrame("malformed error reply")
         if "code" in obj and "msg" in obj:
             name = _error_name(obj["code"])
             message = obj["msg"]
             if name is not None and type(message) is str:
-                raise ExchangeError("binance", name, message)
+                return ErrorReply("binance", name, message)
             raise BadFrame("malformed error reply")
         event = obj.get("e")
         if event == "serverShutdown":
-            raise _shutdown(obj)
+            return _shutdown(obj)
         if "lastUpdateId" in obj:
             raise BadFrame("partial book without the combined-stream wrapper: no symbol to route it to")
         if type(event) is str:
-            return  # an event of another kind from a raw (unwrapped) stream
+            return None  # an event of another kind from a raw (unwrapped) stream
         raise BadFrame("unknown frame shape")
 
 
-def _shutdown(event: dict[str, Any]) -> ServerShutdown:
+def _shutdown(event: dict[str, Any]) -> ShutdownNotice:
     event_ms = event.get("E")
     if (type(event_ms) is int or type(event_ms) is float) and event_ms > 0:
-        return ServerShutdown(
-            message=f"server shutdown announced at E={event_ms}", event_time=event_ms / 1000
-        )
-    return ServerShutdown()
+        return ShutdownNotice("binance", event_time=event_ms / 1000)
+    return ShutdownNotice("binance")
+
+
+# ---- the descriptor ----------------------------------------------------------------------------------------
+class Settings(BaseSettings):
+    """Binance's settings (``MD_BINANCE_*``); part of `feeder.settings.FeederSettings`."""
+
+    model_config = SettingsConfigDict(env_prefix="MD_", env_file=".env", extra="ignore")
+
+    binance_symbols: str = "BTCUSDT,ETHUSDT"
+    binance_url: str = DEFAULT_URL
+    binance_symbols_per_connection: int = MAX_STREAMS_PER_CONNECTION
+    binance_depth: Literal[5, 10, 20] = 20
+    binance_speed: Literal["100ms", "1000ms"] = "100ms"
+    binance_max_lifetime: float = 23 * 3600.0
+    """Seconds before a Binance connection is replaced (Binance cuts at 24 h); the new one opens first."""
+
+    @field_validator("binance_symbols")
+    @classmethod
+    def _check_binance_symbols(cls, value: str) -> str:
+        return check_symbol_list(value)
+
+    @field_validator("binance_url")
+    @classmethod
+    def _check_binance_url(cls, value: str) -> str:
+        return check_ws_url(value)
+
+    @field_validator("binance_symbols_per_connection")
+    @classmethod
+    def _check_binance_per_connection(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        if value > MAX_STREAMS_PER_CONNECTION:
+            raise ValueError(f"Binance allows at most {MAX_STREAMS_PER_CONNECTION} streams per connection")
+        return value
+
+    @field_validator("binance_max_lifetime")
+    @classmethod
+    def _check_binance_lifetime(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError("must be a positive number of seconds")
+        return value
+
+
+def _build(settings: FeederSettings) -> BinanceProtocol:
+    return BinanceProtocol(
+        depth=settings.binance_depth,
+        speed=settings.binance_speed,
+        url=settings.binance_url,
+        max_symbols_per_connection=settings.binance_symbols_per_connection,
+    )
+
+
+DESCRIPTOR: Final = ExchangeDescriptor(
+    name="binance",
+    default_url=DEFAULT_URL,
+    pacing=Pacing(open_rate=1.0, open_burst=10, subscribe_interval=0.25),
+    keepalive=KeepAlive(server_ping_interval=20.0, idle_timeout=60.0),
+    build=_build,
+    symbols=lambda settings: split_list(settings.binance_symbols),
+    max_lifetime=lambda settings: settings.binance_max_lifetime,
+)

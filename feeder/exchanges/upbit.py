@@ -13,6 +13,8 @@ Facts this module relies on (Upbit's public WebSocket documentation and live cap
 - A one-sided book is padded: the empty side's units carry price 0 and size 0. Those are dropped.
 - Errors arrive as ``{"error": {"name": ..., "message": ...}}`` (then Upbit closes the connection); the
   text keep-alive ``PING`` is answered with ``{"status": "UP"}``.
+- Pacing: 5 new connections per second per IP; 5 requests per second (100 per minute) per connection. Upbit
+  sends no pings of its own and closes a connection idle for about 120 s.
 """
 
 from __future__ import annotations
@@ -22,14 +24,32 @@ import uuid
 from collections.abc import Sequence
 from math import isfinite
 from time import time as _now
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import orjson
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from client.errors import InvalidSymbolError
 from client.layout import validate_symbol
 from client.models import Level, OrderBookSnapshot
-from feeder.exchanges import BadFrame, ExchangeError, remember_raw_name, unique_symbols
+from feeder.exchanges.base import (
+    Ack,
+    BadFrame,
+    ErrorReply,
+    Event,
+    ExchangeDescriptor,
+    KeepAlive,
+    Pacing,
+    check_symbol_list,
+    check_ws_url,
+    remember_raw_name,
+    split_list,
+    unique_symbols,
+)
+
+if TYPE_CHECKING:
+    from feeder.settings import FeederSettings
 
 DEFAULT_URL: Final = "wss://api.upbit.com/websocket/v1"
 FORMATS: Final = frozenset({"DEFAULT", "SIMPLE", "JSON_LIST", "SIMPLE_LIST"})
@@ -239,10 +259,10 @@ class UpbitProtocol:
 
     # ---- decoding ------------------------------------------------------------------------------------
 
-    def parse(self, frame: bytes | str, recv_ts: float | None = None) -> list[OrderBookSnapshot]:
-        """Decode one frame of any format into snapshots; trade, ticker and status frames give ``[]``.
+    def parse(self, frame: bytes | str, recv_ts: float | None = None) -> list[Event]:
+        """Decode one frame of any format into events: books, error replies, the keep-alive's `Ack`.
 
-        Raises `BadFrame` for malformed input and `ExchangeError` for Upbit's error replies.
+        Trade and ticker frames give ``[]``; malformed input raises `BadFrame`.
         """
         if recv_ts is None:
             recv_ts = _now()
@@ -254,27 +274,26 @@ class UpbitProtocol:
         except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
             raise BadFrame(f"not JSON: {str(exc)[:100]}") from None
         if type(obj) is dict:
-            snapshot = self._book(obj, recv_ts)
-            return [] if snapshot is None else [snapshot]
+            event = self._event(obj, recv_ts)
+            return [] if event is None else [event]
         if type(obj) is list:  # JSON_LIST / SIMPLE_LIST
-            snapshots: list[OrderBookSnapshot] = []
+            events: list[Event] = []
             for item in obj:
                 if type(item) is not dict:
                     raise BadFrame(f"list element is {type(item).__name__}, not an object")
-                snapshot = self._book(item, recv_ts)
-                if snapshot is not None:
-                    snapshots.append(snapshot)
-            return snapshots
+                event = self._event(item, recv_ts)
+                if event is not None:
+                    events.append(event)
+            return events
         raise BadFrame(f"frame is a JSON {type(obj).__name__}, not an object or array")
 
-    def _book(self, obj: dict[str, Any], recv_ts: float) -> OrderBookSnapshot | None:
+    def _event(self, obj: dict[str, Any], recv_ts: float) -> Event | None:
         kind = obj.get("ty")
         keys = _SHORT_KEYS
         if kind is None:
             kind = obj.get("type")
             if kind is None:
-                self._control(obj)
-                return None
+                return self._control(obj)
             keys = _LONG_KEYS
         if kind != "orderbook":
             if type(kind) is str:
@@ -366,7 +385,7 @@ class UpbitProtocol:
         return symbol
 
     @staticmethod
-    def _control(obj: dict[str, Any]) -> None:
+    def _control(obj: dict[str, Any]) -> Event:
         """A frame without a type: an error reply, the ``{"status":"UP"}`` keep-alive reply, or garbage."""
         error = obj.get("error")
         if error is not None:
@@ -374,9 +393,57 @@ class UpbitProtocol:
                 name = error.get("name")
                 message = error.get("message", "")
                 if type(name) is str and type(message) is str:
-                    raise ExchangeError("upbit", name, message)
+                    return ErrorReply("upbit", name, message)
             raise BadFrame("malformed error frame")
         status = obj.get("status")
         if type(status) is str:
-            return  # the reply to a text PING
+            return Ack(None, status)  # the reply to a text PING
         raise BadFrame("frame has no type, error or status")
+
+
+# ---- the descriptor ----------------------------------------------------------------------------------------
+class Settings(BaseSettings):
+    """Upbit's settings (``MD_UPBIT_*``); part of `feeder.settings.FeederSettings`."""
+
+    model_config = SettingsConfigDict(env_prefix="MD_", env_file=".env", extra="ignore")
+
+    upbit_symbols: str = "KRW-BTC,KRW-ETH,KRW-USDT"
+    upbit_url: str = DEFAULT_URL
+    upbit_format: Literal["DEFAULT", "SIMPLE", "JSON_LIST", "SIMPLE_LIST"] = "SIMPLE"
+    """SIMPLE sends the same books with shorter keys: fewer bytes to receive and parse."""
+    upbit_symbols_per_connection: int = 100
+
+    @field_validator("upbit_symbols")
+    @classmethod
+    def _check_upbit_symbols(cls, value: str) -> str:
+        return check_symbol_list(value)
+
+    @field_validator("upbit_url")
+    @classmethod
+    def _check_upbit_url(cls, value: str) -> str:
+        return check_ws_url(value)
+
+    @field_validator("upbit_symbols_per_connection")
+    @classmethod
+    def _check_upbit_per_connection(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError("must be at least 1")
+        return value
+
+
+def _build(settings: FeederSettings) -> UpbitProtocol:
+    return UpbitProtocol(
+        url=settings.upbit_url,
+        format=settings.upbit_format,
+        max_symbols_per_connection=settings.upbit_symbols_per_connection,
+    )
+
+
+DESCRIPTOR: Final = ExchangeDescriptor(
+    name="upbit",
+    default_url=DEFAULT_URL,
+    pacing=Pacing(open_rate=5.0, open_burst=5, subscribe_interval=0.25),
+    keepalive=KeepAlive(server_ping_interval=None, idle_timeout=120.0),
+    build=_build,
+    symbols=lambda settings: split_list(settings.upbit_symbols),
+)

@@ -36,10 +36,10 @@ from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 
 from client.models import OrderBookSnapshot
-from feeder.sim.books import MIN_DEPTH, Level, RandomWalkBook
-from feeder.sim.replay import CapturedFrame
+from exchange_sim.books import MIN_DEPTH, Level, RandomWalkBook
+from exchange_sim.replay import CapturedFrame
 
-log = logging.getLogger("feeder.sim")
+log = logging.getLogger("exchange_sim")
 
 ControlHandler = Callable[["ExchangeServer[Any]", ServerConnection, Request], Awaitable[Response]]
 
@@ -459,7 +459,7 @@ class ExchangeServer(ABC, Generic[SubT]):
             # Off unless asked for: deflate costs more CPU than everything else per frame, and the
             # exchanges' market-data streams are what the feeder must handle uncompressed anyway.
             compression="deflate" if self.compression else None,
-            logger=logging.getLogger(f"feeder.sim.{self.name}.ws"),
+            logger=logging.getLogger(f"exchange_sim.{self.name}.ws"),
         )
         self._pump_task = asyncio.create_task(self._pump(), name=f"sim-{self.name}-pump")
         log.info("%s simulator listening on %s (control %s)", self.name, self.url, self.control_url)

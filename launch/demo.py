@@ -1,6 +1,6 @@
 """`make demo` / `make run`: everything needed to see live books in one command.
 
-``python -m feeder.demo`` (offline): finds a Redis (the one at ``MD_REDIS_URL`` when that variable is set and
+``python -m launch.demo`` (offline): finds a Redis (the one at ``MD_REDIS_URL`` when that variable is set and
 answers, otherwise a private ``redis-server`` on a free port), starts the exchange simulator and one feeder per
 exchange pointed at it, and shows ``md watch`` until Ctrl-C. ``--live`` does the same against the real
 exchanges (no simulator). ``--once`` waits until every book is live, prints one table and stops: the test and
@@ -15,20 +15,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
+import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import redis
 
-from client.cli import main as md_main
-from client.provider import RedisMarketDataProvider
-from feeder.local_redis import LocalRedisServer, free_port
+from client import RedisMarketDataProvider
+from client.masking import mask_url
+from launch.child import ChildProcess, feeder_command
+from launch.redis_server import LocalRedisServer, free_port
+from md_cli.main import main as md_main
 
 UPBIT_SYMBOLS = "KRW-BTC,KRW-ETH,KRW-USDT,KRW-XRP,KRW-SOL"
 BINANCE_SYMBOLS = "BTCUSDT,ETHUSDT,XRPUSDT,SOLUSDT"
@@ -48,50 +49,30 @@ def answers(url: str) -> bool:
         client.close()
 
 
-class Child:
-    """A child process with its log file; `stop` ends it politely, then firmly."""
-
-    def __init__(self, name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("wb")
-        full_env = dict(os.environ)
-        full_env.update(env or {})
-        # A session of its own: Ctrl-C reaches only the demo, which stops children in order (feeders first,
-        # so they can flush and mark themselves offline while Redis is still there).
-        self.process = subprocess.Popen(
-            args, stdout=self._log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
-        )
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self, grace: float = 5.0) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self._log.close()
-
-
 @contextmanager
-def child(name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Iterator[Child]:
-    c = Child(name, args, log_dir, env)
+def child(
+    name: str, args: list[str], log_dir: Path, env: dict[str, str] | None = None
+) -> Iterator[ChildProcess]:
+    """A child that inherits this environment (plus `env`) in a session of its own, stopped on exit.
+
+    Its own session: Ctrl-C reaches only the demo, which stops children in order (feeders first, so they can
+    flush and mark themselves offline while Redis is still there).
+    """
+    c = ChildProcess(args, log_dir / f"{name}.log", env={**os.environ, **(env or {})}, new_session=True)
     try:
         yield c
     finally:
-        c.stop()
+        c.stop(grace=5.0)
 
 
-def wait_for(check: object, timeout: float, what: str, children: list[Child]) -> None:
+def wait_for(check: Callable[[], bool], timeout: float, what: str, children: list[ChildProcess]) -> None:
     deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
+    while not check():
         for c in children:
             if not c.alive():
-                raise SystemExit(f"demo: {c.name} exited with {c.process.returncode}; see {c.log_path}")
+                raise SystemExit(
+                    f"demo: {c.log_path.stem} exited with {c.process.returncode}; see {c.log_path}"
+                )
         if time.monotonic() > deadline:
             raise SystemExit(
                 f"demo: {what} did not happen within {timeout:.0f}s; logs in {children[0].log_path.parent}"
@@ -123,12 +104,12 @@ def run(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         url = os.environ.get("MD_REDIS_URL", "")
         if url and answers(url):
-            say(f"using the Redis at MD_REDIS_URL ({url.split('@')[-1]})")
+            say(f"using the Redis at MD_REDIS_URL ({mask_url(url)})")
         else:
             if url:
-                say(f"no Redis answers at MD_REDIS_URL={url.split('@')[-1]}: starting a private one")
+                say(f"no Redis answers at MD_REDIS_URL={mask_url(url)}: starting a private one")
             url = stack.enter_context(private_redis())
-        children: list[Child] = []
+        children: list[ChildProcess] = []
         feeder_env = {
             "MD_REDIS_URL": url,
             "MD_UPBIT_SYMBOLS": UPBIT_SYMBOLS,
@@ -142,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
                     [
                         py,
                         "-m",
-                        "feeder.sim",
+                        "exchange_sim",
                         "--upbit-port",
                         str(up),
                         "--binance-port",
@@ -162,12 +143,10 @@ def run(args: argparse.Namespace) -> int:
             say("connecting to the real exchanges (wss://api.upbit.com, wss://stream.binance.com)")
         for exchange in ("upbit", "binance"):
             env = {**feeder_env, "MD_EXCHANGES": exchange, "MD_FEEDER_ID": f"demo-{exchange}"}
-            children.append(
-                stack.enter_context(child(f"feeder-{exchange}", [py, "-m", "feeder"], log_dir, env))
-            )
+            children.append(stack.enter_context(child(f"feeder-{exchange}", feeder_command(), log_dir, env)))
         say(f"feeders started; logs in {log_dir}")
         say(
-            f"engines connect with MD_REDIS_URL={url}  (e.g. MD_REDIS_URL={url} python examples/arbitrage.py)"
+            f"engines connect with MD_REDIS_URL={mask_url(url)}  (e.g. python examples/arbitrage.py --redis-url URL)"
         )
         provider = RedisMarketDataProvider.from_url(url)
         stack.callback(provider.stop)
@@ -196,15 +175,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _port_open(port: int) -> bool:
-    import socket
-
     with socket.socket() as sock:
         sock.settimeout(0.2)
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m feeder.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m launch.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--live", action="store_true", help="feed from the real exchanges instead of the simulator"
     )

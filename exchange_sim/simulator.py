@@ -11,11 +11,11 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 from client.models import OrderBookSnapshot
-from feeder.sim import control
-from feeder.sim.binance import MAX_STREAMS, BinanceServer
-from feeder.sim.replay import CapturedFrame, load_capture
-from feeder.sim.server import ExchangeServer
-from feeder.sim.upbit import UpbitServer
+from exchange_sim import control
+from exchange_sim.binance import MAX_STREAMS, BinanceServer
+from exchange_sim.replay import CapturedFrame, load_capture
+from exchange_sim.server import ExchangeServer
+from exchange_sim.upbit import UpbitServer
 
 EXCHANGES = ("upbit", "binance")
 ReplaySource = str | Path | list[CapturedFrame]
@@ -25,7 +25,7 @@ class ExchangeSimulator:
     """A local Upbit + Binance market-data server for tests, benchmarks and the offline demo.
 
     A port of ``None`` leaves that exchange out; ``0`` lets the OS choose (read it back from the URLs).
-    See the package docstring (`feeder.sim`) for the full API and protocol notes.
+    See the package docstring (`exchange_sim`) for the full API and protocol notes.
     """
 
     def __init__(

@@ -20,7 +20,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
 if TYPE_CHECKING:
-    from feeder.sim.simulator import ExchangeSimulator
+    from exchange_sim.simulator import ExchangeSimulator
 
 ENDPOINTS: dict[str, str] = {
     "state": "counters, connections and the last book sent per symbol (truth=0 leaves the books out)",

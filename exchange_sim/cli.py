@@ -8,9 +8,9 @@ import logging
 import signal
 from collections.abc import Sequence
 
-from feeder.sim.simulator import ExchangeSimulator
+from exchange_sim.simulator import ExchangeSimulator
 
-log = logging.getLogger("feeder.sim")
+log = logging.getLogger("exchange_sim")
 
 
 def build_parser() -> argparse.ArgumentParser:

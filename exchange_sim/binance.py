@@ -35,9 +35,9 @@ import orjson
 import websockets.http11
 from websockets.http11 import Request, Response
 
-from feeder.sim.books import RandomWalkBook
-from feeder.sim.replay import CapturedFrame
-from feeder.sim.server import ExchangeServer, Outgoing, Session, SimConnection, Subscription, Truth
+from exchange_sim.books import RandomWalkBook
+from exchange_sim.replay import CapturedFrame
+from exchange_sim.server import ExchangeServer, Outgoing, Session, SimConnection, Subscription, Truth
 
 MAX_STREAMS = 1024
 STREAM_RE = re.compile(r"[a-z0-9]+@[A-Za-z0-9_@.]+|![A-Za-z0-9_@.]+")

@@ -9,7 +9,7 @@ API
 ---
 ::
 
-    from feeder.sim import ExchangeSimulator
+    from exchange_sim import ExchangeSimulator
 
     async with ExchangeSimulator(
         host="127.0.0.1",
@@ -81,16 +81,16 @@ Plain HTTP ``GET`` on each exchange's own WebSocket port (websockets' ``process_
     GET /_sim/shutdown               GET /_sim/rate?value=20[&exchange=upbit]   (default: all exchanges)
     GET /_sim/health                 GET /_sim/help
 
-Protocol details and the choices where the exchanges' behaviour is not documented are in `feeder.sim.upbit`
-and `feeder.sim.binance`. Command line: ``md-sim`` / ``python -m feeder.sim`` (`feeder.sim.cli`).
+Protocol details and the choices where the exchanges' behaviour is not documented are in `exchange_sim.upbit`
+and `exchange_sim.binance`. Command line: ``md-sim`` / ``python -m exchange_sim`` (`exchange_sim.cli`).
 """
 
-from feeder.sim.binance import BinanceServer
-from feeder.sim.books import RandomWalkBook
-from feeder.sim.replay import CapturedFrame, load_capture, parse_capture
-from feeder.sim.server import ExchangeServer, Truth
-from feeder.sim.simulator import EXCHANGES, ExchangeSimulator
-from feeder.sim.upbit import UpbitServer
+from exchange_sim.binance import BinanceServer
+from exchange_sim.books import RandomWalkBook
+from exchange_sim.replay import CapturedFrame, load_capture, parse_capture
+from exchange_sim.server import ExchangeServer, Truth
+from exchange_sim.simulator import EXCHANGES, ExchangeSimulator
+from exchange_sim.upbit import UpbitServer
 
 __all__ = [
     "EXCHANGES",

@@ -30,9 +30,9 @@ import orjson
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from feeder.sim.books import RandomWalkBook
-from feeder.sim.replay import CapturedFrame
-from feeder.sim.server import (
+from exchange_sim.books import RandomWalkBook
+from exchange_sim.replay import CapturedFrame
+from exchange_sim.server import (
     CloseRequest,
     ExchangeServer,
     Outgoing,

@@ -1,0 +1,65 @@
+"""The feeder record ``<prefix>:feeder:<id>``: the fields a feeder writes and the ones readers rely on.
+
+Readers treat a feeder's books as live only while this hash exists and its ``state`` is not ``offline``; the
+feeder pushes its expiry out with every heartbeat, so a killed feeder's books go stale within that time
+without anyone having to notice the death. A clean shutdown writes ``state=offline`` at once and keeps the
+record (with its final counters) for `OFFLINE_KEEP_SECONDS` so that operators can read why it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+STATE_FIELD = "state"
+HEARTBEAT_FIELD = "heartbeat"  # epoch seconds of the feeder's last heartbeat (shown by `md status`)
+RUNNING = "running"
+OFFLINE = "offline"
+OFFLINE_KEEP_SECONDS = 3600
+
+Counters = Mapping[str, str | int | float]
+
+
+@dataclass(frozen=True)
+class FeederRecord:
+    """One write of the record: liveness fields first, then the feeder's counters (free-form, for people)."""
+
+    state: str
+    started: float  # epoch seconds the feeder started
+    ttl_ms: int  # the record's expiry after each heartbeat
+    counters: Counters = field(default_factory=dict)
+    heartbeat: float = field(default_factory=time.time)
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+
+    def flat(self) -> list[str | int | float]:
+        """Field, value, field, value… for HSET."""
+        fields: dict[str, str | int | float] = {
+            STATE_FIELD: self.state,
+            HEARTBEAT_FIELD: round(self.heartbeat, 3),
+            "started": round(self.started, 3),
+            "host": self.host,
+            "pid": self.pid,
+            "ttl_ms": self.ttl_ms,
+        }
+        fields.update(self.counters)
+        return [x for item in fields.items() for x in item]
+
+
+def feeder_alive(state: Any) -> bool:
+    """Liveness of a feeder from its record's ``state``: None (expired), ``offline`` or an error are not."""
+    if isinstance(state, bytes):
+        return state != b"offline"
+    if isinstance(state, str):
+        return state != OFFLINE
+    return False
+
+
+def split_record(fields: Mapping[str, str]) -> tuple[str | None, str | None, dict[str, str]]:
+    """(state, heartbeat, the other fields) of a record read back with HGETALL (decoded to text)."""
+    rest = dict(fields)
+    return rest.pop(STATE_FIELD, None), rest.pop(HEARTBEAT_FIELD, None), rest

@@ -1,0 +1,20 @@
+"""Live mirror: a local copy of books kept current by pub/sub, and the update streams built on it.
+
+- `cache`: the mirrored books and feeder states (pure code), and the plan of what to mirror;
+- `subscriber`: the subscriber core and its two drivers (a thread for sync providers, a task for asyncio);
+- `updates`: the latest-wins buffer each event consumer reads from.
+"""
+
+from client.mirror.cache import BookCache, MirrorPlan
+from client.mirror.subscriber import SubscriberCore, TaskSubscriber, ThreadSubscriber
+from client.mirror.updates import UpdateCallback, UpdateQueue
+
+__all__ = [
+    "BookCache",
+    "MirrorPlan",
+    "SubscriberCore",
+    "TaskSubscriber",
+    "ThreadSubscriber",
+    "UpdateCallback",
+    "UpdateQueue",
+]

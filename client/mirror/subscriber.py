@@ -1,0 +1,254 @@
+"""The mirror's subscriber: one core that decides everything, driven by a thread or by an asyncio task.
+
+`SubscriberCore.session` is the whole subscriber as a generator of operations (subscribe, run a flow,
+receive a message, report "synced"), with no I/O of its own; `ThreadSubscriber` (sync providers) and
+`TaskSubscriber` (asyncio providers) carry the operations out with a sync or an asyncio pub/sub connection.
+They keep the same public methods in the same order: ``start``, ``add_keys``, ``stop``.
+
+A session subscribes, loads every mirrored book, marks the cache connected, then applies messages. After any
+disconnect the driver reconnects with backoff and starts a new session, which re-reads everything before the
+cache is marked connected again, so nothing published during the gap stays wrong; meanwhile the cache reports
+its books as unavailable. Feeder liveness is refreshed every `FEEDER_REFRESH` seconds (and at once when a
+message names a feeder the cache has not seen), so a dead feeder's books stop being served within its
+heartbeat expiry plus that period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio
+import redis.exceptions
+
+from client.layout import Flow
+from client.mirror.cache import BookCache, MirrorPlan
+from client.transport import arun_flow, run_flow
+
+log = logging.getLogger("client.mirror")
+
+FEEDER_REFRESH = 0.5  # seconds between feeder-state refreshes
+POLL = 0.1  # how long one receive waits; bounds the stop latency of the thread
+REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
+
+
+# --------------------------------------------------------------------------------------------- operations
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    channels: list[str]
+    patterns: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class RunFlow:
+    flow: Flow[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Receive:
+    """The next pub/sub message (a dict as redis-py gives it), or None after `timeout` seconds."""
+
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Synced:
+    """Every mirrored book is loaded: a `start` waiting for it may return."""
+
+
+Operation = Subscribe | RunFlow | Receive | Synced
+Session = Generator[Operation, Any, None]
+
+
+# --------------------------------------------------------------------------------------------- the core
+class SubscriberCore:
+    """What the subscriber does, as operations for a driver; `add_keys` may be called from any thread."""
+
+    def __init__(self, plan: MirrorPlan, cache: BookCache) -> None:
+        self.plan = plan
+        self.cache = cache
+        self._added: set[str] = set()
+        self._added_lock = threading.Lock()
+
+    def add_keys(self, keys: Iterable[str]) -> None:
+        """Subscribe more book channels (event consumers in read-through mode)."""
+        new = set(keys) - self.plan.keys
+        if new:
+            with self._added_lock:
+                self._added |= new
+
+    def session(self) -> Session:
+        """One connection's life: subscribe, load, then apply messages until the connection fails."""
+        plan, cache = self.plan, self.cache
+        self._take_added()
+        channels, patterns = plan.channels(), plan.patterns()
+        if channels or patterns:
+            yield Subscribe(channels, patterns)
+        yield RunFlow(plan.load_flow(cache))
+        cache.connected = True
+        yield Synced()
+        log.debug("mirror: synced %d books", len(cache.books))
+        refreshed = time.monotonic()
+        while True:
+            added = self._take_added()
+            if added:
+                yield Subscribe(sorted(added), [])
+                yield RunFlow(cache.reload_flow(added))
+            message = yield Receive(POLL)
+            gaps: set[str] = set()
+            while message is not None:
+                if message["type"] in ("message", "pmessage"):
+                    gap = cache.apply(message["channel"], message["data"])
+                    if gap:
+                        gaps.add(gap)
+                message = yield Receive(0)
+            if gaps:
+                yield RunFlow(cache.reload_flow(gaps))
+            if cache.unknown_feeders or time.monotonic() - refreshed > FEEDER_REFRESH:
+                yield RunFlow(cache.feeder_refresh_flow())
+                refreshed = time.monotonic()
+
+    def lost(self, exc: BaseException, failures: int) -> float:
+        """The connection failed (the `failures`-th time in a row): books are unavailable; seconds to wait."""
+        self.cache.connected = False
+        if failures == 1:
+            log.warning("mirror: pub/sub connection lost (%s); books read as unavailable until resynced", exc)
+        if failures <= 1:
+            return 0.0
+        return float(min(2.0, 0.05 * 2.0 ** (failures - 2)) * random.uniform(0.5, 1.0))
+
+    def _take_added(self) -> set[str]:
+        with self._added_lock:
+            added, self._added = self._added, set()
+        self.plan.keys |= added
+        return added
+
+
+# --------------------------------------------------------------------------------------------- drivers
+class ThreadSubscriber:
+    """Runs the core on a background thread with a sync client. `start` waits for the first full load."""
+
+    def __init__(self, client: redis.Redis, plan: MirrorPlan, cache: BookCache) -> None:
+        self.core = SubscriberCore(plan, cache)
+        self.plan = plan
+        self._redis = client
+        self._stop = threading.Event()
+        self._loaded = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="md-mirror", daemon=True)
+
+    def start(self, timeout: float) -> bool:
+        self._thread.start()
+        return self._loaded.wait(timeout)
+
+    def add_keys(self, keys: Iterable[str]) -> None:
+        self.core.add_keys(keys)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        failures = 0
+        while not self._stop.is_set():
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            try:
+                self._drive(pubsub)
+                failures = 0
+            except REDIS_ERRORS as exc:
+                failures += 1
+                self._stop.wait(self.core.lost(exc, failures))
+            finally:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    pubsub.close()
+        self.core.cache.connected = False
+
+    def _drive(self, pubsub: Any) -> None:
+        session = self.core.session()
+        result: Any = None
+        while not self._stop.is_set():
+            operation = session.send(result)
+            result = None
+            if type(operation) is Receive:
+                result = pubsub.get_message(timeout=operation.timeout)
+            elif type(operation) is RunFlow:
+                run_flow(self._redis, operation.flow)
+            elif type(operation) is Subscribe:
+                if operation.channels:
+                    pubsub.subscribe(*operation.channels)
+                if operation.patterns:
+                    pubsub.psubscribe(*operation.patterns)
+            elif type(operation) is Synced:
+                self._loaded.set()
+        session.close()
+
+
+class TaskSubscriber:
+    """Runs the core as an asyncio task with an asyncio client. `start` waits for the first full load."""
+
+    def __init__(self, client: redis.asyncio.Redis, plan: MirrorPlan, cache: BookCache) -> None:
+        self.core = SubscriberCore(plan, cache)
+        self.plan = plan
+        self._redis = client
+        self._loaded = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, timeout: float) -> bool:
+        self._task = asyncio.create_task(self._run(), name="md-mirror")
+        try:
+            await asyncio.wait_for(self._loaded.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def add_keys(self, keys: Iterable[str]) -> None:
+        self.core.add_keys(keys)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.core.cache.connected = False
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await self._drive(pubsub)
+            except REDIS_ERRORS as exc:
+                failures += 1
+                await asyncio.sleep(self.core.lost(exc, failures))
+            else:
+                failures = 0
+            finally:
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _drive(self, pubsub: Any) -> None:
+        session = self.core.session()
+        result: Any = None
+        while True:
+            operation = session.send(result)
+            result = None
+            if type(operation) is Receive:
+                result = await pubsub.get_message(ignore_subscribe_messages=True, timeout=operation.timeout)
+            elif type(operation) is RunFlow:
+                await arun_flow(self._redis, operation.flow)
+            elif type(operation) is Subscribe:
+                if operation.channels:
+                    await pubsub.subscribe(*operation.channels)
+                if operation.patterns:
+                    await pubsub.psubscribe(*operation.patterns)
+            elif type(operation) is Synced:
+                self._loaded.set()

@@ -1,0 +1,198 @@
+"""What every exchange module provides: the protocol interface, the events it decodes, and its descriptor.
+
+An exchange protocol is pure code (no I/O, no clock): it says where to connect (`url`) and what to send
+(`subscribe_frames`) for a list of symbols, and turns one received frame into events (`parse`):
+
+- `OrderBookSnapshot`: a whole book;
+- `Ack`: a reply to one of our requests (a subscription confirmed, a keep-alive answered);
+- `ErrorReply`: the exchange answered with an error;
+- `ShutdownNotice`: the server announced that it will close this connection soon.
+
+`parse` raises only `BadFrame` (the frame is malformed: not JSON, wrong types, non-finite numbers, an invalid
+symbol...); the connection layer counts it and carries on, since one garbage frame must not take a connection
+down. Everything that knows time (keep-alive, pacing, retries) lives in `feeder.connection`.
+
+An `ExchangeDescriptor` is everything the feeder needs to know about one exchange besides its protocol: its
+name, its default URL, its limits and pacing, the lifetime and keep-alive rules of its connections, its
+settings, and how to build its protocol from them. Each exchange module exports one (``DESCRIPTOR``); the
+registry (`feeder.exchanges.registry`) lists them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from client.errors import InvalidSymbolError
+from client.layout import validate_symbol
+from client.models import OrderBookSnapshot
+
+if TYPE_CHECKING:
+    from feeder.settings import FeederSettings
+
+
+class BadFrame(ValueError):
+    """A received frame that cannot be decoded; the message is a short reason."""
+
+
+# --------------------------------------------------------------------------------------------- events
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """A reply to a request of ours: Binance ``{"result": ..., "id": N}``, Upbit's ``{"status": "UP"}``."""
+
+    request_id: Any = None
+    result: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """An error reply from the exchange (not a decoding problem on our side).
+
+    ``name`` is the exchange's own identifier of the error: Upbit's error name (``"INVALID_PARAM"``) or
+    Binance's numeric code as a string (``"2"``), so that callers can compare it without caring which type
+    the exchange used.
+    """
+
+    exchange: str
+    name: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.exchange} error {self.name}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownNotice:
+    """The server will close this connection soon (Binance's ``serverShutdown``): replace it now."""
+
+    exchange: str
+    event_time: float | None = None  # epoch seconds of the announcement, when the event carried one
+
+
+Event = OrderBookSnapshot | Ack | ErrorReply | ShutdownNotice
+
+
+# --------------------------------------------------------------------------------------------- protocol
+class ExchangeProtocol(Protocol):
+    """What the connection layer needs from an exchange protocol."""
+
+    name: str
+    """The exchange name used in Redis keys and on snapshots (``"upbit"``, ``"binance"``)."""
+
+    max_symbols_per_connection: int
+    """How many symbols the sharding layer may put on one connection."""
+
+    def url(self, symbols: Sequence[str]) -> str:
+        """The WebSocket URL to open for these symbols."""
+        ...
+
+    def subscribe_frames(self, symbols: Sequence[str]) -> list[str | bytes]:
+        """Frames to send right after connecting (and after every reconnect); may be empty."""
+        ...
+
+    def parse(self, frame: bytes | str, recv_ts: float | None = None) -> list[Event]:
+        """Decode one received frame into events; raise `BadFrame` (nothing else) when it is malformed."""
+        ...
+
+    def book_symbol(self, frame: bytes) -> str | None:
+        """The symbol of the book `frame` carries, judged from its head alone (cheap), or None.
+
+        None means "parse it now": a control frame, an error, a stream seen for the first time, anything of
+        an unusual shape. A symbol lets the connection hand the frame over undecoded (the writer decodes it
+        with `parse` only if no newer frame of that symbol replaced it first), and says nothing about the
+        rest of the frame: `parse` still decides whether it is a valid book.
+        """
+        ...
+
+
+# --------------------------------------------------------------------------------------------- descriptor
+@dataclass(frozen=True)
+class Pacing:
+    """How fast the exchange lets one IP open connections and send requests on one of them."""
+
+    open_rate: float  # new connections per second
+    open_burst: int  # that many may open at once
+    subscribe_interval: float  # seconds between two request frames on one connection
+
+
+@dataclass(frozen=True)
+class KeepAlive:
+    """The exchange's keep-alive facts (documented): what our client pings must stay within."""
+
+    server_ping_interval: float | None  # the server pings us this often (None: it does not)
+    idle_timeout: float | None  # the server closes a connection silent (or unanswering) for this long
+
+
+@dataclass(frozen=True)
+class ExchangeDescriptor:
+    """One exchange as the feeder sees it; see the module docstring."""
+
+    name: str
+    default_url: str
+    pacing: Pacing
+    keepalive: KeepAlive
+    build: Callable[[FeederSettings], ExchangeProtocol]
+    """The protocol, configured from the feeder's settings (which include the exchange's own)."""
+    symbols: Callable[[FeederSettings], list[str]]
+    """The symbols the settings ask this exchange for."""
+    max_lifetime: Callable[[FeederSettings], float | None] = lambda settings: None
+    """Seconds after which a connection is replaced before the exchange cuts it (None: no limit)."""
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def remember_raw_name(cache: dict[bytes, str], raw: bytes, resolve: Callable[[str], str], limit: int) -> str:
+    """`resolve` of a name seen as raw bytes, remembered under those bytes (bounded by `limit` entries).
+
+    The fast paths look a frame's stream name or code up before decoding anything; only the first sight of a
+    name decodes and resolves it (validation, routing). The bound only guards against a stream of new names.
+    """
+    resolved = resolve(raw.decode())
+    if len(cache) >= limit:
+        cache.clear()
+    cache[raw] = resolved
+    return resolved
+
+
+def unique_symbols(symbols: Sequence[str]) -> list[str]:
+    """Upper-cased, validated symbols without duplicates, in order: what a subscription may contain."""
+    if isinstance(symbols, str):
+        raise TypeError("symbols must be a sequence of str, not one str")
+    out: list[str] = []
+    seen: set[str] = set()
+    for symbol in symbols:
+        if not isinstance(symbol, str):
+            raise InvalidSymbolError(f"symbol must be a str, not {type(symbol).__name__}")
+        checked = validate_symbol(symbol.strip().upper())
+        if checked not in seen:
+            seen.add(checked)
+            out.append(checked)
+    if not out:
+        raise ValueError("no symbols to subscribe to")
+    return out
+
+
+def split_list(value: str) -> list[str]:
+    """A comma-separated setting as a list, blanks dropped."""
+    return [item for item in value.split(",") if item]
+
+
+def check_symbol_list(value: str) -> str:
+    """A comma-separated symbols setting, upper-cased, validated, without duplicates (settings validators)."""
+    symbols = [s.strip().upper() for s in value.split(",") if s.strip()]
+    for symbol in symbols:
+        validate_symbol(symbol)
+    return ",".join(dict.fromkeys(symbols))
+
+
+def check_ws_url(value: str) -> str:
+    """A ws:// or wss:// URL setting, without a trailing slash (settings validators)."""
+    if not re.match(r"wss?://[^/\s]+", value):
+        raise ValueError(f"expected a ws:// or wss:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def books_in(events: Iterable[Event]) -> list[OrderBookSnapshot]:
+    """The books among `events` (tests, benchmarks and tools that want the books of a frame only)."""
+    return [event for event in events if type(event) is OrderBookSnapshot]

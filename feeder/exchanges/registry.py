@@ -1,0 +1,18 @@
+"""The exchanges the feeder speaks: one descriptor and one settings class per exchange module.
+
+Adding an exchange: write its module (protocol, ``Settings``, ``DESCRIPTOR``; see `feeder.exchanges.base`),
+add its fixtures under tests/data/frames/, and add it to the two lines below. Settings validators are
+named after their exchange (``_check_upbit_url``): pydantic keeps one validator per name across the bases.
+"""
+
+from __future__ import annotations
+
+from feeder.exchanges import binance, upbit
+from feeder.exchanges.base import ExchangeDescriptor
+
+
+class ExchangeSettings(upbit.Settings, binance.Settings):
+    """Every exchange's own settings, as one base of `feeder.settings.FeederSettings`."""
+
+
+EXCHANGES: dict[str, ExchangeDescriptor] = {d.name: d for d in (upbit.DESCRIPTOR, binance.DESCRIPTOR)}

@@ -1,0 +1,226 @@
+"""The ``md`` commands: what each one reads (through the provider and the layout) and prints.
+
+Books are read with `RedisMarketDataProvider.inspect_books`, so the CLI shows exactly what an engine would be
+served and says why a book would not be: a person debugging a silent engine needs to see a dead book as dead,
+not hidden. Rendering lives in `md_cli.render`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+
+import redis.exceptions
+
+from client import BookState, RedisMarketDataProvider
+from client.errors import InvalidSymbolError
+from client.layout import feeder_records_flow, split_record, split_target, validate_exchange, validate_symbol
+from client.resolver import guess_exchange
+from client.transport import run_flow
+from md_cli.context import EXIT_NOTHING, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, Context
+from md_cli.render import (
+    WatchRow,
+    book_json,
+    clock,
+    fmt_ttl,
+    heartbeat_age,
+    render_book,
+    render_watch,
+    shell_value,
+)
+
+DEFAULT_DEPTH = 10
+LIST_REFRESH = 5.0  # seconds between re-reads of the book indexes while watching every book
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+_CLEAR = "\x1b[H\x1b[2J"
+
+
+# --------------------------------------------------------------------------------------------- md get
+def cmd_get(ctx: Context) -> int:
+    exchange, symbol = parse_target(ctx.args.target)
+    status, book = ctx.provider.inspect_books([(exchange, symbol)])[0]
+    name = f"{status.exchange}:{symbol}" if status.exchange else symbol
+    if status.state is BookState.UNAVAILABLE:
+        raise CliError(f"cannot reach Redis at {ctx.where}: {status.detail}", EXIT_UNREACHABLE)
+    if status.state is BookState.CORRUPT:
+        raise CliError(f"book {name} is corrupt: {status.detail}", EXIT_NOTHING)
+    if book is None:
+        where = "" if status.exchange else " on any exchange"
+        raise CliError(f"no book for {name}{where} (prefix {ctx.layout.prefix!r})", EXIT_NOTHING)
+    depth = ctx.args.depth
+    if ctx.args.json:
+        print(json.dumps(book_json(status, book, depth or None)))
+    else:
+        print("\n".join(render_book(status, book, DEFAULT_DEPTH if depth is None else depth or None)))
+    return EXIT_OK
+
+
+def parse_target(target: Sequence[str]) -> tuple[str | None, str]:
+    """(exchange or None, symbol) from ``EXCHANGE SYMBOL``, ``EXCHANGE:SYMBOL`` or a bare ``SYMBOL``."""
+    if len(target) == 2:
+        return validate_exchange(target[0]), validate_symbol(target[1])
+    if len(target) != 1:
+        raise CliError(f"get takes [EXCHANGE] SYMBOL, got {len(target)} names", EXIT_USAGE)
+    exchange, symbol = split_target(target[0])
+    if exchange is not None:
+        return validate_exchange(exchange), validate_symbol(symbol)
+    return None, validate_symbol(symbol)
+
+
+# --------------------------------------------------------------------------------------------- md watch
+class Watch:
+    """The books to watch and their update rates across refreshes.
+
+    Every refresh is one `inspect_books` batch (a pipelined HGETALL of every book plus the feeders' states),
+    so 2000 books cost a few round trips. The book list comes from the indexes and is re-read every
+    `LIST_REFRESH` seconds when the user did not name both exchanges and symbols.
+    """
+
+    def __init__(
+        self, provider: RedisMarketDataProvider, exchanges: Sequence[str], symbols: Sequence[str]
+    ) -> None:
+        self.provider = provider
+        self.exchanges = [validate_exchange(e) for e in exchanges]
+        self.symbols = [validate_symbol(s) for s in symbols]
+        self._targets: list[tuple[str | None, str]] = []
+        self._listed_at: float | None = None
+        self._prev: dict[tuple[str, str], tuple[int, float]] = {}
+
+    def targets(self) -> list[tuple[str | None, str]]:
+        if self.exchanges and self.symbols:
+            return [(e, s) for e in self.exchanges for s in self.symbols]
+        now = time.monotonic()
+        stale_list = self._listed_at is None or now - self._listed_at >= LIST_REFRESH
+        if (
+            stale_list or not self._targets
+        ):  # nothing yet: look again at every refresh (books may be arriving)
+            self._targets = self._list()
+            self._listed_at = now
+        return self._targets
+
+    def _list(self) -> list[tuple[str | None, str]]:
+        books = self.provider.all_books()
+        if self.exchanges:
+            return [(e, s) for e, s in books if e in self.exchanges]
+        if not self.symbols:
+            return list(books)
+        # A symbol is shown on every exchange that has it; one that none has gets a "missing" row.
+        wanted = set(self.symbols)
+        found: list[tuple[str | None, str]] = [(e, s) for e, s in books if s in wanted]
+        seen = {s for _, s in found}
+        found += [(guess_exchange(s), s) for s in self.symbols if s not in seen]
+        return found
+
+    def refresh(self) -> list[WatchRow]:
+        targets = self.targets()
+        results = self.provider.inspect_books(targets)
+        now = time.monotonic()
+        rows: list[WatchRow] = []
+        prev: dict[tuple[str, str], tuple[int, float]] = {}
+        for status, book in results:
+            rate = None
+            if status.seq is not None:
+                key = (status.exchange, status.symbol)
+                before = self._prev.get(key)
+                if before is not None and status.seq >= before[0] and now > before[1]:
+                    rate = (status.seq - before[0]) / (now - before[1])
+                prev[key] = (status.seq, now)
+            rows.append(WatchRow(status, book, rate))
+        self._prev = prev
+        return rows
+
+
+def cmd_watch(ctx: Context) -> int:
+    watch = Watch(ctx.provider, ctx.args.exchange, ctx.args.symbols)
+    interactive = sys.stdout.isatty() and not ctx.args.once
+    if not interactive:
+        rows = watch.refresh()
+        if rows and all(r.status.state is BookState.UNAVAILABLE for r in rows):
+            raise CliError(f"cannot reach Redis at {ctx.where}: {rows[0].status.detail}", EXIT_UNREACHABLE)
+        print("\n".join(render_watch(rows, ctx.where, ctx.layout.prefix, color=False, max_rows=None)))
+        return EXIT_OK
+    try:
+        while True:
+            try:
+                lines = render_watch(
+                    watch.refresh(), ctx.where, ctx.layout.prefix, color=True, max_rows=_screen_rows()
+                )
+            except REDIS_DOWN as exc:  # keep watching: the view shows when Redis comes back
+                lines = [f"md watch  {ctx.where}  {clock()}", f"cannot reach Redis: {exc} (retrying)"]
+            sys.stdout.write(_CLEAR + "\n".join(lines) + "\n")
+            sys.stdout.flush()
+            time.sleep(ctx.args.interval)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _screen_rows() -> int:
+    return max(shutil.get_terminal_size().lines - 4, 5)  # minus the title, header and summary lines
+
+
+# --------------------------------------------------------------------------------------------- md status
+def cmd_status(ctx: Context) -> int:
+    records = run_flow(ctx.client, feeder_records_flow(ctx.layout))
+    now = time.time()
+    blocks: list[list[str]] = []
+    width = shutil.get_terminal_size().columns
+    for name, raw, ttl in records:
+        try:
+            feeder = ctx.layout.parse_feeder_key(name)
+        except InvalidSymbolError:
+            feeder = name  # a key that matches the pattern but not the naming rules: show it anyway
+        if isinstance(raw, Exception):  # e.g. WRONGTYPE: someone wrote something else under that name
+            blocks.append([f"{feeder}  unreadable: {raw}"])
+            continue
+        if not raw or ttl == -2:
+            continue  # expired between SCAN and the read: that feeder is gone
+        state, heartbeat, fields = split_record({_text(k): _text(v) for k, v in raw.items()})
+        head = f"{feeder}  {state or '?'}  heartbeat {heartbeat_age(heartbeat, now)}  ttl {fmt_ttl(ttl)}"
+        counters = " ".join(f"{k}={shell_value(v)}" for k, v in sorted(fields.items()))
+        block = [head]
+        if counters:
+            block += textwrap.wrap(
+                counters,
+                width=max(width, 40),
+                initial_indent="    ",
+                subsequent_indent="    ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+        blocks.append(block)
+    if not blocks:
+        print(f"no feeders (no {ctx.layout.feeder_pattern()} keys)")
+        return EXIT_OK
+    print("\n".join(line for block in blocks for line in block))
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------- md symbols
+def cmd_symbols(ctx: Context) -> int:
+    books = ctx.provider.all_books()
+    by_exchange: dict[str, list[str]] = {}
+    for exchange, symbol in books:
+        by_exchange.setdefault(exchange, []).append(symbol)
+    if ctx.args.exchange is not None:
+        exchange = validate_exchange(ctx.args.exchange)
+        if exchange not in by_exchange:
+            known = ", ".join(by_exchange) or "none"
+            raise CliError(f"no books on exchange {exchange!r} (exchanges with books: {known})", EXIT_NOTHING)
+        print("\n".join(by_exchange[exchange]))
+        return EXIT_OK
+    if not by_exchange:
+        print("no books")
+        return EXIT_OK
+    width = max(shutil.get_terminal_size().columns, 40)
+    for exchange, symbols in by_exchange.items():
+        print(f"{exchange} ({len(symbols)} books)")
+        print(textwrap.fill(" ".join(symbols), width=width, initial_indent="    ", subsequent_indent="    "))
+    return EXIT_OK
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

@@ -1,0 +1,205 @@
+"""``md``: look at the shared market-data cache from a terminal.
+
+    md get [EXCHANGE] SYMBOL [--json] [--depth N]    one book: status line and a bid/ask ladder
+    md watch [--exchange EX ...] [SYMBOL ...]        live table: best bid/ask, spread, age, updates/s, status
+    md status                                        feeder processes: state, heartbeat age, ttl, counters
+    md symbols [EXCHANGE]                            the books each exchange has, from the indexes
+
+Global options ``--redis-url`` and ``--prefix`` (before or after the command) default to ``MD_REDIS_URL`` and
+``MD_PREFIX``. Commands live in `md_cli.commands`, their rendering in `md_cli.render`.
+
+Exit codes: 0 done; 1 nothing to show (missing or corrupt book, unknown exchange) or Redis answered with an
+error; 2 bad usage, invalid name or invalid ``MD_*`` setting; 3 Redis unreachable. Ctrl-C ends ``watch`` with 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import redis
+import redis.exceptions
+
+from client import ClientSettings, RedisMarketDataProvider, load_settings
+from client.errors import AmbiguousSymbolError, InvalidSymbolError, SettingsError
+from client.masking import mask_url
+from md_cli.commands import (
+    DEFAULT_DEPTH,
+    LIST_REFRESH,
+    REDIS_DOWN,
+    cmd_get,
+    cmd_status,
+    cmd_symbols,
+    cmd_watch,
+)
+from md_cli.context import EXIT_NOTHING, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, Context
+
+ClientFactory = Callable[[ClientSettings], redis.Redis]
+
+
+def make_client(settings: ClientSettings) -> redis.Redis:
+    """The CLI's own Redis client, with the same timeouts an engine's provider uses."""
+    timeout = settings.redis_timeout
+    return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
+def main(argv: Sequence[str] | None = None, *, client_factory: ClientFactory | None = None) -> int:
+    """Run one ``md`` command and return its exit code (the console script passes it to ``sys.exit``).
+
+    `client_factory` builds the sync Redis client from the settings; tests pass one that returns fakeredis.
+    The client it returns is closed before `main` returns.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error argparse already printed
+        return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
+    overrides: dict[str, Any] = {}
+    if args.redis_url is not None:
+        overrides["redis_url"] = args.redis_url
+    if args.prefix is not None:
+        overrides["prefix"] = args.prefix
+    try:
+        settings = load_settings(ClientSettings, **overrides)
+    except SettingsError as exc:
+        print(f"md: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    where = mask_url(settings.redis_url)
+    client = (client_factory or make_client)(settings)
+    command: Callable[[Context], int] = args.command
+    try:
+        provider = RedisMarketDataProvider(redis=client, settings=settings)
+        client.ping()  # one round trip, so that an unreachable Redis is reported as such, not as "missing"
+        return command(Context(args, settings, provider, client, where))
+    except CliError as exc:
+        print(f"md: {exc}", file=sys.stderr)
+        return exc.code
+    except (InvalidSymbolError, AmbiguousSymbolError) as exc:
+        print(f"md: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except REDIS_DOWN as exc:
+        print(f"md: cannot reach Redis at {where}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except redis.exceptions.RedisError as exc:
+        print(f"md: Redis at {where} answered with an error: {exc}", file=sys.stderr)
+        return EXIT_NOTHING
+    except BrokenPipeError:  # `md symbols | head`: the reader left, which is not an error
+        _silence_stdout()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        client.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # The global options are accepted after the command too (`md get KRW-BTC --redis-url ...`): the
+    # sub-parsers declare them with SUPPRESS so that leaving them out there keeps the main parser's value.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, default=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(
+        prog="md",
+        description="Inspect the shared market-data cache in Redis.",
+        epilog="exit codes: 0 ok, 1 nothing to show, 2 bad usage or setting, 3 Redis unreachable",
+    )
+    _add_global_options(parser, default=None)
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    get = sub.add_parser(
+        "get",
+        parents=[common],
+        help="show one book",
+        usage="md get [EXCHANGE] SYMBOL [--json] [--depth N]",
+        description="Show one book with its status. A bare SYMBOL is resolved to its exchange like engines "
+        "do (from the symbol indexes); EXCHANGE:SYMBOL works too. Stale books are shown with their status.",
+    )
+    get.add_argument("target", nargs="+", metavar="NAME", help="[EXCHANGE] SYMBOL, or EXCHANGE:SYMBOL")
+    get.add_argument("--json", action="store_true", help="print the book as one JSON object")
+    get.add_argument(
+        "--depth",
+        type=_non_negative_int,
+        default=None,
+        metavar="N",
+        help=f"levels per side (default {DEFAULT_DEPTH}, all with --json; 0 = all)",
+    )
+    get.set_defaults(command=cmd_get)
+
+    watch = sub.add_parser(
+        "watch",
+        parents=[common],
+        help="live table of books",
+        description="One row per book: best bid and ask, spread, age, updates/s and status. Without symbols "
+        f"it shows every book in the indexes (re-read every {LIST_REFRESH:g}s). On a terminal it redraws until "
+        "Ctrl-C; with --once or when stdout is not a terminal it prints one table.",
+    )
+    watch.add_argument("symbols", nargs="*", metavar="SYMBOL", help="books to show (default: all)")
+    watch.add_argument(
+        "--exchange", "-e", action="append", default=[], metavar="EX", help="only this exchange (repeatable)"
+    )
+    watch.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=0.5,
+        metavar="SECONDS",
+        help="refresh period (default 0.5)",
+    )
+    watch.add_argument("--once", action="store_true", help="print one table and exit")
+    watch.set_defaults(command=cmd_watch)
+
+    status = sub.add_parser(
+        "status",
+        parents=[common],
+        help="list feeders",
+        description="Feeder processes from their status keys: state, heartbeat age, time to expiry, counters.",
+    )
+    status.set_defaults(command=cmd_status)
+
+    symbols = sub.add_parser(
+        "symbols",
+        parents=[common],
+        help="list books per exchange",
+        description="The books each exchange has, from the indexes. With EXCHANGE: one symbol per line.",
+    )
+    symbols.add_argument("exchange", nargs="?", metavar="EXCHANGE")
+    symbols.set_defaults(command=cmd_symbols)
+    return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--redis-url", default=default, metavar="URL", help="Redis URL (default: MD_REDIS_URL)"
+    )
+    parser.add_argument("--prefix", default=default, help="key prefix (default: MD_PREFIX, else md)")
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def _silence_stdout() -> None:
+    """After EPIPE, point stdout at /dev/null so that the interpreter's final flush does not complain."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
