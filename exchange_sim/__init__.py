@@ -87,8 +87,8 @@ and `exchange_sim.binance`. Command line: ``md-sim`` / ``python -m exchange_sim`
 
 from exchange_sim.binance import BinanceServer
 from exchange_sim.books import RandomWalkBook
-from exchange_sim.replay import CapturedFrame, load_capture, parse_capture
-from exchange_sim.server import ExchangeServer, Truth
+from exchange_sim.replay import CapturedFrame, Truth, load_capture, parse_capture
+from exchange_sim.server import ExchangeServer
 from exchange_sim.simulator import EXCHANGES, ExchangeSimulator
 from exchange_sim.upbit import UpbitServer
 

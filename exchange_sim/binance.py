@@ -36,8 +36,10 @@ import websockets.http11
 from websockets.http11 import Request, Response
 
 from exchange_sim.books import RandomWalkBook
-from exchange_sim.replay import CapturedFrame
-from exchange_sim.server import ExchangeServer, Outgoing, Session, SimConnection, Subscription, Truth
+from exchange_sim.replay import CapturedFrame, Truth
+from exchange_sim.server import ExchangeServer
+from exchange_sim.session import Outgoing, Session, Subscription
+from exchange_sim.transport import SimConnection
 
 MAX_STREAMS = 1024
 STREAM_RE = re.compile(r"[a-z0-9]+@[A-Za-z0-9_@.]+|![A-Za-z0-9_@.]+")

@@ -19,6 +19,8 @@ import orjson
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
 
+from exchange_sim.transport import write_immediately
+
 if TYPE_CHECKING:
     from exchange_sim.simulator import ExchangeSimulator
 
@@ -48,7 +50,7 @@ def json_response(ws: ServerConnection, status: int, obj: Any) -> Response:
     response.headers["Content-Type"] = "application/json"
     # websockets aborts the TCP connection right after a non-101 response, dropping whatever is still
     # buffered above the low-water mark; with limits of 0 the send waits until every byte is written.
-    ws.transport.set_write_buffer_limits(high=0, low=0)
+    write_immediately(ws)
     return response
 
 

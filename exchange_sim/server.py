@@ -1,311 +1,48 @@
-"""The exchange-independent half of the simulator: sessions, the book pump, the truth record and faults.
+"""`ExchangeServer`: one exchange's WebSocket server in the simulator, minus what is particular to the exchange.
 
-One `ExchangeServer` is one WebSocket server speaking one exchange's protocol (`UpbitServer`,
-`BinanceServer` fill in the protocol). It owns
+`UpbitServer` and `BinanceServer` fill in the protocol (handshake, requests, frame encoding); this class owns
+the rest, each concern in a module of its own:
 
-- the **sessions** (one per client connection), each with an outbox drained by its own writer task, so that a
-  slow client only ever delays itself, never the pump or the other clients;
+- the **sessions** (`exchange_sim.session`: one per client connection, with its outbox and writer);
 - the **books** (one `RandomWalkBook` per symbol, shared by every connection that subscribes to it, as on the
   real exchange) and an index ``symbol -> {session: [subscriptions]}`` for fan-out;
-- the **pump**: one task that wakes every ``tick_interval`` and steps every symbol whose next update is due
-  (a heap of due times, ``1/rate`` apart with a random phase per symbol), encoding each frame variant once
-  and appending it to every subscribed session's outbox. Ticks instead of one sleep per frame keep the
-  per-frame cost at a few microseconds, which is what lets one process send tens of thousands of frames/s;
-- the **truth**: for every symbol, the book last encoded for a client, exactly as the client will decode it;
-- **faults** on command, aimed at all sessions, one connection id, or the sessions subscribed to a symbol.
+- the **pump** (`exchange_sim.pump`): every tick, the symbols whose next update is due are stepped and each
+  frame variant is encoded once and appended to every subscribed session's outbox;
+- the **truth** and **replays** (`exchange_sim.replay`): the book last sent for every symbol, exactly as the
+  client will decode it, and recorded captures sent instead of generated books;
+- **faults** on command (`exchange_sim.faults`);
+- the WebSocket details (`exchange_sim.transport`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import heapq
 import logging
-import random
 import time
-from abc import ABC, abstractmethod
-from collections import deque
+from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Hashable, Iterable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import CloseCode, Frame, Opcode
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from client.models import OrderBookSnapshot
 from exchange_sim.books import MIN_DEPTH, Level, RandomWalkBook
-from exchange_sim.replay import CapturedFrame
+from exchange_sim.faults import Faults
+from exchange_sim.pump import Pump
+from exchange_sim.replay import CapturedFrame, ReplaySettings, Truth, replay_to, truth_snapshots
+from exchange_sim.session import Session, SubT
+from exchange_sim.transport import SimConnection, fail
 
 log = logging.getLogger("exchange_sim")
 
 ControlHandler = Callable[["ExchangeServer[Any]", ServerConnection, Request], Awaitable[Response]]
 
 
-@dataclass(frozen=True, slots=True)
-class CloseRequest:
-    """An outbox item: close the connection with this code once everything queued before it is sent."""
-
-    code: int
-    reason: str = ""
-
-
-Outgoing = bytes | str | CloseRequest
-_BATCH = 256  # frames written per system call at most
-
-
-@dataclass(frozen=True, slots=True)
-class Truth:
-    """The book last sent for a symbol, as the client decodes it (levels best first, floats)."""
-
-    bids: list[Level]
-    asks: list[Level]
-    xid: int  # Upbit: timestamp ms; Binance: lastUpdateId
-    timestamp: float  # seconds since the epoch: Upbit's timestamp, or when Binance's frame was encoded
-
-
-@dataclass(eq=False)
-class Subscription:
-    """One name a connection subscribed to (an Upbit code, a Binance stream) and the book it reads."""
-
-    name: str  # Upbit: the code without its .N suffix ("KRW-ETH"); Binance: the stream ("btcusdt@depth5")
-    symbol: str  # the book key, as the feeder stores it: "KRW-ETH", "BTCUSDT"
-    realtime: bool = True  # False: only the initial frame (Upbit is_only_snapshot, Binance non-book streams)
-    variant: Hashable = None  # frames with equal variants for one update are encoded once
-    generated: bool = True  # False: a valid name the simulator has no data for (it sends nothing)
-
-
-SubT = TypeVar("SubT", bound=Subscription)
-
-
-@dataclass(frozen=True, slots=True)
-class ReplaySettings:
-    """A capture replayed to each connection of an exchange instead of generated books."""
-
-    frames: list[CapturedFrame]
-    speed: float | None = 1.0  # 1.0: the recorded pace; 2.0: twice as fast; None or 0: as fast as possible
-    loop: bool = False  # start again from the first frame at the end
-    truths: list[tuple[str, Truth] | None] = field(default_factory=list)  # per frame, if it is a book
-
-
-class SimConnection(ServerConnection):
-    """A server connection that counts incoming frames, to enforce a per-connection message rate.
-
-    Control frames (ping, pong) never reach the application, so the only place to count them the way Binance
-    does ("pings, pongs and JSON control messages all count") is `process_event`.
-    """
-
-    sim_owner: ClassVar[ExchangeServer[Any] | None] = None
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.sim_incoming: deque[float] = deque()
-        self.sim_session: Session[Any] | None = None
-        self.sim_handshake: Any = None  # what `check_handshake` parsed from the URL, for the handler
-        self.sim_failed = False  # failed by the rate limiter: whatever the client still sends is ignored
-
-    def process_event(self, event: Any) -> None:
-        owner = self.sim_owner
-        if self.request is not None and isinstance(event, Frame) and owner is not None:
-            if self.sim_failed:
-                return
-            if event.opcode is not Opcode.CLOSE and not owner.admit_incoming(self):
-                self.sim_failed = True
-                return
-        super().process_event(event)
-
-    def send_data(self) -> None:
-        """Write everything the protocol has queued with one ``transport.write`` instead of one per frame.
-
-        The base class writes chunk by chunk, which costs a ``send()`` system call per frame when the socket
-        keeps up; the batched writer queues hundreds of frames per tick, so joining them matters for
-        throughput. An empty chunk means "end of stream", handled as the base class does.
-        """
-        pending: list[bytes] = []
-        for data in self.protocol.data_to_send():
-            if data:
-                pending.append(data)
-                continue
-            if pending:
-                self.transport.write(b"".join(pending))
-                pending = []
-            if self.transport.can_write_eof():
-                with contextlib.suppress(Exception):
-                    self.transport.write_eof()
-            else:
-                self.transport.close()
-        if pending:
-            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
-
-
-class Session(Generic[SubT]):
-    """One client connection: its subscriptions, its outbox and writer, and its fault state."""
-
-    def __init__(self, server: ExchangeServer[SubT], ws: SimConnection, session_id: int) -> None:
-        self.server = server
-        self.ws = ws
-        self.id = session_id
-        self.subs: dict[str, SubT] = {}  # by name, in subscription order
-        self.outbox: deque[Outgoing] = deque()
-        self.opened_at = time.time()
-        self.remote = str(ws.remote_address[0]) if ws.remote_address else "?"
-        self.messages_sent = 0
-        self.stalled = False
-        self.stall_epoch = 0  # bumped by every stall, so a ping timer can tell a stall happened meanwhile
-        self.closing = False  # no more frames: an error reply and a close are queued, or it was dropped
-        self.subscribed_once = False
-        self.combined = True  # Binance: frames wrapped as {"stream","data"}
-        self.last_alive = asyncio.get_running_loop().time()  # last pong or resume, for the ping timeout
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._unstalled = asyncio.Event()
-        self._unstalled.set()
-        self._stall_timer: asyncio.TimerHandle | None = None
-        self.tasks: list[asyncio.Task[None]] = []
-
-    def __repr__(self) -> str:
-        return f"<{self.server.name} connection {self.id} from {self.remote}>"
-
-    # -- sending ------------------------------------------------------------------------------------------
-
-    def enqueue(self, item: Outgoing) -> None:
-        """Queue a frame (or a close) for the writer; a client too slow to keep up is dropped, as exchanges do."""
-        if self.closing:
-            return
-        if len(self.outbox) >= self.server.max_outbox:
-            log.warning("%r: %d frames queued, dropping the slow consumer", self, len(self.outbox))
-            self.server.counters["slow_consumer_drops"] += 1
-            self.abort()
-            return
-        self.outbox.append(item)
-        if isinstance(item, CloseRequest):
-            self.closing = True
-        self._wake.set()
-
-    async def write_loop(self) -> None:
-        """Send the outbox in order; nothing is sent while the session is stalled."""
-        ws, outbox, counters = self.ws, self.outbox, self.server.counters
-        as_text = self.server.bytes_as_text
-        try:
-            while True:
-                while not outbox or self.stalled:
-                    if not outbox:
-                        self._idle.set()
-                    self._wake.clear()
-                    await self._wake.wait()
-                self._idle.clear()
-                if isinstance(outbox[0], CloseRequest):
-                    close = outbox.popleft()
-                    assert isinstance(close, CloseRequest)
-                    await ws.close(close.code, close.reason)
-                    return
-                # Frame up to _BATCH messages at once and write them with one system call (see
-                # SimConnection.send_data). send_context() is what send() itself uses for the state checks and
-                # flow control (it waits while the client's socket is full); it is not part of websockets'
-                # documented API, which has no batch send. This is worth ~2x in frames per second.
-                sent = 0
-                protocol = ws.protocol
-                async with ws.send_context():
-                    while outbox and sent < _BATCH and not isinstance(outbox[0], CloseRequest):
-                        item = outbox.popleft()
-                        if isinstance(item, str):
-                            protocol.send_text(item.encode())
-                        elif isinstance(item, CloseRequest):  # pragma: no cover - excluded by the loop test
-                            outbox.appendleft(item)
-                            break
-                        elif as_text:
-                            protocol.send_text(item)
-                        else:
-                            protocol.send_binary(item)
-                        sent += 1
-                self.messages_sent += sent
-                counters["frames_sent"] += sent
-        except ConnectionClosed:
-            pass
-
-    async def wait_idle(self, max_queued: int = 0) -> None:
-        """Wait until the outbox holds at most ``max_queued`` items (back-pressure for replays)."""
-        while len(self.outbox) > max_queued and not self.closing:
-            self._idle.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.05):
-                    await self._idle.wait()
-
-    # -- faults -------------------------------------------------------------------------------------------
-
-    def abort(self) -> None:
-        """Drop the TCP connection without a close frame, like a network failure or a crashed server."""
-        self.closing = True
-        self.outbox.clear()
-        self._set_stalled(False)
-        self.ws.transport.abort()
-
-    def stall(self, seconds: float | None) -> None:
-        """Stop sending and stop reading (so client pings go unanswered) without closing anything."""
-        if self.closing:
-            return
-        self.stall_epoch += 1
-        self._set_stalled(True)
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-            self._stall_timer = None
-        if seconds is not None and seconds > 0:
-            self._stall_timer = asyncio.get_running_loop().call_later(seconds, self.resume)
-
-    def resume(self) -> None:
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-            self._stall_timer = None
-        if self.stalled:
-            self._set_stalled(False)
-            self.last_alive = asyncio.get_running_loop().time()
-            self._wake.set()
-            self.server.notify()
-
-    def _set_stalled(self, stalled: bool) -> None:
-        if stalled == self.stalled:
-            return
-        self.stalled = stalled
-        transport = self.ws.transport
-        if stalled:
-            self._unstalled.clear()
-            transport.pause_reading()
-        else:
-            self._unstalled.set()
-            if not transport.is_closing():
-                transport.resume_reading()
-
-    async def wait_unstalled(self) -> None:
-        await self._unstalled.wait()
-
-    async def aclose(self) -> None:
-        """Cancel this session's tasks and wait for them: nothing of a closed connection keeps running."""
-        self.closing = True
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-            self._stall_timer = None
-        self._set_stalled(False)
-        current = asyncio.current_task()
-        tasks = [t for t in self.tasks if t is not current]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "remote": self.remote,
-            "opened_at": self.opened_at,
-            "subscriptions": list(self.subs),
-            "stalled": self.stalled,
-            "queued": len(self.outbox),
-            "messages_sent": self.messages_sent,
-        }
-
-
-class ExchangeServer(ABC, Generic[SubT]):
+class ExchangeServer(Faults[SubT]):
     """One exchange's WebSocket server. Subclasses supply the protocol; this class does everything else."""
 
     name: ClassVar[str]
@@ -330,15 +67,12 @@ class ExchangeServer(ABC, Generic[SubT]):
         compression: bool = False,
         control: ControlHandler | None = None,
     ) -> None:
-        if rate < 0:
-            raise ValueError("rate must be >= 0")
         if levels < 1:
             raise ValueError("levels must be >= 1")
         if tick_interval <= 0:
             raise ValueError("tick_interval must be > 0")
         self.host = host
         self.requested_port = port
-        self.rate = float(rate)
         self.levels = levels
         self.seed = seed
         self.tick_interval = tick_interval
@@ -370,9 +104,7 @@ class ExchangeServer(ABC, Generic[SubT]):
             0,
         )
         self._index: dict[str, dict[Session[SubT], list[SubT]]] = {}
-        self._heap: list[tuple[float, str]] = []
-        self._scheduled: set[str] = set()
-        self._phase_rng = random.Random(f"{seed}:{self.name}:phase")
+        self.pump = Pump(rate, seed=seed, name=self.name)
         self._next_id = 1
         self._server: Server | None = None
         self._pump_task: asyncio.Task[None] | None = None
@@ -392,24 +124,6 @@ class ExchangeServer(ABC, Generic[SubT]):
     @abstractmethod
     def encode(self, session: Session[SubT], sub: SubT, book: RandomWalkBook, initial: bool) -> bytes:
         """One book frame for a subscription; records the truth of what it contains."""
-
-    @abstractmethod
-    def garbage_payload(self) -> bytes | str:
-        """A frame a parser must reject: truncated JSON in the exchange's frame type."""
-
-    @abstractmethod
-    def error_items(
-        self, session: Session[SubT], name: str | None, code: int | None, message: str | None
-    ) -> list[Outgoing]:
-        """The exchange's error reply (and a close, where the exchange closes after an error)."""
-
-    @abstractmethod
-    def shutdown_items(self, session: Session[SubT]) -> list[Outgoing]:
-        """What the exchange sends when it announces a restart."""
-
-    @abstractmethod
-    def normalise_symbol(self, symbol: str) -> str:
-        """A symbol as the feeder stores it (the key of `books` and `truth`)."""
 
     @abstractmethod
     def replay_truth(self, frame: CapturedFrame) -> tuple[str, Truth] | None:
@@ -478,8 +192,7 @@ class ExchangeServer(ABC, Generic[SubT]):
         server, self._server = self._server, None
         server.close()
         await server.wait_closed()
-        self._heap.clear()
-        self._scheduled.clear()
+        self.pump.clear()
         self._index.clear()
         log.info("%s simulator stopped", self.name)
 
@@ -580,8 +293,7 @@ class ExchangeServer(ABC, Generic[SubT]):
         self.counters["rate_limit_drops"] += 1
         if ws.sim_session is not None:
             ws.sim_session.closing = True
-        ws.protocol.fail(CloseCode.POLICY_VIOLATION, "Too many requests")
-        ws.send_data()
+        fail(ws, CloseCode.POLICY_VIOLATION, "Too many requests")
         return False
 
     # -- subscriptions ------------------------------------------------------------------------------------
@@ -648,52 +360,32 @@ class ExchangeServer(ABC, Generic[SubT]):
 
     # -- the pump -----------------------------------------------------------------------------------------
 
+    @property
+    def rate(self) -> float:
+        """Updates per second per subscribed symbol."""
+        return self.pump.rate
+
     def _schedule(self, symbol: str) -> None:
-        if self.rate <= 0 or symbol in self._scheduled:
-            return
-        self._scheduled.add(symbol)
-        period = 1.0 / self.rate
-        due = asyncio.get_running_loop().time() + self._phase_rng.random() * period
-        heapq.heappush(self._heap, (due, symbol))
+        self.pump.schedule(symbol, asyncio.get_running_loop().time())
 
     def set_rate(self, rate: float) -> None:
         """Change the update rate (per symbol per second) of every subscribed symbol; 0 stops updates."""
-        if rate < 0:
-            raise ValueError("rate must be >= 0")
-        self.rate = float(rate)
-        self._heap.clear()
-        self._scheduled.clear()
-        if self._server is not None:
-            for symbol in self._index:
-                self._schedule(symbol)
+        now = asyncio.get_running_loop().time() if self._server is not None else None
+        self.pump.set_rate(rate, list(self._index), now)
 
     async def _pump(self) -> None:
         loop = asyncio.get_running_loop()
-        heap = self._heap
+        pump, index = self.pump, self._index
         while True:
             await asyncio.sleep(self.tick_interval)
-            if self.replay is not None or self.rate <= 0 or not heap:
+            if self.replay is not None or pump.idle:
                 continue
-            now = loop.time()
-            period = 1.0 / self.rate
-            wall = time.time()
-            now_ms = int(wall * 1000)
-            while heap and heap[0][0] <= now:
-                due, symbol = heap[0]
-                subscribers = self._index.get(symbol)
-                if not subscribers:
-                    heapq.heappop(heap)
-                    self._scheduled.discard(symbol)
-                    continue
+            now_ms = int(time.time() * 1000)
+            for symbol in pump.due(loop.time(), lambda s: bool(index.get(s))):
                 book = self.book(symbol)
                 book.step(now_ms)
                 self.counters["updates"] += 1
-                self._fanout(book, subscribers)
-                nxt = due + period
-                if nxt < now - 1.0:
-                    # More than a second behind (the loop was blocked): skip the backlog, don't burst it.
-                    nxt = now + self._phase_rng.random() * period
-                heapq.heapreplace(heap, (nxt, symbol))
+                self._fanout(book, index[symbol])
 
     def _fanout(self, book: RandomWalkBook, subscribers: dict[Session[SubT], list[SubT]]) -> None:
         cache: dict[Hashable, bytes] = {}
@@ -718,17 +410,7 @@ class ExchangeServer(ABC, Generic[SubT]):
         self.truth[symbol] = Truth(bids, asks, xid, timestamp)
 
     def last_sent(self) -> dict[tuple[str, str], OrderBookSnapshot]:
-        return {
-            (self.name, symbol): OrderBookSnapshot(
-                symbol=symbol,
-                timestamp=t.timestamp,
-                bids=list(t.bids),
-                asks=list(t.asks),
-                exchange=self.name,
-                xid=t.xid,
-            )
-            for symbol, t in self.truth.items()
-        }
+        return truth_snapshots(self.name, self.truth)
 
     # -- replay -------------------------------------------------------------------------------------------
 
@@ -757,103 +439,8 @@ class ExchangeServer(ABC, Generic[SubT]):
         session.tasks.append(task)
 
     async def _replay(self, session: Session[SubT]) -> None:
-        settings = self.replay
-        if settings is None:
-            return
-        loop = asyncio.get_running_loop()
-        frames, truths, speed = settings.frames, settings.truths, settings.speed
-        while not session.closing:
-            start, t0 = loop.time(), frames[0].ts
-            for i, frame in enumerate(frames):
-                if speed:
-                    delay = start + (frame.ts - t0) / speed - loop.time()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                elif i % 200 == 0:
-                    await session.wait_idle(1000)  # as fast as the client reads, with bounded memory
-                if session.stalled:
-                    await session.wait_unstalled()  # a capture is not lost to a stall, only delayed
-                if session.closing:
-                    return
-                session.enqueue(frame.payload)
-                self.counters["replayed_frames"] += 1
-                truth = truths[i] if i < len(truths) else None
-                if truth is not None:
-                    symbol, t = truth
-                    self.truth[symbol] = t if t.timestamp else dataclasses.replace(t, timestamp=time.time())
-            if not settings.loop:
-                return
-
-    # -- faults -------------------------------------------------------------------------------------------
-
-    def targets(self, connection: int | None = None, symbol: str | None = None) -> list[Session[SubT]]:
-        """The open sessions a fault aims at: all, one connection id, and/or those subscribed to a symbol."""
-        sessions = [s for s in self.sessions.values() if not s.closing]
-        if connection is not None:
-            sessions = [s for s in sessions if s.id == connection]
-        if symbol is not None:
-            key = self.normalise_symbol(symbol)
-            sessions = [s for s in sessions if any(sub.symbol == key for sub in s.subs.values())]
-        return sessions
-
-    async def drop(self, connection: int | None = None, symbol: str | None = None) -> int:
-        """Abort the targeted TCP connections (no close frame); returns once their sessions are gone."""
-        sessions = self.targets(connection, symbol)
-        for session in sessions:
-            session.abort()
-        self.counters["faults"] += bool(sessions)
-        ids = {s.id for s in sessions}
-        await self.wait_until(lambda: not ids & self.sessions.keys(), timeout=5.0)
-        return len(sessions)
-
-    def stall(
-        self, seconds: float | None = None, connection: int | None = None, symbol: str | None = None
-    ) -> int:
-        sessions = self.targets(connection, symbol)
-        for session in sessions:
-            session.stall(seconds)
-        self.counters["faults"] += bool(sessions)
-        self.notify()
-        return len(sessions)
-
-    def resume(self, connection: int | None = None, symbol: str | None = None) -> int:
-        sessions = [s for s in self.targets(connection, symbol) if s.stalled]
-        for session in sessions:
-            session.resume()
-        return len(sessions)
-
-    def send_garbage(
-        self, payload: bytes | str | None = None, connection: int | None = None, symbol: str | None = None
-    ) -> int:
-        sessions = self.targets(connection, symbol)
-        for session in sessions:
-            session.enqueue(self.garbage_payload() if payload is None else payload)
-        self.counters["faults"] += bool(sessions)
-        return len(sessions)
-
-    def send_error(
-        self,
-        *,
-        name: str | None = None,
-        code: int | None = None,
-        message: str | None = None,
-        connection: int | None = None,
-        symbol: str | None = None,
-    ) -> int:
-        sessions = self.targets(connection, symbol)
-        for session in sessions:
-            for item in self.error_items(session, name, code, message):
-                session.enqueue(item)
-        self.counters["faults"] += bool(sessions)
-        return len(sessions)
-
-    def announce_shutdown(self, connection: int | None = None, symbol: str | None = None) -> int:
-        sessions = self.targets(connection, symbol)
-        for session in sessions:
-            for item in self.shutdown_items(session):
-                session.enqueue(item)
-        self.counters["faults"] += bool(sessions)
-        return len(sessions)
+        if self.replay is not None:
+            await replay_to(session, self.replay, self.truth, self.counters)
 
     # -- introspection ------------------------------------------------------------------------------------
 

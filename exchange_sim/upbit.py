@@ -31,16 +31,10 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from exchange_sim.books import RandomWalkBook
-from exchange_sim.replay import CapturedFrame
-from exchange_sim.server import (
-    CloseRequest,
-    ExchangeServer,
-    Outgoing,
-    Session,
-    SimConnection,
-    Subscription,
-    Truth,
-)
+from exchange_sim.replay import CapturedFrame, Truth
+from exchange_sim.server import ExchangeServer
+from exchange_sim.session import CloseRequest, Outgoing, Session, Subscription
+from exchange_sim.transport import SimConnection
 
 FORMATS = ("DEFAULT", "SIMPLE", "JSON_LIST", "SIMPLE_LIST")
 UNIT_CHOICES = (1, 5, 15, 30)
