@@ -1,6 +1,6 @@
 """A local Upbit + Binance WebSocket server, so feeders, tests, benchmarks and demos run without internet.
 
-It speaks both exchanges' market-data protocols as the captures in ``tests/data/sim/`` show them (Upbit's
+It speaks both exchanges' market-data protocols as the captures in ``tests/data/`` (frames/, recordings/) show them (Upbit's
 request array and binary frames in four formats, Binance's combined streams and JSON control messages),
 generates random-walk order books at a chosen rate, replays recorded captures, injects faults on command,
 and remembers what it sent last for every symbol, so a test can compare what reached Redis with the truth.
@@ -56,7 +56,7 @@ API
         await sim.announce_shutdown("upbit")          # Upbit has no such event: close 1012
 
         sim.set_rate(20.0)                            # all exchanges, or set_rate(20.0, "upbit")
-        sim.set_replay("upbit", "tests/data/sim/upbit-2021-04-17.ws.txt", speed=None)
+        sim.set_replay("upbit", "tests/data/recordings/upbit-2021-04-17.ws.txt", speed=None)
 
 ``start()`` / ``stop()`` do what ``async with`` does; after ``stop()`` no task, timer or connection of the
 simulator is left. ``sim.upbit`` / ``sim.binance`` are the `ExchangeServer` objects for finer control.

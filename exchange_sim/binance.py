@@ -1,6 +1,6 @@
 """Binance spot's side of the simulator: combined streams, partial-book frames and JSON control messages.
 
-What the server does, following Binance's documentation and the frames in ``tests/data/sim/``:
+What the server does, following Binance's documentation and the frames in ``tests/data/`` (frames/, recordings/):
 
 - ``/stream?streams=a/b/c`` (combined: each frame ``{"stream":name,"data":payload}``), ``/stream`` with no
   streams (subscribe later), ``/ws`` and ``/ws/a/b`` (raw: the payload alone). Other paths: HTTP 404;

@@ -4,7 +4,7 @@
 with it. A replay feeds each connection a capture frame by frame at the recorded pace (or as fast as the
 client reads), and updates the truth from every book frame it sends.
 
-The capture format is the one of the cryptofeed sample data in ``tests/data/sim/`` (one event per line):
+The capture format is the one of the cryptofeed sample data in ``tests/data/`` (frames/, recordings/) (one event per line):
 
 - ``URL <-> unix_ts``: the connection was opened (skipped);
 - ``URL <- unix_ts: PAYLOAD``: a frame the client sent (skipped: the client under test sends its own);

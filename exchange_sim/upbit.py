@@ -1,6 +1,6 @@
 """Upbit's side of the simulator: the request format, the orderbook frames, errors and ``PING``.
 
-What the server does, following Upbit's documentation and the captures in ``tests/data/sim/``:
+What the server does, following Upbit's documentation and the captures in ``tests/data/`` (frames/, recordings/):
 
 - one endpoint, ``/websocket/v1`` (anything else: HTTP 404);
 - the client sends a JSON array ``[{"ticket":…},{"type":"orderbook","codes":[…]},{"format":…}]`` (text or

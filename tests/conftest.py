@@ -1,5 +1,9 @@
 """Shared fixtures: a private redis-server, fakeredis, and the `backend` parametrisation over both.
 
+The suites live in three folders by what they need: ``unit/`` (pure code, no server), ``integration/``
+(real servers started in this process: redis-server on a free port, the simulator), ``e2e/`` (subprocesses:
+md-feeder, md-sim, md, engines). Each test is marked with its folder's kind.
+
 Tests that need Redis run twice: once on fakeredis (fast, in-process) and once on a real redis-server that
 this file starts on a free port. A missing redis-server is an error, never a skip.
 """
@@ -9,17 +13,26 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import fakeredis
 import pytest
 import redis
 import redis.asyncio
+from support.backends import Backend
 
 from launch.redis_server import LocalRedisServer as RedisServer
 
 BACKENDS = ["fakeredis", "redis"]
+KINDS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with the kind of its folder, so that ``pytest -m unit`` (or integration, e2e) works."""
+    for item in items:
+        kind = item.path.parent.name
+        if kind in KINDS:
+            item.add_marker(kind)
 
 
 def _started_server() -> RedisServer:
@@ -45,30 +58,6 @@ def fresh_redis_server() -> Iterator[RedisServer]:
     server = _started_server()
     yield server
     server.cleanup()
-
-
-@dataclass
-class Backend:
-    """A Redis for one test: sync client plus a factory of asyncio clients on the same data."""
-
-    name: str
-    sync: Any
-    url: str | None = None
-    _fake_server: Any = None
-    _async_clients: list[Any] = field(default_factory=list)
-
-    def new_sync(self) -> Any:
-        if self._fake_server is not None:
-            return fakeredis.FakeRedis(server=self._fake_server)
-        return redis.Redis.from_url(self.url)
-
-    def new_async(self) -> Any:
-        if self._fake_server is not None:
-            client = fakeredis.FakeAsyncRedis(server=self._fake_server)
-        else:
-            client = redis.asyncio.Redis.from_url(self.url)
-        self._async_clients.append(client)
-        return client
 
 
 @pytest.fixture(params=BACKENDS)

@@ -1,0 +1,101 @@
+"""`make demo` runs offline and cleans up; a feeder without internet keeps retrying instead of crashing."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from support.feeder_process import FeederProcess, wait_until
+
+from launch.redis_server import LocalRedisServer as RedisServer
+from launch.redis_server import free_port
+
+
+def test_demo_once_shows_live_books_and_leaves_nothing_running(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MD_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.demo", "--once", "--log-dir", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr + "".join(p.read_text() for p in tmp_path.glob("*.log"))
+    for symbol in ("KRW-BTC", "KRW-ETH", "KRW-USDT", "BTCUSDT", "ETHUSDT"):
+        assert re.search(rf"\b{symbol}\b.*\blive\b", done.stdout), done.stdout
+    assert "9 books: 9 live" in done.stdout
+    port = int(re.search(r"private redis-server at redis://127.0.0.1:(\d+)", done.stderr)[1])  # type: ignore[index]
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0, "the demo's redis-server is still running"
+    for name in ("feeder-upbit", "feeder-binance"):
+        assert "stopped" in (tmp_path / f"{name}.log").read_text()
+
+
+def test_feeder_without_exchange_keeps_retrying_then_stops_cleanly(redis_server: RedisServer) -> None:
+    closed = free_port()  # nothing listens here: like having no internet
+    feeder = FeederProcess(
+        {
+            "MD_REDIS_URL": redis_server.url,
+            "MD_UPBIT_URL": f"ws://127.0.0.1:{closed}/websocket/v1",
+            "MD_BINANCE_URL": f"ws://127.0.0.1:{closed}",
+            "MD_FEEDER_ID": "offline-test",
+        }
+    )
+    try:
+        wait_until(
+            lambda: feeder.log().count("connect failed") >= 6, 15, message="feeder did not keep retrying"
+        )
+        assert feeder.process.poll() is None
+        assert "retry" in feeder.log()
+        feeder.signal(signal.SIGTERM)
+        assert feeder.wait(5) == 0
+    finally:
+        feeder.cleanup()
+
+
+def test_bad_setting_stops_the_feeder_naming_it() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MD_")}
+    env["MD_SHARD"] = "5/4"
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "feeder"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2
+    assert "MD_SHARD" in done.stderr
+    assert time.monotonic() - start < 20
+
+
+async def test_arbitrage_example_prints_premiums(fresh_redis_server: RedisServer) -> None:
+    import asyncio
+    from pathlib import Path
+
+    from exchange_sim import ExchangeSimulator
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "arbitrage.py"
+    async with ExchangeSimulator(rate=10.0) as sim:
+        feeder = FeederProcess(
+            {
+                "MD_REDIS_URL": fresh_redis_server.url,
+                "MD_UPBIT_URL": sim.upbit_url,
+                "MD_BINANCE_URL": sim.binance_url,
+                "MD_UPBIT_SYMBOLS": "KRW-BTC,KRW-USDT",
+                "MD_BINANCE_SYMBOLS": "BTCUSDT",
+                "MD_FEEDER_ID": "example",
+            }
+        )
+        try:
+            for mode in ("mirror", "read-through"):
+                done = await asyncio.to_thread(
+                    subprocess.run,
+                    [sys.executable, str(example), "--redis-url", fresh_redis_server.url, "--mode", mode, "--count", "5"],
+                    capture_output=True, text=True, timeout=60,
+                )  # fmt: skip
+                assert done.returncode == 0, done.stderr
+                lines = [ln for ln in done.stdout.splitlines() if "premium" in ln]
+                assert len(lines) == 5, done.stdout + done.stderr
+                values = [float(re.search(r"premium ([+-][\d.]+)%", ln)[1]) for ln in lines]  # type: ignore[index]
+                assert all(abs(v) < 5 for v in values)  # the simulator prices agree to within a few percent
+        finally:
+            feeder.cleanup()

@@ -1,0 +1,110 @@
+"""Many engines, one feed: a simulator-driven feeder and nine engine processes on one real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from support.feeder_process import FeederProcess
+
+from client import RedisMarketDataProvider
+from exchange_sim import ExchangeSimulator
+from launch.redis_server import LocalRedisServer as RedisServer
+
+pytestmark = pytest.mark.e2e
+
+ENGINE = str(Path(__file__).resolve().parents[1] / "support" / "engine_process.py")
+UPBIT = [f"KRW-E{i:02d}" for i in range(10)]
+BINANCE = [f"E{i:02d}USDT" for i in range(10)]
+SYMBOLS = UPBIT + BINANCE
+MODES = ["sync", "sync", "sync", "mirror", "mirror", "mirror", "async", "async-mirror", "events"]
+
+
+def start_engine(url: str, mode: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, ENGINE, url, mode, *SYMBOLS],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def redis_seqs(client: redis.Redis) -> dict[str, int]:
+    return {s: int(client.hget(f"md:{'upbit' if '-' in s else 'binance'}:{s}", "seq") or 0) for s in SYMBOLS}
+
+
+async def test_nine_engines_see_monotonic_seqs_and_end_equal_to_redis(
+    fresh_redis_server: RedisServer,
+) -> None:
+    url = fresh_redis_server.url
+    client = redis.Redis.from_url(url)
+    async with ExchangeSimulator(rate=20.0) as sim:
+        feeder = FeederProcess(
+            {
+                "MD_REDIS_URL": url,
+                "MD_UPBIT_URL": sim.upbit_url,
+                "MD_BINANCE_URL": sim.binance_url,
+                "MD_UPBIT_SYMBOLS": ",".join(UPBIT),
+                "MD_BINANCE_SYMBOLS": ",".join(BINANCE),
+                "MD_FEEDER_ID": "many-engines",
+            }
+        )
+        engines = [start_engine(url, mode) for mode in MODES]
+        try:
+            for engine in engines:  # each prints "ready" once it has seen every book
+                line = await asyncio.wait_for(asyncio.to_thread(engine.stdout.readline), 60)  # type: ignore[union-attr]
+                assert line.strip() == "ready", line + engine.stderr.read()  # type: ignore[union-attr]
+            await asyncio.sleep(2.0)  # the load phase: 20 symbols x 20 updates/s while nine engines read
+            sim.set_rate(0.0)
+            # settle: Redis stops changing once the feeder has written the last frames
+            previous = None
+            deadline = time.monotonic() + 10
+            while (current := redis_seqs(client)) != previous:
+                assert time.monotonic() < deadline, "Redis did not settle"
+                previous = current
+                await asyncio.sleep(0.3)
+            views = []
+            for engine in engines:
+                out, err = await asyncio.to_thread(
+                    engine.communicate, "final " + json.dumps(current) + "\n", 60
+                )
+                assert engine.returncode == 0, out + err
+                views.append(json.loads(out.strip().splitlines()[-1]))
+        finally:
+            for engine in engines:
+                if engine.poll() is None:
+                    engine.kill()
+                    engine.wait()
+            feeder.cleanup()
+    with RedisMarketDataProvider(redis=client) as truth:  # the feeder is offline now: read books regardless
+        expected = {
+            s: book
+            for s, (_, book) in zip(SYMBOLS, truth.inspect_books([(None, s) for s in SYMBOLS]), strict=False)
+        }
+    for mode, view in zip(MODES, views, strict=True):
+        assert view["reads"] > 10, mode
+        for symbol in SYMBOLS:
+            got, want = view["books"][symbol], expected[symbol]
+            assert want is not None
+            assert got["seq"] == want.seq, (mode, symbol)
+            assert [tuple(x) for x in got["bids"]] == want.bids and [
+                tuple(x) for x in got["asks"]
+            ] == want.asks
+    assert max(current.values()) > 20  # the books really moved during the run
+    client.close()
+
+
+def test_engine_started_late_gets_current_books_at_once(real_backend) -> None:  # type: ignore[no-untyped-def]
+    from support.book_helpers import book, feeder_write, set_feeder_state
+
+    set_feeder_state(real_backend.sync, "early")
+    for s in UPBIT:
+        feeder_write(real_backend.sync, book(s, 1, xid=1), "early")
+    for mode in ("read-through", "mirror"):
+        with RedisMarketDataProvider.from_url(real_backend.url, mode=mode) as late:
+            first = late.get_latest_snapshots(UPBIT)  # the very first call, no waiting for an update
+            assert all(first[s] == book(s, 1) for s in UPBIT), mode

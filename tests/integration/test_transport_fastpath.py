@@ -1,0 +1,186 @@
+"""The transport's fast path (hiredis-packed round trips on a pooled connection) is taken, and answers alike.
+
+`client.transport` uses redis-py internals (``send_packed_command``, ``read_response``, the pool's
+``get_connection``, the client's ``response_callbacks``) for plain clients. These tests pin that to the
+installed redis-py: if an upgrade moved or renamed them, the fast path would silently fall back to the
+pipeline (correct but ~35 µs slower a read); here that fails loudly instead.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+import redis.asyncio
+import redis.asyncio.client
+import redis.asyncio.connection
+import redis.client
+import redis.connection
+from support.backends import Backend
+
+from client.layout import Command, Flow
+from client.transport import arun_flow, arun_flows, packed_commands, run_flow
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _replies(commands: list[Command]) -> Flow[list[Any]]:
+    replies = yield commands
+    return replies
+
+
+def _two_rounds() -> Flow[tuple[list[Any], list[Any]]]:
+    first = yield [("SET", "k1", "v1"), ("HSET", "h1", "a", "1", "b", "2"), ("SADD", "s1", "x", "y")]
+    second = yield [
+        ("GET", "k1"),
+        ("HGETALL", "h1"),
+        ("HMGET", "h1", "a", "nope"),
+        ("SMEMBERS", "s1"),
+        ("SISMEMBER", "s1", "x"),
+        ("SCAN", 0, "MATCH", "*1", "COUNT", 1000),
+        ("PEXPIRE", "k1", 60_000),
+        ("INCR", "h1"),  # a WRONGTYPE error reply: a value, and the stream stays in step
+        ("PING",),
+    ]
+    return first, second
+
+
+class _Wrapped(redis.Redis):
+    """Not exactly `redis.Redis`: takes the pipeline, which is the reference the fast path must match."""
+
+
+def test_pinned_redis_py_is_the_one_installed() -> None:
+    spec = next(
+        d
+        for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+        if d.startswith("redis")
+    )
+    low, high = (int(x) for x in re.findall(r"[<>]=?(\d+)", spec))
+    major = int(redis.__version__.split(".")[0])
+    assert (
+        low <= major < high
+    ), f"redis-py {redis.__version__} outside the pin {spec}: re-check client/transport.py"
+
+
+def test_plain_clients_take_the_fast_path_and_others_do_not(redis_server: Any) -> None:
+    assert packed_commands(redis.Redis.from_url(redis_server.url))
+    assert packed_commands(redis.asyncio.Redis.from_url(redis_server.url))
+    assert packed_commands(
+        redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(redis_server.url))
+    )
+    assert not packed_commands(_Wrapped.from_url(redis_server.url))
+    assert not packed_commands(fakeredis.FakeRedis())
+    assert not packed_commands(fakeredis.FakeAsyncRedis())
+    assert not packed_commands(redis.Redis.from_url(redis_server.url, encoding="latin-1"))
+    assert not packed_commands(object())
+
+
+def test_sync_fast_path_is_taken_and_gives_the_pipelines_replies(
+    real_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert real_backend.url is not None
+    reference = run_flow(_Wrapped.from_url(real_backend.url), _two_rounds())
+    real_backend.sync.flushall()
+    sent: list[int] = []
+    real_send = redis.connection.AbstractConnection.send_packed_command
+
+    def counting_send(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(1)
+        real_send(self, command, check_health)
+
+    def no_pipeline(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the fast path fell back to the pipeline")
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting_send)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", no_pipeline)
+    client = redis.Redis.from_url(real_backend.url)
+    client.ping()  # the connection's handshake is not what is counted
+    sent.clear()
+    fast = run_flow(client, _two_rounds())
+    assert len(sent) == 2, "one packed send per round trip"
+    assert _comparable(fast) == _comparable(reference)
+    client.close()
+
+
+async def test_async_fast_path_is_taken_and_gives_the_pipelines_replies(
+    real_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert real_backend.url is not None
+
+    class Wrapped(redis.asyncio.Redis):
+        pass
+
+    slow = Wrapped.from_url(real_backend.url)
+    reference = await arun_flow(slow, _two_rounds())
+    await slow.aclose()
+    real_backend.sync.flushall()
+    sent: list[int] = []
+    real_send = redis.asyncio.connection.AbstractConnection.send_packed_command
+
+    async def counting_send(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(1)
+        await real_send(self, command, check_health)
+
+    def no_pipeline(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the fast path fell back to the pipeline")
+
+    monkeypatch.setattr(redis.asyncio.connection.AbstractConnection, "send_packed_command", counting_send)
+    monkeypatch.setattr(redis.asyncio.client.Pipeline, "execute", no_pipeline)
+    client = redis.asyncio.Redis.from_url(real_backend.url)
+    await client.ping()  # the connection's handshake is not what is counted
+    sent.clear()
+    fast = await arun_flow(client, _two_rounds())
+    assert len(sent) == 2
+    assert _comparable(fast) == _comparable(reference)
+
+    # several flows share one connection, each sent before the previous one's replies are read
+    connections: list[Any] = []
+    real_get = redis.asyncio.connection.ConnectionPool.get_connection
+
+    async def counting_get(self: Any, *args: Any, **kwargs: Any) -> Any:
+        connection = await real_get(self, *args, **kwargs)
+        connections.append(connection)
+        return connection
+
+    monkeypatch.setattr(redis.asyncio.connection.ConnectionPool, "get_connection", counting_get)
+    results = await arun_flows(
+        client, [_replies([("PING",)]), _replies([("GET", "k1")]), _replies([("PING",)])]
+    )
+    assert results == [[True], [b"v1"], [True]] and len(connections) == 1
+    await client.aclose()
+
+
+def test_a_connection_error_is_thrown_into_the_flow(redis_server: Any) -> None:
+    """A flow may turn "Redis is away" into a result of its own (the provider's reads do)."""
+    from launch.redis_server import free_port
+
+    client = redis.Redis(port=free_port(), socket_connect_timeout=0.2)  # nothing listens there
+
+    def flow() -> Flow[str]:
+        try:
+            yield [("PING",)]
+        except redis.exceptions.ConnectionError:
+            return "unavailable"
+        return "answered"
+
+    assert run_flow(client, flow()) == "unavailable"
+    with pytest.raises(redis.exceptions.ConnectionError):
+        run_flow(client, _replies([("PING",)]))
+
+
+def _comparable(result: Any) -> Any:
+    """Replies with error values compared by type and text (exception instances never compare equal)."""
+    if isinstance(result, tuple | list):
+        return [_comparable(x) for x in result]
+    if isinstance(result, Exception):
+        return (type(result).__name__, str(result))
+    if isinstance(result, dict):
+        return {k: _comparable(v) for k, v in result.items()}
+    if isinstance(result, set):
+        return sorted(result)
+    return result

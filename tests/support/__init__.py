@@ -1,0 +1,1 @@
+"""Helpers shared by the test suites: backends, book writers, captures, child processes."""
