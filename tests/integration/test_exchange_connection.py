@@ -1,0 +1,185 @@
+"""`ExchangeConnection` in this process against the simulator, with a real writer on fakeredis.
+
+What the end-to-end tests show through a feeder process, seen here from inside: books reach the writer and
+equal what the simulator sent, a dropped connection marks its books down at once and comes back, a shutdown
+notice is a handover (no mark-down), an error reply is counted, and frames websockets has queued are taken
+from its queue (the fast path) instead of one ``recv`` each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import fakeredis
+import pytest
+from websockets.asyncio.client import ClientConnection
+
+from client import BookState, RedisMarketDataProvider
+from client.layout import RedisLayout
+from exchange_sim import ExchangeSimulator
+from feeder.connection import ConnectionSettings, ExchangeConnection, OpenRateLimiter
+from feeder.exchanges import BinanceProtocol, ExchangeProtocol, UpbitProtocol
+from feeder.status import FeederStatus
+from feeder.writer import SnapshotWriter
+
+UPBIT = ["KRW-BTC", "KRW-ETH", "KRW-XRP"]
+BINANCE = ["BTCUSDT", "ETHUSDT", "XRPUSDT"]
+SETTINGS = ConnectionSettings(connect_timeout=5.0, reconnect_max_delay=0.2, handover_timeout=5.0)
+
+
+async def poll(check: Callable[[], Awaitable[bool]], timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} (not within {timeout}s)")
+        await asyncio.sleep(0.02)
+
+
+@dataclass
+class Rig:
+    sim: ExchangeSimulator
+    writer: SnapshotWriter
+    provider: RedisMarketDataProvider
+    tasks: list[asyncio.Task[Any]]
+
+    def connect(
+        self, protocol: ExchangeProtocol, symbols: list[str], limiter: OpenRateLimiter | None = None
+    ) -> ExchangeConnection:
+        limiter = limiter or OpenRateLimiter(100.0, 10)
+        conn = ExchangeConnection(
+            protocol, symbols, self.writer, SETTINGS, limiter, name=f"{protocol.name}-1"
+        )
+        self.tasks.append(asyncio.create_task(conn.run(), name=conn.name))
+        return conn
+
+    async def states(self, exchange: str, symbols: list[str]) -> list[BookState]:
+        results = await self.provider.ainspect_books([(exchange, s) for s in symbols])
+        return [status.state for status, _ in results]
+
+    async def wait_live(self, exchange: str, symbols: list[str]) -> None:
+        async def live() -> bool:
+            return all(s is BookState.LIVE for s in await self.states(exchange, symbols))
+
+        await poll(live, 10, f"{exchange} books not live")
+
+
+@pytest.fixture
+async def rig() -> AsyncIterator[Rig]:
+    layout = RedisLayout()
+    server = fakeredis.FakeServer()
+    client = fakeredis.FakeAsyncRedis(server=server)
+    writer = SnapshotWriter(client, layout, "conn-test")
+    status = FeederStatus(client, layout, "conn-test", dict, ttl=60.0)
+    assert await status.beat()  # the feeder is alive: its books are judged by their connection alone
+    provider = RedisMarketDataProvider(async_redis=fakeredis.FakeAsyncRedis(server=server))
+    async with ExchangeSimulator(rate=20.0, ping_interval=None) as sim:
+        tasks: list[asyncio.Task[Any]] = [asyncio.create_task(writer.run(), name="writer")]
+        r = Rig(sim, writer, provider, tasks)
+        try:
+            yield r
+        finally:
+            for task in r.tasks:
+                task.cancel()
+            await asyncio.gather(*r.tasks, return_exceptions=True)
+            await provider.astop()
+            await client.aclose()
+
+
+async def test_books_reach_the_writer_and_equal_what_the_simulator_sent(rig: Rig) -> None:
+    upbit = rig.connect(UpbitProtocol(url=rig.sim.upbit_url, ticket="t"), UPBIT)
+    binance = rig.connect(BinanceProtocol(url=rig.sim.binance_url), BINANCE)
+    await rig.wait_live("upbit", UPBIT)
+    await rig.wait_live("binance", BINANCE)
+    assert upbit.up and binance.up
+    rig.sim.set_rate(0.0)  # freeze: the last frames sent are the truth
+    truth = rig.sim.last_sent
+
+    async def equal() -> bool:
+        for exchange, symbols in (("upbit", UPBIT), ("binance", BINANCE)):
+            stored = await rig.provider.aget_latest_snapshots(symbols, exchange=exchange)
+            for symbol in symbols:
+                book, expected = stored[symbol], truth[(exchange, symbol)]
+                if book is None or (book.xid, book.bids, book.asks) != (
+                    expected.xid,
+                    expected.bids,
+                    expected.asks,
+                ):
+                    return False
+        return await rig.writer.flush(1)
+
+    await poll(equal, 10, "stored books differ from the simulator's last frames")
+    assert upbit.stats.bad_frames == binance.stats.bad_frames == 0
+    assert upbit.stats.books >= len(UPBIT) and binance.stats.frames >= len(BINANCE)
+
+
+async def test_a_drop_marks_every_book_down_at_once_then_the_connection_comes_back(rig: Rig) -> None:
+    # the reconnect waits ~1.5 s for its token, so the marked-down books can be seen before they revive
+    conn = rig.connect(BinanceProtocol(url=rig.sim.binance_url), BINANCE, OpenRateLimiter(0.66, 1))
+    await rig.wait_live("binance", BINANCE)
+    assert await rig.sim.drop("binance") == 1
+
+    async def down() -> bool:
+        return all(s is BookState.CONNECTION_DOWN for s in await rig.states("binance", BINANCE))
+
+    await poll(down, 5, "books not marked down after the drop")
+    assert rig.writer.stats.marked_down == len(BINANCE)
+    await rig.wait_live("binance", BINANCE)
+    assert conn.stats.reconnects == 1 and conn.up
+
+
+async def test_a_shutdown_notice_is_a_handover_without_a_mark_down(rig: Rig) -> None:
+    conn = rig.connect(BinanceProtocol(url=rig.sim.binance_url), BINANCE)
+    await rig.wait_live("binance", BINANCE)
+    first = rig.sim.connection_ids("binance")
+    assert rig.sim.binance.announce_shutdown() == 1
+
+    async def replaced() -> bool:
+        ids = rig.sim.connection_ids("binance")
+        return conn.stats.rotations == 1 and len(ids) == 1 and ids != first
+
+    await poll(replaced, 10, "no handover after the shutdown notice")
+    assert rig.writer.stats.marked_down == 0 and conn.stats.reconnects == 0
+    await rig.wait_live("binance", BINANCE)
+
+
+async def test_an_error_reply_is_counted_and_kept_as_the_last_error(rig: Rig) -> None:
+    conn = rig.connect(BinanceProtocol(url=rig.sim.binance_url), BINANCE)
+    await rig.wait_live("binance", BINANCE)
+    await rig.sim.send_error("binance", code=2, message="Invalid request: test")
+
+    async def counted() -> bool:
+        return conn.stats.exchange_errors == 1
+
+    await poll(counted, 5, "error reply not counted")
+    assert conn.stats.last_error == "binance error 2: Invalid request: test"
+    assert conn.stats.bad_frames == 0
+
+
+async def test_queued_frames_are_taken_from_websockets_queue_not_one_recv_each(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path of `feeder.websocket_queue`: if it silently fell back, every frame would cost a recv."""
+    calls = 0
+    real_recv = ClientConnection.recv
+
+    async def counting_recv(self: ClientConnection, *args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return await real_recv(self, *args, **kwargs)
+
+    monkeypatch.setattr(ClientConnection, "recv", counting_recv)
+    rig.sim.set_rate(0.0)
+    capture = "tests/data/recordings/upbit-2021-04-17.ws.txt"
+    rig.sim.set_replay("upbit", capture, speed=None)  # as fast as the client reads: frames queue up
+    conn = rig.connect(UpbitProtocol(url=rig.sim.upbit_url, ticket="t"), ["KRW-BTC"])
+
+    async def all_read() -> bool:
+        return conn.stats.frames >= 449
+
+    await poll(all_read, 20, "the replayed capture was not read")
+    assert conn.stats.bad_frames == 0
+    assert calls < conn.stats.frames / 2, f"{calls} recv calls for {conn.stats.frames} frames: no fast path"

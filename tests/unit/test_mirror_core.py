@@ -1,0 +1,96 @@
+"""The mirror's subscriber core and the liveness rule, driven by hand: no Redis, no thread, no task.
+
+The core yields operations (subscribe, run a flow, receive, synced) that a driver carries out; here the test
+is the driver, so the order of operations and what the core does with each result are visible directly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from client.freshness import book_state, judge
+from client.layout import RedisLayout, StoredBook, encode_book
+from client.mirror import BookCache, MirrorPlan, SubscriberCore
+from client.mirror.subscriber import Receive, RunFlow, Subscribe, Synced
+from client.models import BookState, OrderBookSnapshot
+
+LAYOUT = RedisLayout()
+KEY = LAYOUT.book_key("upbit", "KRW-BTC")
+
+
+def message(seq: int, feeder: str = "f1") -> dict[str, Any]:
+    book = OrderBookSnapshot("KRW-BTC", 1000.0 + seq, [(100.0, 1.0)], [(101.0, 1.0)], xid=seq, recv_ts=5.0)
+    data = encode_book(LAYOUT, book, exchange="upbit", writer=feeder, heartbeat=True).message(seq)
+    return {"type": "message", "channel": KEY.encode(), "data": data}
+
+
+def run_flow_offline(flow: Any, state: Any = None) -> None:
+    """Carry out a flow as if Redis held no book and every feeder's state were `state`."""
+    try:
+        commands = next(flow)
+        while True:
+            commands = flow.send([[None] * len(c[2:]) if c[0] == "HMGET" else state for c in commands])
+    except StopIteration:
+        pass
+
+
+def test_a_session_subscribes_loads_reports_synced_then_applies_messages() -> None:
+    cache = BookCache(LAYOUT)
+    core = SubscriberCore(MirrorPlan(LAYOUT, keys={KEY}), cache)
+    session = core.session()
+    assert next(session) == Subscribe([KEY], [])
+    load = session.send(None)
+    assert isinstance(load, RunFlow)
+    run_flow_offline(load.flow)  # the book does not exist yet
+    assert not cache.connected
+    assert isinstance(session.send(None), Synced) and cache.connected
+    receive = session.send(None)
+    assert receive == Receive(0.1)
+    assert session.send(message(1)) == Receive(0)  # a message: keep draining without waiting
+    assert cache.books[KEY].seq == 1
+    follow = session.send(None)  # drained; an unknown feeder's state is read at once
+    assert isinstance(follow, RunFlow)
+    run_flow_offline(follow.flow, b"running")
+    assert cache.alive == {"f1"} and not cache.unknown_feeders
+    assert isinstance(session.send(None), Receive)
+    assert session.send(message(3)) == Receive(0)  # seq 2 was lost: the gap makes the key re-read
+    reread = session.send(None)
+    assert isinstance(reread, RunFlow) and cache.gaps == 1
+
+
+def test_keys_added_from_another_thread_are_subscribed_and_loaded_by_the_next_round() -> None:
+    cache = BookCache(LAYOUT)
+    core = SubscriberCore(MirrorPlan(LAYOUT), cache)
+    session = core.session()
+    load = next(session)
+    assert isinstance(load, RunFlow)  # nothing to subscribe yet
+    run_flow_offline(load.flow)
+    assert isinstance(session.send(None), Synced)
+    core.add_keys([KEY])
+    assert session.send(None) == Subscribe([KEY], [])
+    assert isinstance(session.send(None), RunFlow)
+    assert KEY in core.plan.keys
+
+
+def test_a_lost_connection_marks_the_cache_unavailable_and_backs_off() -> None:
+    cache = BookCache(LAYOUT, connected=True)
+    core = SubscriberCore(MirrorPlan(LAYOUT), cache)
+    assert core.lost(OSError("reset"), 1) == 0.0  # the first retry is immediate
+    assert not cache.connected
+    assert 0.0 < core.lost(OSError("reset"), 3) <= 0.1
+
+
+def test_the_liveness_rule() -> None:
+    snap = OrderBookSnapshot("KRW-BTC", 1.0, [(1.0, 1.0)], [(2.0, 1.0)], recv_ts=100.0)
+    live = StoredBook(KEY, snap, "f1", live=True, heartbeat=True, recv_ts=100.0, seq=1)
+    assert book_state(live, {"f1"}, None) is BookState.LIVE
+    assert book_state(live, set(), None) is BookState.FEEDER_DEAD
+    down = StoredBook(KEY, snap, "f1", live=False, heartbeat=True, recv_ts=100.0, seq=1)
+    assert book_state(down, {"f1"}, None) is BookState.CONNECTION_DOWN
+    assert book_state(live, {"f1"}, 5.0, now=104.0) is BookState.LIVE
+    assert book_state(live, {"f1"}, 5.0, now=106.0) is BookState.TOO_OLD
+    no_heartbeat = StoredBook(KEY, snap, "client:x:1", live=True, heartbeat=False, recv_ts=100.0, seq=1)
+    assert book_state(no_heartbeat, set(), None) is BookState.LIVE  # judged by max_age alone
+    status = judge("upbit", "KRW-BTC", live, set(), None, 101.0)
+    assert status.state is BookState.FEEDER_DEAD and "f1" in status.detail and status.age == 1.0
+    assert judge("upbit", "KRW-BTC", None, set(), None, 0.0).state is BookState.MISSING
