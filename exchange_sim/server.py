@@ -109,7 +109,6 @@ class ExchangeServer(Faults[SubT]):
         self._server: Server | None = None
         self._pump_task: asyncio.Task[None] | None = None
         self._changed: asyncio.Event | None = None
-        self._stopping = False
 
     # -- protocol hooks -----------------------------------------------------------------------------------
 
@@ -156,7 +155,6 @@ class ExchangeServer(Faults[SubT]):
     async def start(self) -> None:
         if self._server is not None:
             raise RuntimeError(f"{self.name} simulator already started")
-        self._stopping = False
         self._changed = asyncio.Event()
         conn_class = type(f"{type(self).__name__}Connection", (SimConnection,), {"sim_owner": self})
         self._server = await serve(
@@ -182,7 +180,6 @@ class ExchangeServer(Faults[SubT]):
         """Close every connection, cancel every task and timer; afterwards nothing of this server runs."""
         if self._server is None:
             return
-        self._stopping = True
         if self._pump_task is not None:
             self._pump_task.cancel()
             await asyncio.gather(self._pump_task, return_exceptions=True)

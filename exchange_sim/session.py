@@ -65,7 +65,6 @@ class Session(Generic[SubT]):
         self.remote = str(ws.remote_address[0]) if ws.remote_address else "?"
         self.messages_sent = 0
         self.stalled = False
-        self.stall_epoch = 0  # bumped by every stall, so a ping timer can tell a stall happened meanwhile
         self.closing = False  # no more frames: an error reply and a close are queued, or it was dropped
         self.subscribed_once = False
         self.combined = True  # Binance: frames wrapped as {"stream","data"}
@@ -148,7 +147,6 @@ class Session(Generic[SubT]):
         """Stop sending and stop reading (so client pings go unanswered) without closing anything."""
         if self.closing:
             return
-        self.stall_epoch += 1
         self._set_stalled(True)
         if self._stall_timer is not None:
             self._stall_timer.cancel()

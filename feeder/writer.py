@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
@@ -92,7 +91,6 @@ class SnapshotWriter:
         self.stats = WriterStats()
         self.redis_ok = True
         self.last_error = ""
-        self.last_write = 0.0
 
     # ------------------------------------------------------------------------------------------ producers
     def submit(self, exchange: str, snapshot: OrderBookSnapshot) -> None:
@@ -251,7 +249,6 @@ class SnapshotWriter:
         self.stats.written += accepted
         self.stats.rejected += len(seqs) - accepted
         self.stats.batches += 1
-        self.last_write = time.time()
 
     async def _run_flow(self, flow: Flow[Any]) -> Any:
         return (await self._run_flows([flow]))[0]

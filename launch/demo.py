@@ -27,6 +27,7 @@ import redis
 
 from client import RedisMarketDataProvider
 from client.masking import mask_url
+from feeder.exchanges.registry import EXCHANGES
 from launch.child import ChildProcess, feeder_command
 from launch.redis_server import LocalRedisServer, free_port
 from md_cli.main import main as md_main
@@ -140,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
             wait_for(lambda: _port_open(up) and _port_open(bp), 15, "simulator start", children)
             say(f"simulator: Upbit ws://127.0.0.1:{up}/websocket/v1, Binance ws://127.0.0.1:{bp}")
         else:
-            say("connecting to the real exchanges (wss://api.upbit.com, wss://stream.binance.com)")
+            urls = ", ".join(EXCHANGES[name].default_url for name in ("upbit", "binance"))
+            say(f"connecting to the real exchanges ({urls})")
         for exchange in ("upbit", "binance"):
             env = {**feeder_env, "MD_EXCHANGES": exchange, "MD_FEEDER_ID": f"demo-{exchange}"}
             children.append(stack.enter_context(child(f"feeder-{exchange}", feeder_command(), log_dir, env)))

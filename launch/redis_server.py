@@ -37,7 +37,7 @@ def free_port() -> int:
 
 
 class LocalRedisServer:
-    """One redis-server process; `restart()` brings it back empty on the same port (as after a crash)."""
+    """One redis-server process; `start` after `kill` brings it back empty on the same port (as after a crash)."""
 
     def __init__(self, port: int | None = None, extra_args: tuple[str, ...] = ()) -> None:
         binary = shutil.which("redis-server")
@@ -103,10 +103,6 @@ class LocalRedisServer:
             self.process.kill()
             self.process.wait(5)
         self.process = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
     def cleanup(self) -> None:
         self.stop()

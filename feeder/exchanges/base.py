@@ -119,9 +119,8 @@ class Pacing:
 
 @dataclass(frozen=True)
 class KeepAlive:
-    """The exchange's keep-alive facts (documented): what our client pings must stay within."""
+    """The exchange's keep-alive facts (documented): our client pings must come more often than this."""
 
-    server_ping_interval: float | None  # the server pings us this often (None: it does not)
     idle_timeout: float | None  # the server closes a connection silent (or unanswering) for this long
 
 

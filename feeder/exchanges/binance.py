@@ -461,7 +461,7 @@ DESCRIPTOR: Final = ExchangeDescriptor(
     name="binance",
     default_url=DEFAULT_URL,
     pacing=Pacing(open_rate=1.0, open_burst=10, subscribe_interval=0.25),
-    keepalive=KeepAlive(server_ping_interval=20.0, idle_timeout=60.0),
+    keepalive=KeepAlive(idle_timeout=60.0),
     build=_build,
     symbols=lambda settings: split_list(settings.binance_symbols),
     max_lifetime=lambda settings: settings.binance_max_lifetime,

@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 DEFAULT_URL: Final = "wss://api.upbit.com/websocket/v1"
 FORMATS: Final = frozenset({"DEFAULT", "SIMPLE", "JSON_LIST", "SIMPLE_LIST"})
 UNIT_COUNTS: Final = frozenset({1, 5, 15, 30})  # the `CODE.N` suffixes Upbit accepts
-KEEPALIVE_FRAME: Final = "PING"  # text frame; Upbit answers {"status":"UP"}, which parse() turns into []
 
 # Codes are few and repeat on every frame: validating each once and remembering the result keeps the regex
 # off the hot path. The bound only guards against a stream of ever-new codes.
@@ -443,7 +442,7 @@ DESCRIPTOR: Final = ExchangeDescriptor(
     name="upbit",
     default_url=DEFAULT_URL,
     pacing=Pacing(open_rate=5.0, open_burst=5, subscribe_interval=0.25),
-    keepalive=KeepAlive(server_ping_interval=None, idle_timeout=120.0),
+    keepalive=KeepAlive(idle_timeout=120.0),
     build=_build,
     symbols=lambda settings: split_list(settings.upbit_symbols),
 )

@@ -59,3 +59,31 @@ async def test_wrong_client_kind_is_a_clear_error(backend: Backend, aclient: Any
         RedisMarketDataProvider(async_redis=aclient).get_latest_snapshot("KRW-BTC")
     with pytest.raises(MarketDataError, match="only a sync"):
         await RedisMarketDataProvider(redis=backend.sync).aget_latest_snapshot("KRW-BTC")
+
+
+async def test_a_sync_only_provider_awaiting_updates_never_blocks_the_event_loop(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Event consumers may await on a provider that has only a sync client: its Redis calls then run on a
+    worker thread, never in the event loop."""
+    import threading
+
+    import client.provider as provider_module
+
+    loop_thread = threading.current_thread()
+    threads: list[threading.Thread] = []
+    real_run_flow = provider_module.run_flow
+
+    def recording_run_flow(client: Any, flow: Any) -> Any:
+        threads.append(threading.current_thread())
+        return real_run_flow(client, flow)
+
+    monkeypatch.setattr(provider_module, "run_flow", recording_run_flow)
+    provider = RedisMarketDataProvider(redis=backend.sync)
+    provider.write_snapshot(book("KRW-BTC", 1), "upbit")  # from the test itself: not counted
+    threads.clear()
+    try:
+        assert await provider.await_for_update(["KRW-BTC"], timeout=0.05) == []
+        assert threads and all(t is not loop_thread for t in threads)
+    finally:
+        await asyncio.to_thread(provider.stop)

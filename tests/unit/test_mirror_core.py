@@ -94,3 +94,33 @@ def test_the_liveness_rule() -> None:
     status = judge("upbit", "KRW-BTC", live, set(), None, 101.0)
     assert status.state is BookState.FEEDER_DEAD and "f1" in status.detail and status.age == 1.0
     assert judge("upbit", "KRW-BTC", None, set(), None, 0.0).state is BookState.MISSING
+
+
+def test_consumers_register_from_other_threads_while_the_subscriber_publishes() -> None:
+    """Registration replaces the tuple the publisher iterates over: a consumer added or removed meanwhile is
+    never half seen, and publishing takes no lock."""
+    import threading
+
+    cache = BookCache(LAYOUT)
+    stop = threading.Event()
+    seen: list[int] = []
+    steady = (None, lambda snapshot: seen.append(snapshot.seq or 0))
+    cache.add_callback(steady)
+
+    def churn() -> None:
+        while not stop.is_set():
+            consumer = (None, lambda snapshot: None)
+            cache.add_callback(consumer)
+            cache.remove_callback(consumer)
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        for seq in range(1, 3001):
+            m = message(seq)
+            cache.apply(m["channel"], m["data"])
+    finally:
+        stop.set()
+        thread.join()
+    assert seen == list(range(1, 3001))  # the steady consumer saw every update, in order, once
+    assert cache.callbacks == (steady,)
