@@ -52,7 +52,15 @@ from client.layout import (
 )
 from client.legacy import LatestSnapshots
 from client.masking import mask_url
-from client.mirror import BookCache, MirrorPlan, TaskSubscriber, ThreadSubscriber, UpdateCallback, UpdateQueue
+from client.mirror import (
+    BookCache,
+    CallbackConsumer,
+    MirrorPlan,
+    TaskSubscriber,
+    ThreadSubscriber,
+    UpdateCallback,
+    UpdateQueue,
+)
 from client.models import BookState, OrderBookSnapshot, SnapshotStatus
 from client.resolver import SymbolResolver, Target, ambiguous, guess_exchange
 from client.settings import ClientSettings, load_settings
@@ -432,14 +440,14 @@ class RedisMarketDataProvider(MarketDataProvider):
         """
         keys = await self._aexecute_any(self._keys_flow(symbols, exchange))
         queue = UpdateQueue(keys)
-        self._cache.add_queue(queue)
+        self._cache.add_consumer(queue)
         try:
             await self._aensure_subscriber(keys)
             while True:
                 for snapshot in await queue.await_(None):
                     yield snapshot
         finally:
-            self._cache.remove_queue(queue)
+            self._cache.remove_consumer(queue)
 
     def on_update(
         self, callback: UpdateCallback, symbols: Iterable[str] | None = None, exchange: str | None = None
@@ -451,8 +459,8 @@ class RedisMarketDataProvider(MarketDataProvider):
         `astart()` first (mirror mode) or use `updates()`.
         """
         keys = self._execute(self._keys_flow(symbols, exchange)) if self._redis is not None else None
-        consumer = (keys, callback)
-        self._cache.add_callback(consumer)
+        consumer = CallbackConsumer(keys, callback)
+        self._cache.add_consumer(consumer)
         if self._redis is not None:
             self._ensure_subscriber(keys)
         elif self._subscriber is not None and keys:
@@ -463,7 +471,7 @@ class RedisMarketDataProvider(MarketDataProvider):
             )
 
         def unregister() -> None:
-            self._cache.remove_callback(consumer)
+            self._cache.remove_consumer(consumer)
 
         return unregister
 
@@ -473,7 +481,7 @@ class RedisMarketDataProvider(MarketDataProvider):
             queue = self._wait_queues.get(token)
             if queue is None:
                 queue = self._wait_queues[token] = UpdateQueue(keys)
-                self._cache.add_queue(queue)
+                self._cache.add_consumer(queue)
         return queue
 
     def _new_plan(self, keys: set[str] | None) -> MirrorPlan:

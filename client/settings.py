@@ -6,10 +6,10 @@ environment variable, so a bad value stops start-up with a line an operator can 
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import ValidationError, field_validator
+from pydantic import AfterValidator, BeforeValidator, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from client.errors import SettingsError
@@ -17,6 +17,38 @@ from client.layout import split_target, validate_exchange, validate_prefix, vali
 
 ENV_PREFIX = "MD_"
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _positive_seconds(value: float | None) -> float | None:
+    if value is not None and not value > 0:
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _non_negative_seconds(value: float) -> float:
+    if value < 0:
+        raise ValueError("must be 0 (off) or a positive number of seconds")
+    return value
+
+
+def _at_least_one(value: int) -> int:
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _none_words(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
+        return None
+    return value
+
+
+# Field types with their check, shared by every settings class (the feeder's and the exchanges' too).
+PositiveSeconds = Annotated[float, AfterValidator(_positive_seconds)]
+NonNegativeSeconds = Annotated[float, AfterValidator(_non_negative_seconds)]
+OptionalSeconds = Annotated[float | None, BeforeValidator(_none_words), AfterValidator(_positive_seconds)]
+"""Positive seconds, or None (unset: the words "", "none" and "off" mean None too)."""
+AtLeastOne = Annotated[int, AfterValidator(_at_least_one)]
 
 
 class ClientSettings(BaseSettings):
@@ -28,11 +60,11 @@ class ClientSettings(BaseSettings):
     """Redis to read from and write to; ``redis://user:pass@host:port/db``, ``rediss://`` for TLS."""
     prefix: str = "md"
     """Prefix of every key and channel."""
-    max_age: float | None = None
+    max_age: OptionalSeconds = None
     """Seconds after which a book counts as stale even while its feeder is alive; unset = no limit."""
     strict: bool = False
     """Raise StaleSnapshotError/CorruptSnapshotError instead of returning None."""
-    redis_timeout: float = 5.0
+    redis_timeout: PositiveSeconds = 5.0
     """Socket connect and read timeout for Redis, in seconds."""
     mode: Literal["read-through", "mirror"] = "read-through"
     """read-through: every read asks Redis; mirror: a pub/sub subscriber keeps a local copy, reads are local."""
@@ -81,20 +113,6 @@ class ClientSettings(BaseSettings):
                 validate_exchange(exchange)
             validate_symbol(symbol)
         return ",".join(items)
-
-    @field_validator("max_age", mode="before")
-    @classmethod
-    def _none_words(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
-            return None
-        return value
-
-    @field_validator("max_age", "redis_timeout")
-    @classmethod
-    def _positive(cls, value: float | None) -> float | None:
-        if value is not None and not value > 0:
-            raise ValueError("must be a positive number of seconds")
-        return value
 
 
 S = TypeVar("S", bound=BaseSettings)

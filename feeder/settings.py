@@ -12,7 +12,7 @@ import re
 from pydantic import field_validator, model_validator
 
 from client.layout import process_writer_id, validate_writer_id
-from client.settings import ClientSettings
+from client.settings import AtLeastOne, ClientSettings, NonNegativeSeconds, PositiveSeconds
 from feeder.exchanges.registry import EXCHANGES, ExchangeSettings
 
 
@@ -36,21 +36,21 @@ class FeederSettings(ClientSettings, ExchangeSettings):
     """Comma-separated exchanges this process feeds."""
     shard: str = "1/1"
     """K/N: take the K-th of N deterministic shares of each symbol list (several feeders split a list)."""
-    connect_timeout: float = 10.0
-    ping_interval: float = 5.0
+    connect_timeout: PositiveSeconds = 10.0
+    ping_interval: PositiveSeconds = 5.0
     """Seconds between WebSocket pings; also keeps Upbit from closing an idle connection."""
-    ping_timeout: float = 5.0
+    ping_timeout: PositiveSeconds = 5.0
     """A connection whose pong is this late is stalled: it is closed and replaced."""
-    silence_timeout: float = 0.0
+    silence_timeout: NonNegativeSeconds = 0.0
     """Close a connection that delivered no frame for this long (0 = off: a quiet Upbit book is not dead)."""
-    reconnect_max_delay: float = 30.0
+    reconnect_max_delay: PositiveSeconds = 30.0
     """Cap of the exponential reconnect backoff (first retry immediately, then 0.25 s doubling, with jitter)."""
-    heartbeat_interval: float = 1.0
-    heartbeat_ttl: float = 5.0
+    heartbeat_interval: PositiveSeconds = 1.0
+    heartbeat_ttl: PositiveSeconds = 5.0
     """The feeder key expires after this long without a heartbeat: its books then read as not live."""
-    write_batch: int = 500
+    write_batch: AtLeastOne = 500
     """Most books written in one pipelined round trip."""
-    summary_interval: float = 60.0
+    summary_interval: PositiveSeconds = 60.0
     log_level: str = "INFO"
 
     @field_validator("feeder_id")
@@ -72,35 +72,6 @@ class FeederSettings(ClientSettings, ExchangeSettings):
     def _check_shard(cls, value: str) -> str:
         parse_shard(value)
         return value.strip()
-
-    @field_validator(
-        "connect_timeout",
-        "ping_interval",
-        "ping_timeout",
-        "reconnect_max_delay",
-        "heartbeat_interval",
-        "heartbeat_ttl",
-        "summary_interval",
-    )
-    @classmethod
-    def _positive_seconds(cls, value: float) -> float:
-        if not value > 0:
-            raise ValueError("must be a positive number of seconds")
-        return value
-
-    @field_validator("silence_timeout")
-    @classmethod
-    def _non_negative(cls, value: float) -> float:
-        if value < 0:
-            raise ValueError("must be 0 (off) or a positive number of seconds")
-        return value
-
-    @field_validator("write_batch")
-    @classmethod
-    def _positive_count(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError("must be at least 1")
-        return value
 
     @field_validator("log_level")
     @classmethod

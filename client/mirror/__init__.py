@@ -2,15 +2,17 @@
 
 - `cache`: the mirrored books and feeder states (pure code), and the plan of what to mirror;
 - `subscriber`: the subscriber core and its two drivers (a thread for sync providers, a task for asyncio);
-- `updates`: the latest-wins buffer each event consumer reads from.
+- `updates`: the consumers of updates (latest-wins buffers, callbacks).
 """
 
 from client.mirror.cache import BookCache, MirrorPlan
 from client.mirror.subscriber import SubscriberCore, TaskSubscriber, ThreadSubscriber
-from client.mirror.updates import UpdateCallback, UpdateQueue
+from client.mirror.updates import CallbackConsumer, Consumer, UpdateCallback, UpdateQueue
 
 __all__ = [
     "BookCache",
+    "CallbackConsumer",
+    "Consumer",
     "MirrorPlan",
     "SubscriberCore",
     "TaskSubscriber",

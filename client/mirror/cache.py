@@ -5,9 +5,9 @@ what it holds, reports ``seq`` gaps (a lost message) so the key is re-read, and 
 to the registered consumers. `MirrorPlan` says which channels and patterns to subscribe and builds the flows
 that (re-)load the mirrored books; the subscriber (`client.mirror.subscriber`) runs them.
 
-Consumers (update queues and callbacks) register from any thread while the subscriber publishes from its
-own: registration takes a lock and replaces the tuple the subscriber iterates over, so publishing never
-sees a list change under it and never takes the lock.
+Consumers (`client.mirror.updates`) register from any thread while the subscriber publishes from its own:
+registration takes a lock and replaces the tuple the subscriber iterates over, so publishing never sees a
+list change under it and never takes the lock.
 """
 
 from __future__ import annotations
@@ -32,12 +32,10 @@ from client.layout import (
     indexed_books_flow,
     read_books_flow,
 )
-from client.mirror.updates import UpdateCallback, UpdateQueue
+from client.mirror.updates import Consumer
 from client.models import OrderBookSnapshot
 
 log = logging.getLogger("client.mirror")
-
-Consumer = tuple[set[str] | None, UpdateCallback]
 
 
 @dataclass
@@ -51,29 +49,20 @@ class BookCache:
     alive: set[str] = field(default_factory=set)  # feeders whose last known state is alive
     connected: bool = False
     unknown_feeders: set[str] = field(default_factory=set)
-    queues: tuple[UpdateQueue, ...] = ()
-    callbacks: tuple[Consumer, ...] = ()
+    consumers: tuple[Consumer, ...] = ()
     messages: int = 0
     gaps: int = 0
     reloads: int = 0
     _consumers_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # ------------------------------------------------------------------------------------------ consumers
-    def add_queue(self, queue: UpdateQueue) -> None:
+    def add_consumer(self, consumer: Consumer) -> None:
         with self._consumers_lock:
-            self.queues = (*self.queues, queue)
+            self.consumers = (*self.consumers, consumer)
 
-    def remove_queue(self, queue: UpdateQueue) -> None:
+    def remove_consumer(self, consumer: Consumer) -> None:
         with self._consumers_lock:
-            self.queues = tuple(q for q in self.queues if q is not queue)
-
-    def add_callback(self, consumer: Consumer) -> None:
-        with self._consumers_lock:
-            self.callbacks = (*self.callbacks, consumer)
-
-    def remove_callback(self, consumer: Consumer) -> None:
-        with self._consumers_lock:
-            self.callbacks = tuple(c for c in self.callbacks if c is not consumer)
+            self.consumers = tuple(c for c in self.consumers if c is not consumer)
 
     # ------------------------------------------------------------------------------------------ applying
     def load(self, key: str, raw: Any) -> None:
@@ -138,15 +127,9 @@ class BookCache:
             self.unknown_feeders.add(book.feeder)
 
     def _publish(self, key: str, snapshot: OrderBookSnapshot, previous_seq: int | None) -> None:
-        for queue in self.queues:
-            if queue.wants(key):
-                queue.push(key, snapshot, previous_seq)
-        for keys, callback in self.callbacks:
-            if keys is None or key in keys:
-                try:
-                    callback(snapshot)
-                except Exception:
-                    log.exception("on_update callback failed for %s", key)
+        for consumer in self.consumers:
+            if consumer.wants(key):
+                consumer.push(key, snapshot, previous_seq)
 
     def feeders(self) -> list[str]:
         return sorted({b.feeder for b in self.books.values() if b.heartbeat} | self.unknown_feeders)

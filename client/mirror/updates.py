@@ -1,4 +1,7 @@
-"""`UpdateQueue`: the latest-wins buffer of updates of one consumer (``wait_for_update``, ``updates()``).
+"""The consumers of the mirror's updates: `UpdateQueue` (``wait_for_update``, ``updates()``) and
+`CallbackConsumer` (``on_update``). The cache hands each accepted live book to every consumer that wants it.
+
+`UpdateQueue` is the latest-wins buffer of one consumer.
 
 Memory stays bounded by the number of symbols: a slow consumer sees the newest book per symbol, and
 ``snapshot.skipped`` says how many updates of that book it did not see (from the ``seq`` numbers, so lost
@@ -10,13 +13,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Protocol
 
 from client.models import OrderBookSnapshot
 
+log = logging.getLogger("client.mirror")
+
 UpdateCallback = Callable[[OrderBookSnapshot], None]
+
+
+class Consumer(Protocol):
+    def wants(self, key: str) -> bool: ...
+
+    def push(self, key: str, snapshot: OrderBookSnapshot, previous_seq: int | None = None) -> None: ...
+
+
+class CallbackConsumer:
+    """An ``on_update`` callback as a consumer: called on the subscriber for every update it wants."""
+
+    def __init__(self, keys: set[str] | None, callback: UpdateCallback) -> None:
+        self.keys = keys  # None: every mirrored key
+        self.callback = callback
+
+    def wants(self, key: str) -> bool:
+        return self.keys is None or key in self.keys
+
+    def push(self, key: str, snapshot: OrderBookSnapshot, previous_seq: int | None = None) -> None:
+        try:
+            self.callback(snapshot)
+        except Exception:
+            log.exception("on_update callback failed for %s", key)
 
 
 class UpdateQueue:

@@ -23,7 +23,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
+
+import orjson
+from pydantic import AfterValidator
 
 from client.errors import InvalidSymbolError
 from client.layout import validate_symbol
@@ -141,6 +144,26 @@ class ExchangeDescriptor:
 
 
 # --------------------------------------------------------------------------------------------- helpers
+def load_json(frame: bytes | str) -> Any:
+    """The JSON value of a frame; BadFrame when it is not JSON."""
+    try:
+        return orjson.loads(frame)
+    except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
+        raise BadFrame(f"not JSON: {str(exc)[:100]}") from None
+
+
+def frame_bytes(frame: object) -> bytes | None:
+    """A frame that is not `bytes` as bytes, for a fast path; None: leave it to the general path.
+
+    Text, bytearray or memoryview convert (orjson takes them all, so the general path does); anything not
+    bytes-like, or text with a lone surrogate, does not.
+    """
+    try:
+        return frame.encode() if isinstance(frame, str) else memoryview(frame).tobytes()  # type: ignore[arg-type]
+    except (TypeError, UnicodeEncodeError):
+        return None
+
+
 def remember_raw_name(cache: dict[bytes, str], raw: bytes, resolve: Callable[[str], str], limit: int) -> str:
     """`resolve` of a name seen as raw bytes, remembered under those bytes (bounded by `limit` entries).
 
@@ -177,7 +200,7 @@ def split_list(value: str) -> list[str]:
     return [item for item in value.split(",") if item]
 
 
-def check_symbol_list(value: str) -> str:
+def _symbol_list(value: str) -> str:
     """A comma-separated symbols setting, upper-cased, validated, without duplicates (settings validators)."""
     symbols = [s.strip().upper() for s in value.split(",") if s.strip()]
     for symbol in symbols:
@@ -185,7 +208,7 @@ def check_symbol_list(value: str) -> str:
     return ",".join(dict.fromkeys(symbols))
 
 
-def check_ws_url(value: str) -> str:
+def _websocket_url(value: str) -> str:
     """A ws:// or wss:// URL setting, without a trailing slash (settings validators)."""
     if not re.match(r"wss?://[^/\s]+", value):
         raise ValueError(f"expected a ws:// or wss:// URL, got {value!r}")
@@ -195,3 +218,10 @@ def check_ws_url(value: str) -> str:
 def books_in(events: Iterable[Event]) -> list[OrderBookSnapshot]:
     """The books among `events` (tests, benchmarks and tools that want the books of a frame only)."""
     return [event for event in events if type(event) is OrderBookSnapshot]
+
+
+# Field types of the exchanges' settings, with their checks.
+SymbolList = Annotated[str, AfterValidator(_symbol_list)]
+"""Comma-separated symbols: upper-cased, validated, duplicates dropped."""
+WebSocketUrl = Annotated[str, AfterValidator(_websocket_url)]
+"""A ws:// or wss:// URL, without a trailing slash."""

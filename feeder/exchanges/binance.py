@@ -24,15 +24,16 @@ import re
 from collections.abc import Sequence
 from math import isfinite
 from time import time as _now
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 import orjson
-from pydantic import field_validator
+from pydantic import AfterValidator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from client.errors import InvalidSymbolError
 from client.layout import validate_symbol
 from client.models import Level, OrderBookSnapshot
+from client.settings import PositiveSeconds
 from feeder.exchanges.base import (
     Ack,
     BadFrame,
@@ -42,8 +43,10 @@ from feeder.exchanges.base import (
     KeepAlive,
     Pacing,
     ShutdownNotice,
-    check_symbol_list,
-    check_ws_url,
+    SymbolList,
+    WebSocketUrl,
+    frame_bytes,
+    load_json,
     remember_raw_name,
     split_list,
     unique_symbols,
@@ -266,10 +269,7 @@ class BinanceProtocol:
         snapshot = self._parse_fast(frame, recv_ts)
         if snapshot is not None:
             return [snapshot]
-        try:
-            obj = orjson.loads(frame)
-        except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
-            raise BadFrame(f"not JSON: {str(exc)[:100]}") from None
+        obj = load_json(frame)
         if type(obj) is not dict:
             raise BadFrame(f"frame is a JSON {type(obj).__name__}, not an object")
         stream = obj.get("stream")
@@ -313,13 +313,9 @@ class BinanceProtocol:
 
     def _parse_fast(self, frame: bytes | str, recv_ts: float) -> OrderBookSnapshot | None:
         """The snapshot of a partial-book frame of the usual shape, or None to take the general path."""
-        if type(frame) is bytes:
-            raw = frame
-        else:
-            try:  # text; or bytearray, memoryview: orjson takes them, so the general path does
-                raw = frame.encode() if isinstance(frame, str) else memoryview(frame).tobytes()
-            except (TypeError, UnicodeEncodeError):  # not bytes-like; a lone surrogate: for the general path
-                return None
+        raw = frame if type(frame) is bytes else frame_bytes(frame)
+        if raw is None:
+            return None
         head = _FAST_HEAD.match(raw)
         if head is None:
             return None
@@ -408,44 +404,27 @@ def _shutdown(event: dict[str, Any]) -> ShutdownNotice:
 
 
 # ---- the descriptor ----------------------------------------------------------------------------------------
+def _streams_per_connection(value: int) -> int:
+    if not 1 <= value <= MAX_STREAMS_PER_CONNECTION:
+        raise ValueError(f"Binance allows 1 to {MAX_STREAMS_PER_CONNECTION} streams per connection")
+    return value
+
+
+StreamsPerConnection = Annotated[int, AfterValidator(_streams_per_connection)]
+
+
 class Settings(BaseSettings):
     """Binance's settings (``MD_BINANCE_*``); part of `feeder.settings.FeederSettings`."""
 
     model_config = SettingsConfigDict(env_prefix="MD_", env_file=".env", extra="ignore")
 
-    binance_symbols: str = "BTCUSDT,ETHUSDT"
-    binance_url: str = DEFAULT_URL
-    binance_symbols_per_connection: int = MAX_STREAMS_PER_CONNECTION
+    binance_symbols: SymbolList = "BTCUSDT,ETHUSDT"
+    binance_url: WebSocketUrl = DEFAULT_URL
+    binance_symbols_per_connection: StreamsPerConnection = MAX_STREAMS_PER_CONNECTION
     binance_depth: Literal[5, 10, 20] = 20
     binance_speed: Literal["100ms", "1000ms"] = "100ms"
-    binance_max_lifetime: float = 23 * 3600.0
+    binance_max_lifetime: PositiveSeconds = 23 * 3600.0
     """Seconds before a Binance connection is replaced (Binance cuts at 24 h); the new one opens first."""
-
-    @field_validator("binance_symbols")
-    @classmethod
-    def _check_binance_symbols(cls, value: str) -> str:
-        return check_symbol_list(value)
-
-    @field_validator("binance_url")
-    @classmethod
-    def _check_binance_url(cls, value: str) -> str:
-        return check_ws_url(value)
-
-    @field_validator("binance_symbols_per_connection")
-    @classmethod
-    def _check_binance_per_connection(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError("must be at least 1")
-        if value > MAX_STREAMS_PER_CONNECTION:
-            raise ValueError(f"Binance allows at most {MAX_STREAMS_PER_CONNECTION} streams per connection")
-        return value
-
-    @field_validator("binance_max_lifetime")
-    @classmethod
-    def _check_binance_lifetime(cls, value: float) -> float:
-        if not value > 0:
-            raise ValueError("must be a positive number of seconds")
-        return value
 
 
 def _build(settings: FeederSettings) -> BinanceProtocol:

@@ -1,8 +1,9 @@
 """The exchanges the feeder speaks: one descriptor and one settings class per exchange module.
 
 Adding an exchange: write its module (protocol, ``Settings``, ``DESCRIPTOR``; see `feeder.exchanges.base`),
-add its fixtures under tests/data/frames/, and add it to the two lines below. Settings validators are
-named after their exchange (``_check_upbit_url``): pydantic keeps one validator per name across the bases.
+add its fixtures under tests/data/frames/, and add it to the two lines below.
+Declare checked fields with the typed aliases (`SymbolList`, `WebSocketUrl`, ``client.settings``'s
+`PositiveSeconds`...): a ``field_validator`` method would clash with another exchange's of the same name.
 """
 
 from __future__ import annotations

@@ -27,12 +27,12 @@ from time import time as _now
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import orjson
-from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from client.errors import InvalidSymbolError
 from client.layout import validate_symbol
 from client.models import Level, OrderBookSnapshot
+from client.settings import AtLeastOne
 from feeder.exchanges.base import (
     Ack,
     BadFrame,
@@ -41,8 +41,10 @@ from feeder.exchanges.base import (
     ExchangeDescriptor,
     KeepAlive,
     Pacing,
-    check_symbol_list,
-    check_ws_url,
+    SymbolList,
+    WebSocketUrl,
+    frame_bytes,
+    load_json,
     remember_raw_name,
     split_list,
     unique_symbols,
@@ -268,10 +270,7 @@ class UpbitProtocol:
         snapshot = self._parse_fast(frame, recv_ts)
         if snapshot is not None:
             return [snapshot]
-        try:
-            obj = orjson.loads(frame)
-        except (ValueError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
-            raise BadFrame(f"not JSON: {str(exc)[:100]}") from None
+        obj = load_json(frame)
         if type(obj) is dict:
             event = self._event(obj, recv_ts)
             return [] if event is None else [event]
@@ -330,13 +329,9 @@ class UpbitProtocol:
 
     def _parse_fast(self, frame: bytes | str, recv_ts: float) -> OrderBookSnapshot | None:
         """The snapshot of an order-book frame of the usual shape, or None to take the general path."""
-        if type(frame) is bytes:
-            raw = frame
-        else:
-            try:  # text; or bytearray, memoryview: orjson takes them, so the general path does
-                raw = frame.encode() if isinstance(frame, str) else memoryview(frame).tobytes()
-            except (TypeError, UnicodeEncodeError):  # not bytes-like; a lone surrogate: for the general path
-                return None
+        raw = frame if type(frame) is bytes else frame_bytes(frame)
+        if raw is None:
+            return None
         for spelling, head_re in enumerate(_FAST_HEADS):  # noqa: B007 - used after the loop
             head = head_re.match(raw)
             if head is not None:
@@ -406,28 +401,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MD_", env_file=".env", extra="ignore")
 
-    upbit_symbols: str = "KRW-BTC,KRW-ETH,KRW-USDT"
-    upbit_url: str = DEFAULT_URL
+    upbit_symbols: SymbolList = "KRW-BTC,KRW-ETH,KRW-USDT"
+    upbit_url: WebSocketUrl = DEFAULT_URL
     upbit_format: Literal["DEFAULT", "SIMPLE", "JSON_LIST", "SIMPLE_LIST"] = "SIMPLE"
     """SIMPLE sends the same books with shorter keys: fewer bytes to receive and parse."""
-    upbit_symbols_per_connection: int = 100
-
-    @field_validator("upbit_symbols")
-    @classmethod
-    def _check_upbit_symbols(cls, value: str) -> str:
-        return check_symbol_list(value)
-
-    @field_validator("upbit_url")
-    @classmethod
-    def _check_upbit_url(cls, value: str) -> str:
-        return check_ws_url(value)
-
-    @field_validator("upbit_symbols_per_connection")
-    @classmethod
-    def _check_upbit_per_connection(cls, value: int) -> int:
-        if value < 1:
-            raise ValueError("must be at least 1")
-        return value
+    upbit_symbols_per_connection: AtLeastOne = 100
 
 
 def _build(settings: FeederSettings) -> UpbitProtocol:

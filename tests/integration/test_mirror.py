@@ -236,7 +236,7 @@ async def test_async_updates_iterator(backend: Backend, aclient: Any) -> None:
         await asyncio.wait_for(consumer, 5)
         assert sorted(s.symbol for s in received) == ["BTCUSDT", "KRW-S0"]
         assert await p.await_for_update(["KRW-S0"], timeout=0.1) == []
-        assert list(p._cache.queues) == [q for q in p._cache.queues if q in p._wait_queues.values()]
+        assert list(p._cache.consumers) == [q for q in p._cache.consumers if q in p._wait_queues.values()]
     assert set(asyncio.all_tasks()) == before
 
 

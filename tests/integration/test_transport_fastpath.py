@@ -8,8 +8,6 @@ pipeline (correct but ~35 µs slower a read); here that fails loudly instead.
 
 from __future__ import annotations
 
-import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import redis.asyncio.connection
 import redis.client
 import redis.connection
 from support.backends import Backend
+from support.pins import installed_within_pin
 
 from client.layout import Command, Flow
 from client.transport import arun_flow, arun_flows, packed_commands, run_flow
@@ -55,16 +54,8 @@ class _Wrapped(redis.Redis):
 
 
 def test_pinned_redis_py_is_the_one_installed() -> None:
-    spec = next(
-        d
-        for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-        if d.startswith("redis")
-    )
-    low, high = (int(x) for x in re.findall(r"[<>]=?(\d+)", spec))
-    major = int(redis.__version__.split(".")[0])
-    assert (
-        low <= major < high
-    ), f"redis-py {redis.__version__} outside the pin {spec}: re-check client/transport.py"
+    inside, spec = installed_within_pin("redis", redis.__version__)
+    assert inside, f"redis-py {redis.__version__} outside the pin {spec}: re-check client/transport.py"
 
 
 def test_plain_clients_take_the_fast_path_and_others_do_not(redis_server: Any) -> None:

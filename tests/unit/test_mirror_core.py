@@ -10,7 +10,7 @@ from typing import Any
 
 from client.freshness import book_state, judge
 from client.layout import RedisLayout, StoredBook, encode_book
-from client.mirror import BookCache, MirrorPlan, SubscriberCore
+from client.mirror import BookCache, CallbackConsumer, MirrorPlan, SubscriberCore
 from client.mirror.subscriber import Receive, RunFlow, Subscribe, Synced
 from client.models import BookState, OrderBookSnapshot
 
@@ -104,14 +104,14 @@ def test_consumers_register_from_other_threads_while_the_subscriber_publishes() 
     cache = BookCache(LAYOUT)
     stop = threading.Event()
     seen: list[int] = []
-    steady = (None, lambda snapshot: seen.append(snapshot.seq or 0))
-    cache.add_callback(steady)
+    steady = CallbackConsumer(None, lambda snapshot: seen.append(snapshot.seq or 0))
+    cache.add_consumer(steady)
 
     def churn() -> None:
         while not stop.is_set():
-            consumer = (None, lambda snapshot: None)
-            cache.add_callback(consumer)
-            cache.remove_callback(consumer)
+            consumer = CallbackConsumer(None, lambda snapshot: None)
+            cache.add_consumer(consumer)
+            cache.remove_consumer(consumer)
 
     thread = threading.Thread(target=churn)
     thread.start()
@@ -123,4 +123,4 @@ def test_consumers_register_from_other_threads_while_the_subscriber_publishes() 
         stop.set()
         thread.join()
     assert seen == list(range(1, 3001))  # the steady consumer saw every update, in order, once
-    assert cache.callbacks == (steady,)
+    assert cache.consumers == (steady,)
