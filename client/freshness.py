@@ -15,6 +15,13 @@ from client.errors import CorruptSnapshotError
 from client.layout import StoredBook
 from client.models import BookState, OrderBookSnapshot, SnapshotStatus
 
+# Enum members read once: `BookState.LIVE` costs ~0.15 µs a read on CPython 3.11, and the mirror's hot path
+# judges a book in well under a microsecond.
+LIVE = BookState.LIVE
+_DOWN = BookState.CONNECTION_DOWN
+_DEAD = BookState.FEEDER_DEAD
+_OLD = BookState.TOO_OLD
+
 
 def book_state(
     book: StoredBook, alive: Container[str], max_age: float | None, now: float | None = None
@@ -24,12 +31,12 @@ def book_state(
     `now` (epoch seconds) is read from the clock only when `max_age` needs it.
     """
     if not book.live:
-        return BookState.CONNECTION_DOWN
+        return _DOWN
     if book.heartbeat and book.feeder not in alive:
-        return BookState.FEEDER_DEAD
+        return _DEAD
     if max_age is not None and (time.time() if now is None else now) - book.recv_ts > max_age:
-        return BookState.TOO_OLD
-    return BookState.LIVE
+        return _OLD
+    return LIVE
 
 
 def judge(

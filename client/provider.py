@@ -32,7 +32,7 @@ from client.errors import (
     MarketDataUnavailableError,
     StaleSnapshotError,
 )
-from client.freshness import Judged, book_state, judge
+from client.freshness import LIVE, Judged, book_state, judge
 from client.layout import (
     Flow,
     RedisLayout,
@@ -521,7 +521,7 @@ class RedisMarketDataProvider(MarketDataProvider):
         if keys is None or len(keys) != 1 or not cache.connected:
             return None
         book = cache.books[keys[0]]
-        if book_state(book, cache.alive, self.max_age) is BookState.LIVE:
+        if book_state(book, cache.alive, self.max_age) is LIVE:
             return book.snapshot
         return None
 

@@ -132,15 +132,12 @@ def _packed_round_trip(client: redis.Redis, commands: list[Command]) -> list[Any
 # --------------------------------------------------------------------------------------------- asyncio
 async def arun_flow(client: redis.asyncio.Redis, flow: Flow[T]) -> T:
     """Drive a flow with an asyncio client: one pipelined round trip per yielded command list."""
-    packed = packed_commands(client)
+    round_trip = _apacked_round_trip if packed_commands(client) else _apipeline_round_trip
     try:
         commands = next(flow)
         while True:
             try:
-                if packed:
-                    replies = (await _apacked_exchange(client, [_one_round(commands)]))[0]
-                else:
-                    replies = await _apipeline_round_trip(client, commands)
+                replies = await round_trip(client, commands)
             except Exception as exc:
                 commands = flow.throw(exc)
                 continue
@@ -166,6 +163,11 @@ async def _apipeline_round_trip(client: redis.asyncio.Redis, commands: list[Comm
     for command in commands:
         pipe.execute_command(*command)
     return await pipe.execute(raise_on_error=False)
+
+
+async def _apacked_round_trip(client: redis.asyncio.Redis, commands: list[Command]) -> list[Any]:
+    replies: list[Any] = (await _apacked_exchange(client, [_one_round(commands)]))[0]
+    return replies
 
 
 def _one_round(commands: list[Command]) -> Flow[list[Any]]:
