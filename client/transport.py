@@ -17,6 +17,7 @@ with the installed version and fails if it silently falls back.
 
 A driver throws any exception of a round trip (Redis unreachable, a timeout) into the flow at its ``yield``:
 a flow may turn it into a result (the provider's reads answer "unavailable"); if it does not, it propagates.
+The asyncio drivers also re-raise a cancellation that the client swallowed (`raise_if_cancelled`).
 """
 
 from __future__ import annotations
@@ -67,6 +68,18 @@ def packed_commands(client: object) -> bool:
     kwargs = pool.connection_kwargs
     encoding = str(kwargs.get("encoding", "utf-8")).lower().replace("-", "")
     return encoding == "utf8" and kwargs.get("encoding_errors", "strict") == "strict"
+
+
+def raise_if_cancelled() -> None:
+    """Re-raise a cancellation of the current task that an awaited library call swallowed.
+
+    CPython 3.11's ``asyncio.wait_for`` loses a cancellation when the awaited result arrives in the same loop
+    step (fixed in 3.12); fakeredis waits for replies with it. The task then carries on as if never cancelled,
+    and an owner that cancelled it and waits for it to end waits forever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _packed(commands: list[Command]) -> bytes:
@@ -141,6 +154,7 @@ async def arun_flow(client: redis.asyncio.Redis, flow: Flow[T]) -> T:
             except Exception as exc:
                 commands = flow.throw(exc)
                 continue
+            raise_if_cancelled()
             commands = flow.send(replies)
     except StopIteration as stop:
         result: T = stop.value

@@ -31,7 +31,7 @@ import redis.exceptions
 
 from client.layout import Flow
 from client.mirror.cache import BookCache, MirrorPlan
-from client.transport import arun_flow, run_flow
+from client.transport import arun_flow, raise_if_cancelled, run_flow
 
 log = logging.getLogger("client.mirror")
 
@@ -239,6 +239,7 @@ class TaskSubscriber:
         session = self.core.session()
         result: Any = None
         while True:
+            raise_if_cancelled()  # the client may have swallowed our stop (see client.transport)
             operation = session.send(result)
             result = None
             if type(operation) is Receive:

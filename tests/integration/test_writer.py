@@ -195,3 +195,21 @@ async def test_deferred_decoding_counts_malformed_frames_and_survives_a_parser_b
     assert connection.decode_deferred(good, 1.5, "BTCUSDT") is None
     assert connection.stats.bad_frames == 3
     assert "decoding a frame failed unexpectedly" in caplog.text
+
+
+async def test_a_cancelled_writer_ends_even_when_the_client_swallows_the_cancellation() -> None:
+    """fakeredis waits for replies with Python 3.11's wait_for, which loses a cancellation arriving as the reply
+    does; the transport re-raises it, so the owner's cancel-and-wait (feeder shutdown) never hangs."""
+    import fakeredis
+
+    for round_ in range(40):
+        writer = SnapshotWriter(fakeredis.FakeAsyncRedis(), RedisLayout(), "w1")
+        task = asyncio.create_task(writer.run())
+        for i in range(1 + round_ * 5):
+            writer.submit("upbit", book(f"KRW-S{i % 7}", i))
+            if i % 10 == 0:
+                await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=2)
+        assert done, f"round {round_}: the writer did not end after cancel()"
+        assert task.cancelled()
