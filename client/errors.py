@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import redis.exceptions
+
 
 class MarketDataError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -38,8 +40,39 @@ class CorruptSnapshotError(MarketDataError):
 
 
 class MarketDataUnavailableError(MarketDataError):
-    """Strict mode: Redis could not be reached, so no book can be vouched for."""
+    """Redis could not be reached: raised by writes, and by reads in strict mode (otherwise they return None)."""
 
 
 class SettingsError(MarketDataError):
     """A bad setting; the message names the environment variable."""
+
+
+class RedisCommandError(MarketDataError, redis.exceptions.ResponseError):
+    """Redis refused a command; the message names the command and its key, `error` is redis-py's exception.
+
+    Also a redis-py `ResponseError`, so that code catching Redis errors (the feeder's retry loops) keeps
+    catching it.
+    """
+
+    def __init__(self, command: str, key: str | None, error: BaseException) -> None:
+        where = f" on {key!r}" if key else ""
+        super().__init__(f"Redis refused {command}{where}: {error}")
+        self.command = command
+        self.key = key
+        self.error = error
+
+
+class MarketDataPermissionError(RedisCommandError):
+    """The Redis user lacks a permission (ACL): the message names the command and key Redis refused."""
+
+
+def redis_error(error: redis.exceptions.RedisError) -> MarketDataError:
+    """A redis-py error that reached a caller outside any one command (e.g. AUTH at connect) as our own."""
+    if isinstance(error, MarketDataError):
+        return error
+    kind = (
+        MarketDataPermissionError
+        if isinstance(error, redis.exceptions.NoPermissionError)
+        else RedisCommandError
+    )
+    return kind("a round trip", None, error)

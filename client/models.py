@@ -55,7 +55,7 @@ class SnapshotStatus:
     exchange: str
     symbol: str
     state: BookState
-    age: float | None = None  # seconds since the feeder received the frame (or the book was written)
+    age: float | None = None  # seconds since the book was written, on Redis's clock
     seq: int | None = None
     feeder: str | None = None
     detail: str = ""

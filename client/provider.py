@@ -28,16 +28,21 @@ import redis.exceptions
 
 from client.errors import (
     CorruptSnapshotError,
+    InvalidSnapshotError,
     MarketDataError,
     MarketDataUnavailableError,
     StaleSnapshotError,
+    redis_error,
 )
 from client.freshness import LIVE, Judged, book_state, judge
 from client.layout import (
+    REFUSED_FUTURE,
+    TIME_ID_LEAD_MS,
     Flow,
     RedisLayout,
     StoredBook,
     book_identity,
+    command_error,
     decode_book_fields,
     encode_book,
     feeder_alive,
@@ -150,7 +155,7 @@ class RedisMarketDataProvider(MarketDataProvider):
             self._owns_sync = True
             self._owns_async = True  # built lazily, inside the event loop that first needs it
         self._resolver = SymbolResolver(self.layout)
-        self._feeder_guess: dict[str, str] = {}
+        self._feeder_guess: dict[str, tuple[str, ...]] = {}  # book key -> its holders at the last read
         self._warned: set[tuple[str, str]] = set()
         self._corrupt: dict[tuple[str, str], CorruptSnapshotError] = {}
         self._decoded: dict[str, tuple[tuple[Any, ...], StoredBook]] = {}
@@ -201,11 +206,25 @@ class RedisMarketDataProvider(MarketDataProvider):
     # ----------------------------------------------------------------------------------------- execute points
     def _execute(self, flow: Flow[T]) -> T:
         """Run a flow with the sync client (the one execute point of every sync method)."""
-        return run_flow(self._sync(), flow)
+        try:
+            return run_flow(self._sync(), flow)
+        except MarketDataError:
+            raise
+        except _REDIS_DOWN as exc:
+            raise self._unreachable(exc) from exc
+        except redis.exceptions.RedisError as exc:
+            raise redis_error(exc) from exc
 
     async def _aexecute(self, flow: Flow[T]) -> T:
         """Run a flow with the asyncio client (the one execute point of every asyncio method)."""
-        return await arun_flow(self._async(), flow)
+        try:
+            return await arun_flow(self._async(), flow)
+        except MarketDataError:
+            raise
+        except _REDIS_DOWN as exc:
+            raise self._unreachable(exc) from exc
+        except redis.exceptions.RedisError as exc:
+            raise redis_error(exc) from exc
 
     async def _aexecute_any(self, flow: Flow[T]) -> T:
         """`_aexecute`, or, for a provider given only a sync client, `_execute` on a worker thread (never a
@@ -279,6 +298,11 @@ class RedisMarketDataProvider(MarketDataProvider):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.astop()
+
+    def _unreachable(self, exc: BaseException) -> MarketDataUnavailableError:
+        return MarketDataUnavailableError(
+            f"Redis at {mask_url(self.settings.redis_url)} is unavailable: {exc}"
+        )
 
     def _warn_not_answering(self, exc: BaseException) -> None:
         log.warning(
@@ -521,7 +545,7 @@ class RedisMarketDataProvider(MarketDataProvider):
         if keys is None or len(keys) != 1 or not cache.connected:
             return None
         book = cache.books[keys[0]]
-        if book_state(book, cache.alive, self.max_age) is LIVE:
+        if book_state(book, cache.alive, self.max_age, None, cache.clock_offset) is LIVE:
             return book.snapshot
         return None
 
@@ -533,7 +557,7 @@ class RedisMarketDataProvider(MarketDataProvider):
             return results, list(range(len(targets)))
         cache = self._cache
         rest: list[int] = []
-        now = time.time()
+        now = cache.redis_now()
         for i, (exchange, symbol) in enumerate(targets):
             if exchange is None:
                 keys = cache.by_symbol.get(symbol)
@@ -594,12 +618,13 @@ class RedisMarketDataProvider(MarketDataProvider):
             self.layout.book_key(ex, s) if ex else None for ex, (_, s) in zip(exchanges, targets, strict=True)
         ]
         present = [k for k in keys if k is not None]
-        guesses = sorted({self._feeder_guess[k] for k in present if k in self._feeder_guess})
-        raws, states = yield from read_books_flow(self.layout, present, guesses)
+        guesses = sorted({h for k in present for h in self._feeder_guess.get(k, ())})
+        raws, states, now = yield from read_books_flow(self.layout, present, guesses)
         decoded: dict[str, StoredBook | CorruptSnapshotError | None] = {}
         for key, raw in zip(present, raws, strict=True):
-            if isinstance(raw, Exception):
-                raise raw
+            if isinstance(raw, Exception):  # e.g. WRONGTYPE: another kind of value under the book's name
+                decoded[key] = CorruptSnapshotError(key, "*", f"unreadable ({raw})")
+                continue
             identity = book_identity(raw)
             seen = self._decoded.get(key)
             if seen is not None and seen[0] == identity:
@@ -617,15 +642,16 @@ class RedisMarketDataProvider(MarketDataProvider):
                 self._decoded[key] = (identity, fresh)
         unknown = sorted(
             {
-                b.feeder
+                h
                 for b in decoded.values()
-                if isinstance(b, StoredBook) and b.heartbeat and b.feeder not in states
+                if isinstance(b, StoredBook) and b.heartbeat
+                for h in b.holders
+                if h not in states
             }
         )
         if unknown:
-            states.update((yield from feeder_states_flow(self.layout, unknown)))
+            states.update((yield from feeder_states_flow(self.layout, unknown))[0])
         alive = {feeder for feeder, state in states.items() if feeder_alive(state)}
-        now = time.time()
         return [
             self._judge(ex or "", symbol, decoded.get(key) if key else None, alive, now)
             for ex, (_, symbol), key in zip(exchanges, targets, keys, strict=True)
@@ -644,8 +670,15 @@ class RedisMarketDataProvider(MarketDataProvider):
         encoded = encode_book(
             self.layout, snapshot, exchange=exchange, writer=self.writer_id, heartbeat=False
         )
-        seqs = yield from write_flow(self.layout, [encoded])
-        return seqs[0] > 0
+        (result,) = yield from write_flow(self.layout, [encoded])
+        if isinstance(result, Exception):
+            raise command_error(encoded.script_command(), result) from result
+        if result == REFUSED_FUTURE:
+            raise InvalidSnapshotError(
+                f"{exchange}:{snapshot.symbol}: ordering id {encoded.xid} is more than {TIME_ID_LEAD_MS} ms "
+                "ahead of Redis's clock (a timestamp in the future would outrank every later book)"
+            )
+        return result > 0
 
     def _keys_flow(self, symbols: Iterable[str] | None, exchange: str | None) -> Flow[set[str] | None]:
         """The book keys of `symbols` (None: every book); while Redis is away, names decide."""
@@ -694,7 +727,7 @@ class RedisMarketDataProvider(MarketDataProvider):
         elif book is not None:
             self._warned.discard((f"{exchange}:{symbol}", "corrupt"))
             if book.heartbeat:
-                self._feeder_guess[book.key] = book.feeder
+                self._feeder_guess[book.key] = book.holders
         status = judge(exchange, symbol, book, alive, self.max_age, now)
         return status, book.snapshot if isinstance(book, StoredBook) else None
 

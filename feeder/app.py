@@ -19,7 +19,7 @@ from feeder.connection import ConnectionSettings, ExchangeConnection, OpenRateLi
 from feeder.exchanges.registry import EXCHANGES
 from feeder.settings import FeederSettings
 from feeder.sharding import split_for_connections, take_shard
-from feeder.status import FeederStatus, StatusFields
+from feeder.status import REDIS_ERRORS, FeederIdInUseError, FeederStatus, StatusFields
 from feeder.writer import SnapshotWriter
 
 log = logging.getLogger(__name__)
@@ -38,11 +38,24 @@ class Feeder:
             socket_timeout=settings.redis_timeout,
             socket_connect_timeout=settings.redis_timeout,
         )
-        self.writer = SnapshotWriter(self.redis, self.layout, self.id, batch=settings.write_batch)
+        time_ordered = {ex for ex in settings.exchange_list if EXCHANGES[ex].time_ordered_ids}
+        self.writer = SnapshotWriter(
+            self.redis, self.layout, self.id, batch=settings.write_batch, time_ordered=time_ordered
+        )
         self.status = FeederStatus(
-            self.redis, self.layout, self.id, self._status_fields, ttl=settings.heartbeat_ttl
+            self.redis,
+            self.layout,
+            self.id,
+            self._status_fields,
+            ttl=settings.heartbeat_ttl,
+            writing=lambda: self.writer.redis_ok,
+            on_loss=lambda: self.writer.rewrite_all(
+                "Redis lost this feeder's record (restart, flush or fail-over)"
+            ),
         )
         self.connections = self._build_connections()
+        self.exit_code = 0  # 2 when the feeder stopped because another process uses its id
+        self._claimed = False
 
     def _build_connections(self) -> list[ExchangeConnection]:
         s = self.settings
@@ -94,6 +107,10 @@ class Feeder:
             "written": w.written,
             "coalesced": w.coalesced,
             "rejected": w.rejected,
+            "joined": w.joined,
+            "future": w.future,
+            "failed": w.failed,
+            "rewrites": w.rewrites,
             "bad": sum(c.stats.bad_frames for c in conns),
             "exchange_errors": sum(c.stats.exchange_errors for c in conns),
             "reconnects": sum(c.stats.reconnects for c in conns),
@@ -126,10 +143,18 @@ class Feeder:
             mask_url(s.redis_url),
             s.prefix,
         )
-        await self.status.beat()  # before the first book, so readers never see books of an unknown feeder
+        try:
+            # before the first book, so that readers never see books of an unknown feeder
+            await self._claim()
+        except FeederIdInUseError as exc:
+            log.error("%s", exc)
+            self.exit_code = 2
+            if self._owns_client:
+                await self.redis.aclose()
+            return
         background = [
             asyncio.create_task(self.writer.run(), name="writer"),
-            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._heartbeat_loop(stop), name="heartbeat"),
             asyncio.create_task(self._summary_loop(), name="summary"),
         ]
         readers = [asyncio.create_task(c.run(), name=c.name) for c in self.connections]
@@ -147,10 +172,29 @@ class Feeder:
                 await self.redis.aclose()
             log.info("feeder %s: stopped (%s)", self.id, self.summary())
 
-    async def _heartbeat_loop(self) -> None:
+    async def _claim(self) -> None:
+        try:
+            await self.status.claim(self.settings.heartbeat_interval)
+        except REDIS_ERRORS as exc:
+            log.warning(
+                "feeder %s: Redis does not answer yet (%s); its id is claimed once it does", self.id, exc
+            )
+            return
+        self._claimed = True
+
+    async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
-            await self.status.beat()
+            try:
+                if not self._claimed:
+                    await self._claim()
+                else:
+                    await self.status.beat()
+            except FeederIdInUseError as exc:
+                log.error("%s: stopping", exc)
+                self.exit_code = 2
+                stop.set()
+                return
 
     async def _summary_loop(self) -> None:
         while True:

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"md-feeder: {exc}", file=sys.stderr)
         return 2
     asyncio.run(_run(feeder))
-    return 0
+    return feeder.exit_code
 
 
 if __name__ == "__main__":

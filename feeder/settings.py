@@ -11,7 +11,7 @@ import re
 
 from pydantic import field_validator, model_validator
 
-from client.layout import process_writer_id, validate_writer_id
+from client.layout import host_writer_id, validate_writer_id
 from client.settings import AtLeastOne, ClientSettings, NonNegativeSeconds, PositiveSeconds
 from feeder.exchanges.registry import EXCHANGES, ExchangeSettings
 
@@ -31,7 +31,8 @@ class FeederSettings(ClientSettings, ExchangeSettings):
     """Settings of one `md-feeder` process."""
 
     feeder_id: str = ""
-    """Id of this feeder in Redis (md:feeder:<id>, the `feeder` field of its books). Empty: <host>-<pid>."""
+    """Id of this feeder in Redis (md:feeder:<id>, the `feeder` field of its books). Empty: <host>-<exchanges>
+    (plus -<K>of<N> for a shard), the same across restarts of the same service."""
     exchanges: str = "upbit,binance"
     """Comma-separated exchanges this process feeds."""
     shard: str = "1/1"
@@ -56,7 +57,7 @@ class FeederSettings(ClientSettings, ExchangeSettings):
     @field_validator("feeder_id")
     @classmethod
     def _check_feeder_id(cls, value: str) -> str:
-        return validate_writer_id(value) if value else process_writer_id("-")
+        return validate_writer_id(value) if value else ""
 
     @field_validator("exchanges")
     @classmethod
@@ -85,6 +86,13 @@ class FeederSettings(ClientSettings, ExchangeSettings):
     def _heartbeat_fits_ttl(self) -> FeederSettings:
         if self.heartbeat_ttl <= self.heartbeat_interval:
             raise ValueError("MD_HEARTBEAT_TTL must be longer than MD_HEARTBEAT_INTERVAL")
+        return self
+
+    @model_validator(mode="after")
+    def _default_feeder_id(self) -> FeederSettings:
+        if not self.feeder_id:
+            k, n = self.shard_pair
+            self.feeder_id = host_writer_id(*self.exchange_list, *([f"{k}of{n}"] if n > 1 else []))
         return self
 
     # -------------------------------------------------------------------------------------------- derived

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, Protocol
@@ -30,7 +30,16 @@ from typing import Any, Protocol
 import redis.asyncio
 import redis.exceptions
 
-from client.layout import EncodedBook, Flow, RedisLayout, encode_book, mark_down_flow, write_flow
+from client.layout import (
+    JOINED,
+    REFUSED_FUTURE,
+    EncodedBook,
+    Flow,
+    RedisLayout,
+    encode_book,
+    mark_down_flow,
+    write_flow,
+)
 from client.models import OrderBookSnapshot
 from client.transport import arun_flows
 
@@ -57,7 +66,13 @@ REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 class WriterStats:
     submitted: int = 0
     written: int = 0  # accepted by the ordering check
-    rejected: int = 0  # older than (or as old as another writer's) stored book
+    rejected: int = 0  # older than the stored book
+    joined: int = 0  # the stored book again, delivered by this feeder too: recorded as one of its holders
+    future: int = 0  # refused: a time-based ordering id too far ahead of Redis's clock
+    failed: int = (
+        0  # refused by Redis for this key alone (a wrong-typed key...): counted, logged once per key
+    )
+    rewrites: int = 0  # times Redis lost data (restart, flush, fail-over) and every latest book was rewritten
     coalesced: int = 0  # replaced in the buffer by a newer book before it was written
     batches: int = 0
     marked_down: int = 0
@@ -76,6 +91,7 @@ class SnapshotWriter:
         *,
         batch: int = 500,
         max_backoff: float = 1.0,
+        time_ordered: Container[str] = (),
     ) -> None:
         self._redis = client
         self._layout = layout
@@ -85,6 +101,9 @@ class SnapshotWriter:
         self._pending: dict[BookId, OrderBookSnapshot | Deferred] = {}
         self._down: dict[BookId, None] = {}
         self._indexed: set[str] = set()
+        self._time_ordered = time_ordered  # exchanges whose ordering id is a time (Upbit's timestamp)
+        self._last: dict[BookId, OrderBookSnapshot] = {}  # the latest book Redis took, per key (for rewrites)
+        self._failing: dict[str, str] = {}  # keys Redis refuses, with the reason (logged once each)
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -130,9 +149,25 @@ class SnapshotWriter:
         for symbol in symbols:
             book_id = (exchange, symbol)
             self._pending.pop(book_id, None)
+            self._last.pop(book_id, None)  # not ours to rewrite any more
             self._down[book_id] = None
         self._idle.clear()
         self._wake.set()
+
+    def rewrite_all(self, why: str) -> None:
+        """Redis lost data (restarted empty, flushed, failed over): write the latest book of every key again,
+        so that quiet books, which no new frame would rewrite, are not lost. Newer pending books stay."""
+        self.stats.rewrites += 1
+        self._indexed.clear()
+        count = 0
+        for book_id, snapshot in self._last.items():
+            if book_id not in self._pending and book_id not in self._down:
+                self._pending[book_id] = snapshot
+                count += 1
+        log.warning("%s: rewriting the latest book of %d keys", why, count)
+        if count:
+            self._idle.clear()
+            self._wake.set()
 
     @property
     def pending(self) -> int:
@@ -188,8 +223,9 @@ class SnapshotWriter:
             items = []
             for book_id in list(self._pending)[: self._batch]:
                 items.append((book_id, self._pending.pop(book_id)))
-        encoded: list[EncodedBook] = []
+        encoded: list[tuple[BookId, OrderBookSnapshot, EncodedBook]] = []
         decoded: dict[BookId, OrderBookSnapshot | None] = {}  # deferred frames decoded for this batch
+        time_ordered = self._time_ordered
 
         def encode(chunk: list[tuple[BookId, OrderBookSnapshot | Deferred]]) -> list[EncodedBook]:
             books = []
@@ -198,25 +234,25 @@ class SnapshotWriter:
                     snap = item
                 else:
                     frame, recv_ts, source = item
-                    decoded[book_id] = book = source.decode_deferred(frame, recv_ts, book_id[1])
-                    if book is None:
+                    decoded[book_id] = fresh = source.decode_deferred(frame, recv_ts, book_id[1])
+                    if fresh is None:
                         self.stats.malformed += 1
                         continue
-                    snap = book
-                books.append(
-                    encode_book(
-                        self._layout,
-                        snap,
-                        exchange=book_id[0],
-                        writer=self._feeder_id,
-                        heartbeat=True,
-                        validate=False,
-                    )
+                    snap = fresh
+                book = encode_book(
+                    self._layout,
+                    snap,
+                    exchange=book_id[0],
+                    writer=self._feeder_id,
+                    heartbeat=True,
+                    validate=False,
+                    time_ordered=book_id[0] in time_ordered,
                 )
-            encoded.extend(books)
+                books.append(book)
+                encoded.append((book_id, snap, book))
             return books
 
-        def flows() -> Iterator[Flow[list[int]]]:
+        def flows() -> Iterator[Flow[list[int | Exception]]]:
             # chunks, each encoded only when the previous one is on its way to Redis (`_packed_round_trips`);
             # a small batch goes in one write (one syscall), a large one starts with a small chunk
             bounds = (
@@ -230,7 +266,7 @@ class SnapshotWriter:
                     yield write_flow(self._layout, books, indexed=self._indexed)
 
         try:
-            seqs = [seq for chunk_seqs in await self._run_flows(flows()) for seq in chunk_seqs]
+            results = [r for chunk in await self._run_flows(flows()) for r in chunk]
         except BaseException:
             # Put the batch back unless something newer (or a mark-down) arrived meanwhile; a frame decoded
             # already goes back as its book (a malformed one not at all, it was counted).
@@ -243,12 +279,40 @@ class SnapshotWriter:
                     else:
                         self._pending[book_id] = item
             raise
-        for book in encoded:
-            self._indexed.add(book.key)
-        accepted = sum(1 for s in seqs if s)
-        self.stats.written += accepted
-        self.stats.rejected += len(seqs) - accepted
+        self._account(encoded, results)
         self.stats.batches += 1
+
+    def _account(
+        self, encoded: list[tuple[BookId, OrderBookSnapshot, EncodedBook]], results: list[int | Exception]
+    ) -> None:
+        stats = self.stats
+        for (book_id, snapshot, book), result in zip(encoded, results, strict=True):
+            if isinstance(result, Exception):
+                stats.failed += 1
+                if self._failing.get(book.key) is None:
+                    log.error(
+                        "Redis refuses writes of %s (%s); the other books are written", book.key, result
+                    )
+                    self._failing[book.key] = str(result)
+                continue
+            self._indexed.add(book.key)
+            if self._failing and self._failing.pop(book.key, None) is not None:
+                log.info("writes of %s are accepted again", book.key)
+            if result > 0:
+                stats.written += 1
+                self._last[book_id] = snapshot
+            elif result == JOINED:
+                stats.joined += 1
+                self._last[book_id] = snapshot
+            elif result == REFUSED_FUTURE:
+                stats.future += 1
+                if stats.future == 1 or stats.future % 1000 == 0:
+                    log.warning(
+                        "%s: ordering id %d is ahead of Redis's clock by more than the allowed margin: "
+                        "refused (%d so far; is a clock wrong?)", book.key, book.xid, stats.future,
+                    )  # fmt: skip
+            else:
+                stats.rejected += 1
 
     async def _run_flow(self, flow: Flow[Any]) -> Any:
         return (await self._run_flows([flow]))[0]

@@ -27,6 +27,13 @@ Command = tuple[Any, ...]
 # Ordering ids are compared as Lua numbers (doubles): beyond 2**53 they would no longer be exact.
 MAX_XID = 2**53
 MAX_TIMESTAMP = 1e12  # epoch seconds; its milliseconds stay below MAX_XID
+# A time-based ordering id (Upbit's timestamp, a legacy write's) may lead Redis's clock by this much at most:
+# one further ahead would outrank every later book of the key until the clock caught up.
+TIME_ID_LEAD_MS = 10_000
+# Levels per side a stored book may hold: beyond this it is not a book an exchange sent (readers: corrupt).
+MAX_LEVELS = 1000
+# Bytes of one side's JSON a reader decodes at most (a hand-made hash must not stall a reader).
+MAX_SIDE_BYTES = 256 * 1024
 
 
 # --------------------------------------------------------------------------------------------- encoding
@@ -44,24 +51,36 @@ class EncodedBook:
     def script_command(self) -> Command:
         return ("EVALSHA", WRITE_BOOK.sha, 1, self.key, *self.args)
 
-    def hash_fields(self, seq: int) -> dict[str, bytes | str]:
-        """The hash fields WRITE_BOOK stores as write number `seq` (what the script does, for tests)."""
-        xid, writer, _, exchange, symbol, bids, asks, bid, ask, ts, recv_ts, hb = self.args
+    def hash_fields(self, seq: int, rts: str, holders: str) -> dict[str, bytes | str]:
+        """The hash fields WRITE_BOOK stores as write number `seq` at Redis time `rts` (what the script does,
+        for tests); `holders` is the comma-separated list the write leaves."""
+        xid, writer, _, exchange, symbol, bids, asks, bid, ask, ts, recv_ts, hb, _, _ = self.args
         return {
             "seq": str(seq), "exchange": exchange, "symbol": symbol, "bids": bids, "asks": asks, "bid": bid,
             "ask": ask, "ts": ts, "recv_ts": recv_ts, "xid": xid, "feeder": writer, "live": "1", "hb": hb,
+            "holders": holders, "rts": rts,
         }  # fmt: skip
 
-    def message(self, seq: int) -> bytes:
+    def message(self, seq: int, rts: str, holders: str) -> bytes:
         """The message WRITE_BOOK publishes as write number `seq` (what the script does, for tests)."""
         middle, bids, asks = self.args[2], self.args[5], self.args[6]
         assert isinstance(middle, bytes) and isinstance(bids, bytes) and isinstance(asks, bytes)
-        return b'{"seq":%d,%b,"bids":%b,"asks":%b}' % (seq, middle, bids, asks)
+        listed = orjson.dumps(holders.split(",") if holders else [])
+        return b'{"seq":%d,"rts":%b,"holders":%b,%b,"bids":%b,"asks":%b}' % (
+            seq,
+            rts.encode(),
+            listed,
+            middle,
+            bids,
+            asks,
+        )
 
 
 def _check_levels(levels: object, side: str) -> list[Level]:
     if not isinstance(levels, list | tuple):
         raise InvalidSnapshotError(f"{side} must be a list of (price, qty) pairs")
+    if len(levels) > MAX_LEVELS:
+        raise InvalidSnapshotError(f"{side}: {len(levels)} levels, at most {MAX_LEVELS} are stored")
     out: list[Level] = []
     for level in levels:
         try:
@@ -113,12 +132,16 @@ def encode_book(
     xid: int | None = None,
     recv_ts: float | None = None,
     validate: bool = True,
+    time_ordered: bool | None = None,
 ) -> EncodedBook:
     """Encode a snapshot for WRITE_BOOK.
 
     `heartbeat` says whether the writer keeps ``<prefix>:feeder:<writer>`` alive: readers then judge the book
-    by that heartbeat, otherwise by ``max_age`` alone (books written directly by an engine's provider).
-    `validate=False` is for the feeder, whose protocol code has already checked every level.
+    by that heartbeat, otherwise by ``max_age`` alone (books written directly by an engine's provider), and a
+    feeder's book outranks a client's (see the script). `validate=False` is for the feeder, whose protocol
+    code has already checked every level. `time_ordered` says the ordering id is a time in milliseconds (then
+    Redis refuses one more than `TIME_ID_LEAD_MS` ahead of its clock); by default it is when the id is derived
+    from the timestamp (no `xid` given and none on the snapshot).
     """
     key = layout.book_key(exchange, snapshot.symbol)
     if validate:
@@ -132,7 +155,12 @@ def encode_book(
     else:
         bids, asks = snapshot.bids, snapshot.asks
     if xid is None:
-        xid = snapshot.xid if snapshot.xid is not None else round(snapshot.timestamp * 1000)
+        if snapshot.xid is not None:
+            xid = snapshot.xid
+        else:
+            xid = round(snapshot.timestamp * 1000)
+            if time_ordered is None:
+                time_ordered = True
     if validate and not (isinstance(xid, int) and 0 <= xid < MAX_XID):
         raise InvalidSnapshotError(f"ordering id must be an integer in [0, 2**53), not {xid!r}")
     if recv_ts is None:
@@ -166,8 +194,19 @@ def encode_book(
         _float_text(ts, ts_json),
         _float_text(recv_ts, recv_json) if type(recv_ts) is float else repr(float(recv_ts)),
         "1" if heartbeat else "0",
+        _LEAD if time_ordered else "",
+        _age_ms(recv_ts),
     )
     return EncodedBook(exchange, snapshot.symbol, key, xid, writer, args)
+
+
+_LEAD = str(TIME_ID_LEAD_MS)
+
+
+def _age_ms(recv_ts: float) -> str:
+    """How long ago, on this host's clock, the book was received: the script subtracts it from Redis's time."""
+    age = time.time() - recv_ts
+    return str(int(age * 1000)) if age > 0 else "0"
 
 
 # --------------------------------------------------------------------------------------------- decoding
@@ -177,24 +216,38 @@ class StoredBook:
 
     key: str
     snapshot: OrderBookSnapshot
-    feeder: str
-    live: bool  # False once the feeder reported the delivering connection down
-    heartbeat: bool  # True when liveness follows <prefix>:feeder:<feeder>
+    feeder: str  # the writer of this version
+    live: bool  # False once no feeder holds it (every holder reported its connection down)
+    heartbeat: bool  # True when liveness follows the records of the holders (a feeder's book)
     recv_ts: float
     seq: int
+    holders: tuple[str, ...] = ()  # the feeders whose connection delivered this version and is up
+    rts: float = 0.0  # when the book was received, on Redis's clock (the clock ages are measured on)
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _holders(raw: bytes | str | None, feeder: str, heartbeat: bool) -> tuple[str, ...]:
+    """The holders field as a tuple; a book written before holders existed is held by its writer."""
+    if raw is None:
+        return (feeder,) if heartbeat and feeder else ()
+    text = _text(raw)
+    return tuple(text.split(",")) if text else ()
+
+
 def _decode_levels(key: str, field: str, raw: bytes | str) -> list[Level]:
+    if len(raw) > MAX_SIDE_BYTES:
+        raise CorruptSnapshotError(key, field, f"{len(raw)} bytes, more than a book's {MAX_SIDE_BYTES}")
     try:
         levels = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise CorruptSnapshotError(key, field, f"not valid JSON ({exc})") from None
     if not isinstance(levels, list):
         raise CorruptSnapshotError(key, field, "not a JSON array of [price, size] pairs")
+    if len(levels) > MAX_LEVELS:
+        raise CorruptSnapshotError(key, field, f"{len(levels)} levels, more than {MAX_LEVELS}")
     try:
         out = [(float(p), float(q)) for p, q in levels]
     except (TypeError, ValueError):
@@ -235,13 +288,27 @@ def _has_minus(raw: bytes | str) -> bool:
 def _fast_levels(raw: bytes | str) -> list[Level]:
     # orjson refuses NaN, Infinity and overflowing numbers, so every value here is finite; a negative one
     # needs a minus sign somewhere in the text, so only then are the sizes scanned.
+    if len(raw) > MAX_SIDE_BYTES:
+        raise ValueError("too large")
     levels = [(float(p), float(q)) for p, q in orjson.loads(raw)]
+    if len(levels) > MAX_LEVELS:
+        raise ValueError("too many levels")
     if levels and (min(map(_FIRST, levels)) <= 0 or (_has_minus(raw) and min(map(_SECOND, levels)) < 0)):
         raise ValueError("level out of range")
     return levels
 
 
-READ_FIELDS = ("bids", "asks", "ts", "recv_ts", "xid", "seq", "feeder", "live", "hb", "symbol")
+def _check_feeder(feeder: str) -> None:
+    if feeder not in _VALID_FEEDERS:
+        if not WRITER_RE.fullmatch(feeder):
+            raise ValueError("bad feeder id")
+        if len(_VALID_FEEDERS) < 10_000:
+            _VALID_FEEDERS.add(feeder)
+
+
+READ_FIELDS = (
+    "bids", "asks", "ts", "recv_ts", "xid", "seq", "feeder", "live", "hb", "symbol", "holders", "rts"
+)  # fmt: skip
 
 
 def book_identity(values: Sequence[Any]) -> tuple[Any, ...]:
@@ -255,23 +322,26 @@ def book_identity(values: Sequence[Any]) -> tuple[Any, ...]:
 
 def decode_book_fields(layout: RedisLayout, key: str, values: Sequence[Any]) -> StoredBook | None:
     """Decode the reply of `read_book_command`: None when the key does not exist; CorruptSnapshotError."""
-    bids, asks, ts, recv_ts, xid, seq, feeder, live, hb, symbol = values
+    if isinstance(values, Exception):  # e.g. WRONGTYPE: something else is stored under the book's name
+        raise CorruptSnapshotError(key, "*", f"unreadable: {values}")
+    bids, asks, ts, recv_ts, xid, seq, feeder, live, hb, symbol, holders, rts = values
     if bids is None and asks is None and seq is None and ts is None and not any(values):
         return None
     try:
         exchange, key_symbol = layout.parse_book_key(key)
         ts_f, recv_f = float(ts), float(recv_ts)
-        if not (-_INF < ts_f < _INF and -_INF < recv_f < _INF):
+        rts_f = float(rts) if rts is not None else recv_f
+        if not (-_INF < ts_f < _INF and -_INF < recv_f < _INF and -_INF < rts_f < _INF):
             raise ValueError("not finite")
         if symbol is not None and _text(symbol) != key_symbol:
             raise ValueError("symbol mismatch")
         feeder_s = _text(feeder) if feeder is not None else ""
         heartbeat = hb in (b"1", "1")
-        if heartbeat and feeder_s not in _VALID_FEEDERS:
-            if not WRITER_RE.fullmatch(feeder_s):
-                raise ValueError("bad feeder id")
-            if len(_VALID_FEEDERS) < 10_000:
-                _VALID_FEEDERS.add(feeder_s)
+        if heartbeat:
+            _check_feeder(feeder_s)
+        held = _holders(holders, feeder_s, heartbeat)
+        for holder in held:
+            _check_feeder(holder)
         seq_i = int(seq)
         snapshot = OrderBookSnapshot(
             key_symbol,
@@ -283,7 +353,9 @@ def decode_book_fields(layout: RedisLayout, key: str, values: Sequence[Any]) -> 
             recv_ts=recv_f,
             xid=int(xid),
         )
-        return StoredBook(key, snapshot, feeder_s, live not in (b"0", "0"), heartbeat, recv_f, seq_i)
+        return StoredBook(
+            key, snapshot, feeder_s, live not in (b"0", "0"), heartbeat, recv_f, seq_i, held, rts_f
+        )
     except Exception:
         return _decode_checked(
             layout, key, {n: v for n, v in zip(READ_FIELDS, values, strict=True) if v is not None}
@@ -300,12 +372,17 @@ def _decode_checked(layout: RedisLayout, key: str, raw: Mapping[Any, Any]) -> St
     asks = _decode_levels(key, "asks", fields["asks"])
     ts = _decode_number(key, fields, "ts", float)
     recv_ts = _decode_number(key, fields, "recv_ts", float)
+    rts = _decode_number(key, fields, "rts", float) if "rts" in fields else recv_ts
     xid = _decode_number(key, fields, "xid", int)
     seq = _decode_number(key, fields, "seq", int)
     feeder = _text(fields.get("feeder", b""))
     heartbeat = _text(fields.get("hb", b"0")) == "1"
     if heartbeat and not WRITER_RE.fullmatch(feeder):
         raise CorruptSnapshotError(key, "feeder", f"{feeder!r} is not a feeder id")
+    holders = _holders(fields.get("holders"), feeder, heartbeat)
+    for holder in holders:
+        if not WRITER_RE.fullmatch(holder):
+            raise CorruptSnapshotError(key, "holders", f"{holder!r} is not a feeder id")
     stored_symbol = fields.get("symbol")
     if stored_symbol is not None and _text(stored_symbol) != symbol:
         raise CorruptSnapshotError(key, "symbol", f"{_text(stored_symbol)!r} does not match the key")
@@ -318,6 +395,8 @@ def _decode_checked(layout: RedisLayout, key: str, raw: Mapping[Any, Any]) -> St
         heartbeat=heartbeat,
         recv_ts=recv_ts,
         seq=seq,
+        holders=holders,
+        rts=rts,
     )
 
 
@@ -331,10 +410,12 @@ def decode_book(layout: RedisLayout, key: str, raw: Mapping[Any, Any]) -> Stored
 
 # --------------------------------------------------------------------------------------------- messages
 class MessageHead(NamedTuple):
-    """What every message of a book channel carries: its write number and whether the book is live."""
+    """What every message of a book channel carries: its write number, liveness and holders."""
 
     seq: int
-    live: bool  # False: the writer marked the book down (the message then carries no levels)
+    live: bool  # False: no feeder holds the book any more (a status message, without levels)
+    holders: tuple[str, ...] | None  # None: the message does not say (written before holders existed)
+    has_book: bool  # a write, carrying the whole book; otherwise a status message (holders, live)
     fields: dict[str, Any]
 
 
@@ -342,37 +423,66 @@ def decode_message_head(data: bytes | str) -> MessageHead:
     """The head of one book-channel message; ValueError when it is not a message of this layout at all."""
     try:
         message = orjson.loads(data)
-        return MessageHead(int(message["seq"]), bool(message.get("live", True)), message)
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raw_holders = message.get("holders")
+        holders = None
+        if raw_holders is not None:
+            if type(raw_holders) is not list or not all(type(h) is str for h in raw_holders):
+                raise ValueError("holders is not a list of feeder ids")
+            holders = tuple(raw_holders)
+        return MessageHead(
+            int(message["seq"]), bool(message.get("live", True)), holders, "bids" in message, message
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"not a book message: {exc}") from None
 
 
+def _message_levels(raw: Any) -> list[Level]:
+    if type(raw) is not list or len(raw) > MAX_LEVELS:
+        raise ValueError("levels are not a list of at most MAX_LEVELS pairs")
+    levels = [(float(p), float(q)) for p, q in raw]
+    for p, q in levels:
+        if not (0 < p < _INF and 0 <= q < _INF):
+            raise ValueError(f"level [{p}, {q}] is not a finite price > 0 and size >= 0")
+    return levels
+
+
 def decode_message_book(layout: RedisLayout, key: str, head: MessageHead) -> StoredBook:
-    """The live book a write message announces (it carries the whole book); ValueError when malformed."""
+    """The live book a write message announces (it carries the whole book); ValueError when it is not a
+    valid book (finite positive prices, sizes >= 0, at most `MAX_LEVELS` a side, valid names)."""
     m = head.fields
     try:
         exchange, symbol = layout.parse_book_key(key)
-        bids = [(float(p), float(q)) for p, q in m["bids"]]
-        asks = [(float(p), float(q)) for p, q in m["asks"]]
         recv_ts = float(m["recv_ts"])
+        rts = float(m.get("rts", recv_ts))
+        ts = float(m["ts"])
+        if not (-_INF < ts < _INF and -_INF < recv_ts < _INF and -_INF < rts < _INF):
+            raise ValueError("a time is not finite")
+        feeder = str(m.get("feeder", ""))
+        heartbeat = bool(m.get("hb", False))
+        holders = head.holders if head.holders is not None else ((feeder,) if heartbeat else ())
+        for holder in holders:
+            if not WRITER_RE.fullmatch(holder):
+                raise ValueError(f"{holder!r} is not a feeder id")
         snapshot = OrderBookSnapshot(
             symbol,
-            float(m["ts"]),
-            bids,
-            asks,
+            ts,
+            _message_levels(m["bids"]),
+            _message_levels(m["asks"]),
             exchange=exchange,
             seq=head.seq,
             recv_ts=recv_ts,
             xid=int(m["xid"]),
         )
-    except (KeyError, TypeError, ValueError) as exc:  # InvalidSymbolError is a ValueError
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # InvalidSymbolError is a ValueError
         raise ValueError(f"malformed book message on {key!r}: {exc}") from None
     return StoredBook(
         key=key,
         snapshot=snapshot,
-        feeder=str(m.get("feeder", "")),
+        feeder=feeder,
         live=True,
-        heartbeat=bool(m.get("hb", False)),
+        heartbeat=heartbeat,
         recv_ts=recv_ts,
         seq=head.seq,
+        holders=holders,
+        rts=rts,
     )

@@ -17,6 +17,7 @@ from typing import Any
 
 STATE_FIELD = "state"
 HEARTBEAT_FIELD = "heartbeat"  # epoch seconds of the feeder's last heartbeat (shown by `md status`)
+INSTANCE_FIELD = "instance"  # a token drawn by each feeder process: two processes with one id are told apart
 RUNNING = "running"
 OFFLINE = "offline"
 OFFLINE_KEEP_SECONDS = 3600
@@ -31,13 +32,14 @@ class FeederRecord:
     state: str
     started: float  # epoch seconds the feeder started
     ttl_ms: int  # the record's expiry after each heartbeat
+    instance: str  # this process's token (see INSTANCE_FIELD); the heartbeat script writes it
     counters: Counters = field(default_factory=dict)
     heartbeat: float = field(default_factory=time.time)
     host: str = field(default_factory=socket.gethostname)
     pid: int = field(default_factory=os.getpid)
 
     def flat(self) -> list[str | int | float]:
-        """Field, value, field, value… for HSET."""
+        """Field, value, field, value… for HSET (the instance field is the script's to write)."""
         fields: dict[str, str | int | float] = {
             STATE_FIELD: self.state,
             HEARTBEAT_FIELD: round(self.heartbeat, 3),
@@ -63,3 +65,14 @@ def split_record(fields: Mapping[str, str]) -> tuple[str | None, str | None, dic
     """(state, heartbeat, the other fields) of a record read back with HGETALL (decoded to text)."""
     rest = dict(fields)
     return rest.pop(STATE_FIELD, None), rest.pop(HEARTBEAT_FIELD, None), rest
+
+
+def record_owner(fields: Mapping[str, str] | None) -> tuple[str | None, str | None, float | None]:
+    """(state, instance, heartbeat time) of a record read back as text: who holds this feeder id."""
+    if not fields:
+        return None, None, None
+    try:
+        heartbeat = float(fields.get(HEARTBEAT_FIELD, ""))
+    except ValueError:
+        heartbeat = None
+    return fields.get(STATE_FIELD), fields.get(INSTANCE_FIELD), heartbeat

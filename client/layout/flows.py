@@ -12,15 +12,16 @@ Flows compose with ``yield from``: the provider's read is resolve, then read boo
 from __future__ import annotations
 
 from collections.abc import Container, Generator, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
-from redis.exceptions import NoScriptError
+from redis.exceptions import AuthenticationError, NoPermissionError, NoScriptError
 
+from client.errors import MarketDataPermissionError, RedisCommandError
 from client.layout.codec import READ_FIELDS, Command, EncodedBook
 from client.layout.feeder_record import OFFLINE, OFFLINE_KEEP_SECONDS, STATE_FIELD, FeederRecord
 from client.layout.names import RedisLayout
-from client.layout.scripts import MARK_DOWN, WRITE_BOOK
+from client.layout.scripts import HEARTBEAT, MARK_DOWN, SCRIPTS, WRITE_BOOK
 
 T = TypeVar("T")
 Flow = Generator[list[Command], list[Any], T]
@@ -31,21 +32,79 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _raise_errors(replies: Iterable[Any]) -> None:
-    for reply in replies:
+# Error replies that say Redis refuses writes as a whole (not this one key): a writer whose books hit one of
+# these must stop vouching for them (its heartbeat stops) and retry; any other error reply (WRONGTYPE, a script
+# error on a hand-edited hash) costs that key only.
+_REDIS_WIDE = (
+    "OOM", "READONLY", "NOPERM", "MASTERDOWN", "LOADING", "BUSY", "CLUSTERDOWN", "TRYAGAIN", "MISCONF",
+    "NOREPLICAS", "MOVED", "ASK", "CROSSSLOT", "NOAUTH", "WRONGPASS",
+)  # fmt: skip
+
+
+def refuses_all(error: BaseException) -> bool:
+    """True when an error reply means Redis refuses every write (read-only replica, out of memory, ACL…)."""
+    error = getattr(error, "error", error)  # a RedisCommandError: judge what Redis said
+    if isinstance(error, NoScriptError):
+        return False  # the flow loads the script and runs it again
+    if isinstance(error, NoPermissionError | AuthenticationError):
+        return True
+    text = str(error)
+    if "WRONGTYPE" in text:
+        return False
+    if text.startswith("ERR") or "user_script" in text or "Error running script" in text:
+        return any(f" {code} " in f" {text} " for code in _REDIS_WIDE)
+    return True  # an error we do not know: assume the worst, the writer backs off and stops vouching
+
+
+def command_error(command: Command, error: BaseException) -> RedisCommandError:
+    """The error to raise for `error`, the reply to `command`: it names the command (a script by its name)
+    and its key."""
+    name = str(command[0]).upper() if command else "?"
+    key: object = None
+    if name in ("EVALSHA", "EVAL") and len(command) > 3:
+        name, key = f"{name} {SCRIPTS.get(str(command[1]), 'script')}", command[3]
+    elif name != "SCRIPT" and len(command) > 1:
+        key = command[1]
+    kind = MarketDataPermissionError if isinstance(error, NoPermissionError) else RedisCommandError
+    return kind(name, key if isinstance(key, str) else None, error)
+
+
+def _raise_errors(replies: Sequence[Any], commands: Sequence[Command]) -> None:
+    """Raise the first error reply, as a `RedisCommandError` naming its command and key."""
+    for reply, command in zip(replies, commands, strict=False):
         if isinstance(reply, Exception):
-            raise reply
+            raise command_error(command, reply) from reply
+
+
+def _round(commands: list[Command]) -> Flow[list[Any]]:
+    """One round trip whose every error reply raises (as a `RedisCommandError` naming its command)."""
+    replies = yield commands
+    _raise_errors(replies, commands)
+    return replies
+
+
+def _raise_wide_errors(replies: Sequence[Any], commands: Sequence[Command]) -> None:
+    """Raise the first error reply that refuses every write (`refuses_all`); others are the caller's."""
+    for reply, command in zip(replies, commands, strict=False):
+        if isinstance(reply, Exception) and refuses_all(reply):
+            raise command_error(command, reply) from reply
 
 
 # --------------------------------------------------------------------------------------------- writes
 def write_flow(
     layout: RedisLayout, books: Sequence[EncodedBook], *, indexed: Container[str] = ()
-) -> Flow[list[int]]:
-    """Write books in one pipelined round trip; returns each book's new seq, 0 where rejected by ordering.
+) -> Flow[list[int | Exception]]:
+    """Write books in one pipelined round trip; each book's result, in order.
+
+    A result is the new seq (> 0), or a refusal code of the script (`REFUSED_OLDER`, `REFUSED_FUTURE`,
+    `JOINED`), or the error reply of that book alone (a wrong-typed key): it is that key's, the other books
+    are written. An error that refuses every write (`refuses_all`) raises, so that the writer retries the
+    batch and stops vouching for its books.
 
     The symbol and exchange indexes and the per-exchange "last written" pointer are updated in the same
     pipeline (not inside the script: they live in other Cluster slots). Books whose key is in `indexed` skip
-    the index update: a feeder remembers what it already indexed since Redis last came back.
+    the index update: a feeder remembers what it already indexed since Redis last came back. An error of an
+    index command (a wrong-typed index key) costs the index only.
     """
     sha = WRITE_BOOK.sha
     commands: list[Command] = [("EVALSHA", sha, 1, book.key, *book.args) for book in books]
@@ -61,39 +120,42 @@ def write_flow(
     for exchange, symbol in last.items():
         commands.append(("SET", layout.last_key(exchange), symbol))
     replies = yield commands
-    results: list[int] = [0] * len(books)
+    _raise_wide_errors(replies, commands)
+    results: list[int | Exception] = [0] * len(books)
     retry: list[int] = []
     for i in range(len(books)):
         reply = replies[i]
         if isinstance(reply, NoScriptError):
             retry.append(i)
         elif isinstance(reply, Exception):
-            raise reply
+            results[i] = reply
         else:
             results[i] = int(reply)
-    _raise_errors(replies[len(books) :])
     if retry:
         # Redis restarted (or SCRIPT FLUSH): NOSCRIPT means nothing ran, so loading and retrying is safe.
-        replies = yield [("SCRIPT", "LOAD", WRITE_BOOK.source)] + [books[i].script_command() for i in retry]
-        _raise_errors(replies)
+        again = [("SCRIPT", "LOAD", WRITE_BOOK.source)] + [books[i].script_command() for i in retry]
+        replies = yield again
+        _raise_errors(replies[:1], again)
+        _raise_wide_errors(replies, again)
         for i, reply in zip(retry, replies[1:], strict=True):
-            results[i] = int(reply)
+            results[i] = reply if isinstance(reply, Exception) else int(reply)
     return results
 
 
 def mark_down_flow(layout: RedisLayout, writer: str, books: Iterable[tuple[str, str]]) -> Flow[int]:
-    """Mark the writer's books of these (exchange, symbol) pairs not live; returns how many it marked."""
+    """The writer's connection for these (exchange, symbol) books dropped: it stops holding them (a book no
+    feeder holds reads as not live). Returns how many it held. A wrong-typed key costs that key only."""
     commands: list[Command] = []
     for exchange, symbol in books:
-        payload = orjson.dumps({"exchange": exchange, "symbol": symbol, "feeder": writer, "live": False})[1:]
-        commands.append(("EVALSHA", MARK_DOWN.sha, 1, layout.book_key(exchange, symbol), writer, payload))
+        middle = orjson.dumps({"exchange": exchange, "symbol": symbol, "feeder": writer})[1:-1]
+        commands.append(("EVALSHA", MARK_DOWN.sha, 1, layout.book_key(exchange, symbol), writer, middle))
     if not commands:
         return 0
     replies = yield commands
     if any(isinstance(r, NoScriptError) for r in replies):
         replies = (yield [("SCRIPT", "LOAD", MARK_DOWN.source), *commands])[1:]
-    _raise_errors(replies)
-    return sum(int(r) for r in replies)
+    _raise_wide_errors(replies, commands)
+    return sum(int(r) for r in replies if not isinstance(r, Exception))
 
 
 # --------------------------------------------------------------------------------------------- reads
@@ -102,16 +164,30 @@ def read_book_command(key: str) -> Command:
     return ("HMGET", key, *READ_FIELDS)
 
 
-def read_books_flow(
-    layout: RedisLayout, keys: Sequence[str], feeders: Sequence[str] = ()
-) -> Flow[tuple[list[Any], dict[str, Any]]]:
-    """The raw fields of each book (errors as values) and, in the same round trip, the state of `feeders`."""
-    if not keys and not feeders:
-        return [], {}
-    replies = yield [read_book_command(k) for k in keys] + [
-        ("HGET", layout.feeder_key(f), STATE_FIELD) for f in feeders
-    ]
-    return replies[: len(keys)], dict(zip(feeders, replies[len(keys) :], strict=True))
+class BooksRead(NamedTuple):
+    raws: list[Any]  # per key: the reply of `read_book_command` (an error value when unreadable)
+    states: dict[str, Any]  # per feeder: its record's state (None when expired; an error value)
+    now: float  # Redis's clock when it answered (epoch seconds): the clock that book ages are measured on
+
+
+def redis_time(reply: Any) -> float:
+    """Epoch seconds from the reply of TIME (``[seconds, microseconds]``, as text or as numbers)."""
+    if isinstance(reply, Exception):
+        raise command_error(("TIME",), reply) from reply
+    seconds, micros = reply
+    return int(seconds) + int(micros) / 1e6
+
+
+def read_books_flow(layout: RedisLayout, keys: Sequence[str], feeders: Sequence[str] = ()) -> Flow[BooksRead]:
+    """The raw fields of each book (errors as values), in the same round trip the state of `feeders` and
+    Redis's time."""
+    replies = (
+        yield [read_book_command(k) for k in keys]
+        + [("HGET", layout.feeder_key(f), STATE_FIELD) for f in feeders]
+        + [("TIME",)]
+    )
+    states = dict(zip(feeders, replies[len(keys) : len(keys) + len(feeders)], strict=True))
+    return BooksRead(replies[: len(keys)], states, redis_time(replies[-1]))
 
 
 def indexed_books_flow(
@@ -119,14 +195,13 @@ def indexed_books_flow(
 ) -> Flow[list[tuple[str, str]]]:
     """Every (exchange, symbol) in the indexes of `exchanges` (None: every indexed exchange), sorted."""
     if exchanges is None:
-        replies = yield [("SMEMBERS", layout.exchanges_key())]
+        replies = yield from _round([("SMEMBERS", layout.exchanges_key())])
         names = sorted(_text(x) for x in replies[0])
     else:
         names = sorted(exchanges)
     if not names:
         return []
-    replies = yield [("SMEMBERS", layout.symbols_key(ex)) for ex in names]
-    _raise_errors(replies)
+    replies = yield from _round([("SMEMBERS", layout.symbols_key(ex)) for ex in names])
     return [(ex, _text(s)) for ex, members in zip(names, replies, strict=True) for s in sorted(members)]
 
 
@@ -135,11 +210,11 @@ def carriers_flow(layout: RedisLayout, symbols: Sequence[str]) -> Flow[dict[str,
     carriers: dict[str, list[str]] = {s: [] for s in symbols}
     if not carriers:
         return carriers
-    replies = yield [("SMEMBERS", layout.exchanges_key())]
+    replies = yield from _round([("SMEMBERS", layout.exchanges_key())])
     exchanges = sorted(_text(x) for x in replies[0])
     if exchanges:
         pairs = [(s, ex) for s in carriers for ex in exchanges]
-        replies = yield [("SISMEMBER", layout.symbols_key(ex), s) for s, ex in pairs]
+        replies = yield from _round([("SISMEMBER", layout.symbols_key(ex), s) for s, ex in pairs])
         for (s, ex), member in zip(pairs, replies, strict=True):
             if member:
                 carriers[s].append(ex)
@@ -148,8 +223,7 @@ def carriers_flow(layout: RedisLayout, symbols: Sequence[str]) -> Flow[dict[str,
 
 def last_symbol_flow(layout: RedisLayout, exchange: str) -> Flow[str | None]:
     """The symbol most recently written on `exchange` (the legacy ``snapshot_<exchange>``), or None."""
-    replies = yield [("GET", layout.last_key(exchange))]
-    _raise_errors(replies)
+    replies = yield from _round([("GET", layout.last_key(exchange))])
     return None if replies[0] is None else _text(replies[0])
 
 
@@ -158,8 +232,7 @@ def scan_flow(pattern: str, count: int = 1000) -> Flow[list[bytes | str]]:
     cursor: Any = 0
     found: set[bytes | str] = set()
     while True:
-        replies = yield [("SCAN", cursor, "MATCH", pattern, "COUNT", count)]
-        _raise_errors(replies)
+        replies = yield from _round([("SCAN", cursor, "MATCH", pattern, "COUNT", count)])
         cursor, keys = replies[0]
         found.update(keys)
         if int(cursor) == 0:
@@ -167,27 +240,40 @@ def scan_flow(pattern: str, count: int = 1000) -> Flow[list[bytes | str]]:
 
 
 # --------------------------------------------------------------------------------------------- feeder record
-def feeder_states_flow(layout: RedisLayout, feeders: Sequence[str]) -> Flow[dict[str, Any]]:
-    """The ``state`` of each feeder's record: None once it expired, an error value if unreadable."""
-    if not feeders:
-        return {}
-    replies = yield [("HGET", layout.feeder_key(f), STATE_FIELD) for f in feeders]
-    return dict(zip(feeders, replies, strict=True))
+def feeder_states_flow(layout: RedisLayout, feeders: Sequence[str]) -> Flow[tuple[dict[str, Any], float]]:
+    """The ``state`` of each feeder's record (None once it expired, an error value if unreadable) and, in the
+    same round trip, Redis's time."""
+    replies = yield [("HGET", layout.feeder_key(f), STATE_FIELD) for f in feeders] + [("TIME",)]
+    return dict(zip(feeders, replies[:-1], strict=True)), redis_time(replies[-1])
 
 
-def heartbeat_flow(layout: RedisLayout, feeder_id: str, record: FeederRecord, ttl_ms: int) -> Flow[None]:
-    """Write a feeder's record and push its expiry `ttl_ms` out: its books stay live until then."""
+def heartbeat_flow(
+    layout: RedisLayout, feeder_id: str, record: FeederRecord, ttl_ms: int, *, take_over: bool = False
+) -> Flow[int]:
+    """Write a feeder's record and push its expiry `ttl_ms` out, in one atomic step: `BEAT`; `RECREATED` when
+    the record was gone (Redis lost it); `TAKEN_OVER` (nothing written) when another process holds it.
+    `take_over` claims it (at start, once the previous owner is known to be gone)."""
     key = layout.feeder_key(feeder_id)
-    replies = yield [("HSET", key, *record.flat()), ("PEXPIRE", key, ttl_ms)]
-    _raise_errors(replies)
+    command: Command = (
+        "EVALSHA", HEARTBEAT.sha, 1, key, record.instance, ttl_ms, "1" if take_over else "0", *record.flat()
+    )  # fmt: skip
+    replies = yield [command]
+    if isinstance(replies[0], NoScriptError):
+        replies = (yield from _round([("SCRIPT", "LOAD", HEARTBEAT.source), command]))[1:]
+    _raise_errors(replies, [command])
+    return int(replies[0])
 
 
-def offline_flow(layout: RedisLayout, feeder_id: str, record: FeederRecord) -> Flow[None]:
+def offline_flow(layout: RedisLayout, feeder_id: str, record: FeederRecord) -> Flow[int]:
     """Write a feeder's last record, ``state`` offline, kept `OFFLINE_KEEP_SECONDS` for operators to read."""
-    key = layout.feeder_key(feeder_id)
     assert record.state == OFFLINE
-    replies = yield [("HSET", key, *record.flat()), ("EXPIRE", key, OFFLINE_KEEP_SECONDS)]
-    _raise_errors(replies)
+    return (yield from heartbeat_flow(layout, feeder_id, record, OFFLINE_KEEP_SECONDS * 1000))
+
+
+def feeder_record_flow(layout: RedisLayout, feeder_id: str) -> Flow[dict[str, str] | None]:
+    """One feeder's record as text (None when there is none); an unreadable key raises."""
+    replies = yield from _round([("HGETALL", layout.feeder_key(feeder_id))])
+    return {_text(k): _text(v) for k, v in replies[0].items()} or None
 
 
 def feeder_records_flow(layout: RedisLayout) -> Flow[list[tuple[str, Any, Any]]]:

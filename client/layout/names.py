@@ -75,10 +75,19 @@ def split_target(text: str) -> tuple[str | None, str]:
     return exchange or None, symbol
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64] or "host"
+
+
 def process_writer_id(separator: str) -> str:
-    """``<host><separator><pid>``: a writer id unique to this process (the default feeder and client ids)."""
-    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:64] or "host"
-    return f"{host}{separator}{os.getpid()}"
+    """``<host><separator><pid>``: a writer id unique to this process (the default client id)."""
+    return f"{_host()}{separator}{os.getpid()}"
+
+
+def host_writer_id(*parts: str) -> str:
+    """``<host>-<part>-…``: a writer id that stays the same when the same service restarts on this host (the
+    default feeder id: readers see a restarted feeder as the same one, not as a dead one and a stranger)."""
+    return validate_writer_id("-".join([_host(), *parts])[:128])
 
 
 # --------------------------------------------------------------------------------------------- key names

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -47,6 +48,7 @@ class BookCache:
     by_symbol: dict[str, list[str]] = field(default_factory=dict)  # symbol -> keys (bare-symbol resolution)
     feeder_states: dict[str, Any] = field(default_factory=dict)
     alive: set[str] = field(default_factory=set)  # feeders whose last known state is alive
+    clock_offset: float = 0.0  # Redis's clock minus this host's, as last measured
     connected: bool = False
     unknown_feeders: set[str] = field(default_factory=set)
     consumers: tuple[Consumer, ...] = ()
@@ -66,20 +68,28 @@ class BookCache:
 
     # ------------------------------------------------------------------------------------------ applying
     def load(self, key: str, raw: Any) -> None:
-        """Apply a full read of one key (`read_book_command`); it replaces the copy unless the copy is newer."""
+        """Apply a full read of one key (`read_book_command`): what Redis holds replaces the local copy, even
+        with a lower ``seq`` (Redis restarted or failed over); a book Redis no longer holds is dropped."""
         try:
             book = decode_book_fields(self.layout, key, raw)
         except CorruptSnapshotError as exc:
             log.warning("mirror: ignoring %s", exc)
-            return
-        if book is None:
-            return
+            book = None
         current = self.books.get(key)
-        if current is None or book.seq >= current.seq:
-            self._store(key, book, current is None)
+        if book is None:
+            if current is not None:
+                self._drop(key, current)
+            return
+        self._store(key, book, current is None)
+        if current is not None and (current.seq != book.seq or current.snapshot.xid != book.snapshot.xid):
+            self._publish(key, book.snapshot, current.seq)  # an update the messages did not bring
 
     def apply(self, channel: bytes | str, data: bytes | str) -> str | None:
-        """Apply one pub/sub message; returns a key to re-read when a ``seq`` gap shows a lost message."""
+        """Apply one pub/sub message; returns a key to re-read when the message does not fit what the cache
+        holds (a lost message, a ``seq`` out of step after a Redis restart, a malformed or forged book).
+
+        A message is only a hint: Redis is the truth, and a re-read replaces the local copy whatever it holds.
+        """
         self.messages += 1
         key = channel.decode() if isinstance(channel, bytes) else channel
         try:
@@ -89,12 +99,22 @@ class BookCache:
             return None
         seq = head.seq
         current = self.books.get(key)
-        if not head.live:
-            if current is not None and seq >= current.seq and current.live:
-                self.books[key] = replace(current, live=False)
-            return None
-        if current is not None and seq <= current.seq:
-            return None  # already have it (or newer): e.g. a message that raced the initial load
+        if not head.has_book:  # a status message: who holds the version `seq`, and whether it is live
+            if current is not None and seq == current.seq:
+                holders = head.holders if head.holders is not None else (current.holders if head.live else ())
+                self.books[key] = replace(current, live=head.live, holders=holders)
+                self._note_feeders(self.books[key])
+                return None
+            return key if current is not None and seq > current.seq else None
+        if current is not None:
+            if seq <= current.seq:
+                xid = head.fields.get("xid")
+                same = seq == current.seq and xid == current.snapshot.xid
+                older = seq < current.seq and isinstance(xid, int) and xid <= (current.snapshot.xid or 0)
+                return None if same or older else key  # newer content under an old seq: re-read
+            if seq > current.seq + 1:
+                self.gaps += 1
+                return key  # a message was lost (or forged): what Redis holds decides
         try:
             book = decode_message_book(self.layout, key, head)
         except ValueError:
@@ -102,9 +122,6 @@ class BookCache:
             return key
         self._store(key, book, current is None)
         self._publish(key, book.snapshot, current.seq if current is not None else None)
-        if current is not None and seq > current.seq + 1:
-            self.gaps += 1
-            return key  # a message was lost: the message is a whole book, but re-read to be sure
         return None
 
     def set_feeder_states(self, states: dict[str, Any]) -> None:
@@ -123,8 +140,21 @@ class BookCache:
         self.books[key] = book
         if new:
             self.by_symbol.setdefault(book.snapshot.symbol, []).append(key)
-        if book.heartbeat and book.feeder not in self.feeder_states:
-            self.unknown_feeders.add(book.feeder)
+        self._note_feeders(book)
+
+    def _note_feeders(self, book: StoredBook) -> None:
+        if book.heartbeat:
+            for holder in book.holders:
+                if holder not in self.feeder_states:
+                    self.unknown_feeders.add(holder)
+
+    def _drop(self, key: str, book: StoredBook) -> None:
+        del self.books[key]
+        keys = self.by_symbol.get(book.snapshot.symbol)
+        if keys is not None:
+            keys.remove(key)
+            if not keys:
+                del self.by_symbol[book.snapshot.symbol]
 
     def _publish(self, key: str, snapshot: OrderBookSnapshot, previous_seq: int | None) -> None:
         for consumer in self.consumers:
@@ -132,22 +162,29 @@ class BookCache:
                 consumer.push(key, snapshot, previous_seq)
 
     def feeders(self) -> list[str]:
-        return sorted({b.feeder for b in self.books.values() if b.heartbeat} | self.unknown_feeders)
+        held = {h for b in self.books.values() if b.heartbeat for h in b.holders}
+        return sorted(held | self.unknown_feeders)
+
+    def redis_now(self) -> float:
+        """Redis's clock, as this host estimates it from its own and the offset last measured."""
+        return time.time() + self.clock_offset
 
     # ------------------------------------------------------------------------------------------ flows
     def feeder_refresh_flow(self) -> Flow[None]:
-        """Read the state of every feeder the cache's books depend on."""
-        feeders = self.feeders()
-        if feeders:
-            self.set_feeder_states((yield from feeder_states_flow(self.layout, feeders)))
+        """Read the state of every feeder the cache's books depend on, and Redis's clock."""
+        before = time.time()
+        states, now = yield from feeder_states_flow(self.layout, self.feeders())
+        self.clock_offset = now - (before + time.time()) / 2
+        self.set_feeder_states(states)
 
     def reload_flow(self, keys: Iterable[str]) -> Flow[None]:
-        """Re-read these books whole."""
+        """Re-read these books whole: Redis's copy replaces the local one."""
         ordered = sorted(set(keys))
-        raws, _ = yield from read_books_flow(self.layout, ordered)
-        for key, raw in zip(ordered, raws, strict=True):
-            if not isinstance(raw, Exception):
-                self.load(key, raw)
+        if not ordered:
+            return
+        read = yield from read_books_flow(self.layout, ordered)
+        for key, raw in zip(ordered, read.raws, strict=True):
+            self.load(key, raw)
 
 
 @dataclass
@@ -183,6 +220,7 @@ class MirrorPlan:
             for exchange, symbol in pairs:
                 with contextlib.suppress(InvalidSymbolError):
                     keys.add(self.layout.book_key(exchange, symbol))
+        keys.update(cache.books)  # a book Redis no longer holds (an empty restart) must leave the cache too
         yield from cache.reload_flow(keys)
         cache.reloads += 1
         yield from cache.feeder_refresh_flow()

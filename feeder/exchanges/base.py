@@ -141,6 +141,9 @@ class ExchangeDescriptor:
     """The symbols the settings ask this exchange for."""
     max_lifetime: Callable[[FeederSettings], float | None] = lambda settings: None
     """Seconds after which a connection is replaced before the exchange cuts it (None: no limit)."""
+    time_ordered_ids: bool = False
+    """The exchange's ordering id of a book is a time in ms (Upbit's timestamp): Redis refuses one too far
+    ahead of its clock, which would otherwise outrank every later book."""
 
 
 # --------------------------------------------------------------------------------------------- helpers

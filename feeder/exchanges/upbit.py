@@ -423,4 +423,5 @@ DESCRIPTOR: Final = ExchangeDescriptor(
     keepalive=KeepAlive(idle_timeout=120.0),
     build=_build,
     symbols=lambda settings: split_list(settings.upbit_symbols),
+    time_ordered_ids=True,
 )

@@ -78,10 +78,13 @@ def reference_encode_book(
         "seq": "1", "exchange": exchange, "symbol": snapshot.symbol, "bids": bids_json, "asks": asks_json,
         "bid": bid, "ask": ask, "ts": repr(ts), "recv_ts": repr(float(recv_ts)), "xid": str(xid),
         "feeder": writer, "live": "1", "hb": "1" if heartbeat else "0",
+        "holders": writer if heartbeat else "", "rts": RTS,
     }  # fmt: skip
     message = orjson.dumps(
         {
             "seq": 1,
+            "rts": orjson.Fragment(RTS.encode()),
+            "holders": [writer] if heartbeat else [],
             "exchange": exchange,
             "symbol": snapshot.symbol,
             "ts": ts,
@@ -99,9 +102,13 @@ def reference_encode_book(
     return key, xid, fields, message
 
 
+RTS = "1700000000.125"  # the receive time on Redis's clock, which the script computes
+
+
 def written(encoded: EncodedBook) -> tuple[str, int, dict[str, bytes | str], bytes]:
     """What the write script stores and publishes for `encoded` as the key's first write."""
-    return encoded.key, encoded.xid, encoded.hash_fields(1), encoded.message(1)
+    holders = encoded.writer if encoded.args[11] == "1" else ""
+    return encoded.key, encoded.xid, encoded.hash_fields(1, RTS, holders), encoded.message(1, RTS, holders)
 
 
 positive = st.one_of(
@@ -163,12 +170,14 @@ def test_message_is_the_documented_json() -> None:
         "BTCUSDT", 1746601573.804, [(86704.77, 4.67805)], [], xid=7, recv_ts=1746601573.9
     )
     encoded = encode_book(LAYOUT, book, exchange="binance", writer="f-1", heartbeat=True, validate=False)
-    message = orjson.loads(encoded.message(1))
+    message = orjson.loads(encoded.message(1, RTS, "f-1,f-2"))
     assert list(message) == [
-        "seq", "exchange", "symbol", "ts", "recv_ts", "xid", "feeder", "live", "hb", "bid", "ask", "bids", "asks"
+        "seq", "rts", "holders", "exchange", "symbol", "ts", "recv_ts", "xid", "feeder", "live", "hb", "bid", "ask",
+        "bids", "asks",
     ]  # fmt: skip
     assert message["bid"] == 86704.77 and message["ask"] is None and message["asks"] == []
-    fields = encoded.hash_fields(1)
+    assert message["holders"] == ["f-1", "f-2"] and message["rts"] == float(RTS)
+    fields = encoded.hash_fields(1, RTS, "f-1")
     assert fields["bid"] == "86704.77" and fields["ask"] == "" and fields["ts"] == "1746601573.804"
 
 
@@ -196,12 +205,15 @@ def test_script_stores_and_publishes_what_encoded_book_says(backend: Any) -> Non
             encoded = encode_book(LAYOUT, book, exchange="binance", writer="f-1", heartbeat=True)
             assert run_flow(client, write_flow(LAYOUT, [encoded])) == [seq]
             stored = client.hgetall(key)
+            rts = stored[b"rts"].decode()  # Redis's clock at the write, less the writer's age of the book
+            received_ago = time.time() - float(rts) - (time.time() - book.recv_ts)  # type: ignore[operator]
+            assert abs(received_ago) < 5  # the receive time on Redis's clock, not the time of the write
             want = {
                 k.encode(): v if isinstance(v, bytes) else v.encode()
-                for k, v in encoded.hash_fields(seq).items()
+                for k, v in encoded.hash_fields(seq, rts, "f-1").items()
             }
             assert stored == want
             message = pubsub.get_message(timeout=5)
-            assert message is not None and message["data"] == encoded.message(seq)
+            assert message is not None and message["data"] == encoded.message(seq, rts, "f-1")
     finally:
         pubsub.close()

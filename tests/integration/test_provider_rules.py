@@ -21,7 +21,7 @@ from client import (
     RedisMarketDataProvider,
     StaleSnapshotError,
 )
-from client.layout import mark_down_flow
+from client.layout import JOINED, mark_down_flow
 from client.transport import run_flow
 
 
@@ -45,13 +45,14 @@ def test_older_xid_is_rejected_and_nothing_changes(backend: Backend) -> None:
     assert got == book(tag=5) and got is not None and got.seq == 1
 
 
-def test_equal_xid_from_another_writer_is_rejected(backend: Backend) -> None:
+def test_equal_xid_from_another_feeder_joins_as_a_holder_without_a_new_version(backend: Backend) -> None:
     set_feeder_state(backend, "f1")
     set_feeder_state(backend, "f2")
     assert feeder_write(backend, book(tag=5, xid=500), "f1") == 1
-    assert feeder_write(backend, book(tag=6, xid=500), "f2") == 0
+    assert feeder_write(backend, book(tag=6, xid=500), "f2") == JOINED
+    assert feeder_write(backend, book(tag=6, xid=500), "f2") == JOINED  # once a holder, always the same
     stored = backend.sync.hgetall("md:upbit:KRW-BTC")
-    assert stored[b"seq"] == b"1" and stored[b"feeder"] == b"f1"
+    assert stored[b"seq"] == b"1" and stored[b"feeder"] == b"f1" and stored[b"holders"] == b"f1,f2"
     # the redundant feeder wins as soon as it has something newer
     assert feeder_write(backend, book(tag=7, xid=501), "f2") == 2
     assert backend.sync.hget("md:upbit:KRW-BTC", "feeder") == b"f2"

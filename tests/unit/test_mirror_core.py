@@ -20,8 +20,18 @@ KEY = LAYOUT.book_key("upbit", "KRW-BTC")
 
 def message(seq: int, feeder: str = "f1") -> dict[str, Any]:
     book = OrderBookSnapshot("KRW-BTC", 1000.0 + seq, [(100.0, 1.0)], [(101.0, 1.0)], xid=seq, recv_ts=5.0)
-    data = encode_book(LAYOUT, book, exchange="upbit", writer=feeder, heartbeat=True).message(seq)
+    data = encode_book(LAYOUT, book, exchange="upbit", writer=feeder, heartbeat=True).message(
+        seq, "5.000", feeder
+    )
     return {"type": "message", "channel": KEY.encode(), "data": data}
+
+
+def answer(command: tuple[Any, ...], state: Any) -> Any:
+    if command[0] == "HMGET":
+        return [None] * len(command[2:])
+    if command[0] == "TIME":
+        return (1_700_000_000, 0)
+    return state
 
 
 def run_flow_offline(flow: Any, state: Any = None) -> None:
@@ -29,7 +39,7 @@ def run_flow_offline(flow: Any, state: Any = None) -> None:
     try:
         commands = next(flow)
         while True:
-            commands = flow.send([[None] * len(c[2:]) if c[0] == "HMGET" else state for c in commands])
+            commands = flow.send([answer(c, state) for c in commands])
     except StopIteration:
         pass
 
@@ -82,14 +92,16 @@ def test_a_lost_connection_marks_the_cache_unavailable_and_backs_off() -> None:
 
 def test_the_liveness_rule() -> None:
     snap = OrderBookSnapshot("KRW-BTC", 1.0, [(1.0, 1.0)], [(2.0, 1.0)], recv_ts=100.0)
-    live = StoredBook(KEY, snap, "f1", live=True, heartbeat=True, recv_ts=100.0, seq=1)
+    live = StoredBook(KEY, snap, "f1", True, True, 100.0, 1, holders=("f1",), rts=100.0)
     assert book_state(live, {"f1"}, None) is BookState.LIVE
     assert book_state(live, set(), None) is BookState.FEEDER_DEAD
-    down = StoredBook(KEY, snap, "f1", live=False, heartbeat=True, recv_ts=100.0, seq=1)
+    down = StoredBook(KEY, snap, "f1", False, True, 100.0, 1, holders=(), rts=100.0)
     assert book_state(down, {"f1"}, None) is BookState.CONNECTION_DOWN
     assert book_state(live, {"f1"}, 5.0, now=104.0) is BookState.LIVE
     assert book_state(live, {"f1"}, 5.0, now=106.0) is BookState.TOO_OLD
-    no_heartbeat = StoredBook(KEY, snap, "client:x:1", live=True, heartbeat=False, recv_ts=100.0, seq=1)
+    no_heartbeat = StoredBook(KEY, snap, "client:x:1", True, False, 100.0, 1, rts=100.0)
+    standby = StoredBook(KEY, snap, "f1", True, True, 100.0, 1, holders=("f1", "f2"), rts=100.0)
+    assert book_state(standby, {"f2"}, None) is BookState.LIVE  # a surviving holder keeps it live
     assert book_state(no_heartbeat, set(), None) is BookState.LIVE  # judged by max_age alone
     status = judge("upbit", "KRW-BTC", live, set(), None, 101.0)
     assert status.state is BookState.FEEDER_DEAD and "f1" in status.detail and status.age == 1.0
