@@ -50,7 +50,9 @@ from client.layout import (
     indexed_books_flow,
     last_symbol_flow,
     process_writer_id,
+    read_book_command,
     read_books_flow,
+    refuses_all,
     split_target,
     validate_symbol,
     write_flow,
@@ -622,8 +624,12 @@ class RedisMarketDataProvider(MarketDataProvider):
         raws, states, now = yield from read_books_flow(self.layout, present, guesses)
         decoded: dict[str, StoredBook | CorruptSnapshotError | None] = {}
         for key, raw in zip(present, raws, strict=True):
-            if isinstance(raw, Exception):  # e.g. WRONGTYPE: another kind of value under the book's name
-                decoded[key] = CorruptSnapshotError(key, "*", f"unreadable ({raw})")
+            if isinstance(raw, Exception):
+                if refuses_all(raw):  # no permission, a replica that lost its master...: not this key's fault
+                    raise command_error(read_book_command(key), raw) from raw
+                decoded[key] = CorruptSnapshotError(
+                    key, "*", f"unreadable ({raw})"
+                )  # WRONGTYPE: another value
                 continue
             identity = book_identity(raw)
             seen = self._decoded.get(key)

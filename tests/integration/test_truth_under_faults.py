@@ -1,0 +1,368 @@
+"""The promise under faults (issue 10): a book served as live is the exchange's latest, or the read is None.
+
+Each test reproduces one way the promise used to break (the docstring says how) against fakeredis and a real
+redis-server, and shows what happens now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from support.backends import Backend
+from support.book_helpers import LAYOUT, book, feeder_write, set_feeder_state
+
+import client.freshness
+import client.mirror.cache
+from client import (
+    BookState,
+    CorruptSnapshotError,
+    InvalidSnapshotError,
+    MarketDataError,
+    OrderBookSnapshot,
+    RedisMarketDataProvider,
+)
+from client.errors import MarketDataPermissionError
+from client.layout import JOINED, encode_book, mark_down_flow, write_flow
+from client.mirror import BookCache
+from client.transport import run_flow
+from feeder.status import FeederIdInUseError, FeederStatus
+from feeder.writer import SnapshotWriter
+
+KEY = "md:upbit:KRW-BTC"
+BINANCE_KEY = "md:binance:BTCUSDT"
+
+
+def state(backend: Backend, symbol: str = "KRW-BTC", exchange: str | None = None, **kw: Any) -> BookState:
+    provider = RedisMarketDataProvider(redis=backend.sync, **kw)
+    return provider.snapshot_status(symbol, exchange).state
+
+
+def binance_book(xid: int, tag: float = 1.0) -> OrderBookSnapshot:
+    return OrderBookSnapshot("BTCUSDT", time.time(), [(70000.0 + tag, 1.0)], [(70001.0 + tag, 1.0)], xid=xid)
+
+
+# ------------------------------------------------------------------------------------------------- ordering
+def test_a_legacy_write_with_a_millisecond_timestamp_cannot_freeze_a_fed_book(backend: Backend) -> None:
+    """Was: ``on_binance_snapshot`` used the timestamp in ms (~1.8e12) as the ordering id, above Binance's
+    ``lastUpdateId`` (~4e10): every later feeder frame was rejected, the legacy book served as live forever."""
+    set_feeder_state(backend.sync, "f1")
+    assert feeder_write(backend.sync, binance_book(40_000_000_000), "f1", "binance") == 1
+    legacy = RedisMarketDataProvider(redis=backend.sync)
+    legacy.on_binance_snapshot(OrderBookSnapshot("BTCUSDT", time.time(), [(1.0, 1.0)], [(2.0, 1.0)]))
+    assert backend.sync.hget(BINANCE_KEY, "xid") == b"40000000000"  # refused: a feeder holds the book
+    assert feeder_write(backend.sync, binance_book(40_000_000_001, 2), "f1", "binance") == 2
+    got = legacy.get_latest_snapshot("BTCUSDT")
+    assert got is not None and got.xid == 40_000_000_001
+
+    # with no feeder holding it (its connection dropped), a legacy write is taken; the feeder's next frame,
+    # whose ordering id comes from another space, still wins
+    assert run_flow(backend.sync, mark_down_flow(LAYOUT, "f1", [("binance", "BTCUSDT")])) == 1
+    assert legacy.write_snapshot(
+        OrderBookSnapshot("BTCUSDT", time.time(), [(3.0, 1.0)], [(4.0, 1.0)]), "binance"
+    )
+    assert feeder_write(backend.sync, binance_book(40_000_000_002, 3), "f1", "binance") > 0
+    got = legacy.get_latest_snapshot("BTCUSDT")
+    assert got is not None and got.xid == 40_000_000_002
+
+
+def test_an_ordering_id_far_ahead_of_redis_time_is_refused_with_a_clear_error(backend: Backend) -> None:
+    """Was: an Upbit write stamped 60 s in the future outranked every later book of the key for 60 s."""
+    provider = RedisMarketDataProvider(redis=backend.sync)
+    future = OrderBookSnapshot("KRW-BTC", time.time() + 60, [(1.0, 1.0)], [(2.0, 1.0)])
+    with pytest.raises(InvalidSnapshotError, match="ahead of Redis's clock") as caught:
+        provider.write_snapshot(future, "upbit")
+    assert isinstance(caught.value, MarketDataError)
+    assert backend.sync.exists(KEY) == 0
+    assert provider.write_snapshot(OrderBookSnapshot("KRW-BTC", time.time() + 2, [(1.0, 1.0)], []), "upbit")
+    # a feeder's Upbit book (its ordering id is the exchange's timestamp) is held to the same bound
+    encoded = encode_book(
+        LAYOUT, book(xid=int((time.time() + 60) * 1000)), exchange="upbit", writer="f1", heartbeat=True,
+        time_ordered=True,
+    )  # fmt: skip
+    assert run_flow(backend.sync, write_flow(LAYOUT, [encoded])) == [-1]
+
+
+# ------------------------------------------------------------------------------------------------- redundancy
+def test_a_redundant_feeder_keeps_a_quiet_book_live_when_the_other_dies_stops_or_loses_its_connection(
+    backend: Backend,
+) -> None:
+    """Was: the book read feeder_dead / connection_down although the other feeder held the same book, because
+    its equal-xid write was rejected as "another writer"."""
+    set_feeder_state(backend.sync, "f1")
+    set_feeder_state(backend.sync, "f2")
+    assert feeder_write(backend.sync, book(xid=500), "f1") == 1
+    assert feeder_write(backend.sync, book(xid=500), "f2") == JOINED
+    backend.sync.delete("md:feeder:f1")  # f1 is killed: its record is gone
+    assert state(backend) is BookState.LIVE
+    set_feeder_state(backend.sync, "f1", state="offline")  # ... or stopped cleanly
+    assert state(backend) is BookState.LIVE
+    set_feeder_state(backend.sync, "f1")
+    assert (
+        run_flow(backend.sync, mark_down_flow(LAYOUT, "f1", [("upbit", "KRW-BTC")])) == 1
+    )  # ... or lost upstream
+    assert state(backend) is BookState.LIVE
+    assert backend.sync.hget(KEY, "holders") == b"f2"
+    assert run_flow(backend.sync, mark_down_flow(LAYOUT, "f2", [("upbit", "KRW-BTC")])) == 1
+    assert state(backend) is BookState.CONNECTION_DOWN  # no feeder holds it any more
+    # the same book delivered again after the drop makes it live again, as a new version
+    assert feeder_write(backend.sync, book(xid=500), "f2") == 2
+    assert state(backend) is BookState.LIVE
+
+
+def test_a_feeder_restarted_under_a_new_id_takes_over_a_quiet_book(backend: Backend) -> None:
+    """Was: the old id's book stayed dead (the new writer's equal xid was rejected) until the market moved."""
+    set_feeder_state(backend.sync, "host-1234")
+    assert feeder_write(backend.sync, book(xid=500), "host-1234") == 1
+    backend.sync.delete("md:feeder:host-1234")  # the old process is gone
+    assert state(backend) is BookState.FEEDER_DEAD
+    set_feeder_state(backend.sync, "host-5678")
+    assert feeder_write(backend.sync, book(xid=500), "host-5678") == JOINED
+    assert state(backend) is BookState.LIVE
+
+
+def test_the_mirror_follows_holders(backend: Backend) -> None:
+    set_feeder_state(backend.sync, "f1")
+    set_feeder_state(backend.sync, "f2")
+    assert feeder_write(backend.sync, book(xid=500), "f1") == 1
+    with RedisMarketDataProvider(redis=backend.new_sync(), mode="mirror") as mirror:
+        assert feeder_write(backend.sync, book(xid=500), "f2") == JOINED
+        deadline = time.monotonic() + 5
+        while mirror._cache.books[KEY].holders != ("f1", "f2"):
+            assert time.monotonic() < deadline, "the mirror did not learn the second holder"
+            time.sleep(0.01)
+        assert run_flow(backend.sync, mark_down_flow(LAYOUT, "f1", [("upbit", "KRW-BTC")])) == 1
+        backend.sync.delete("md:feeder:f1")
+        time.sleep(0.7)  # past one feeder-state refresh of the mirror (0.5 s): it knows f1 is gone
+        assert mirror.snapshot_status("KRW-BTC").state is BookState.LIVE
+        assert mirror.get_latest_snapshot("KRW-BTC") == book(xid=500)
+
+
+# ------------------------------------------------------------------------------------------------- clocks
+def test_max_age_is_right_when_the_feeder_clock_is_two_seconds_slow(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Was: the reader compared its clock with the feeder's receive time: 2 s slow made every book too_old."""
+
+    class Slow:
+        @staticmethod
+        def time() -> float:
+            return time.time() - 2.0
+
+    slow = Slow.time()
+    monkeypatch.setattr(client.layout.codec, "time", Slow)  # the feeder's clock, as encode_book reads it
+    set_feeder_state(backend.sync, "f1")
+    assert feeder_write(backend.sync, book(xid=500, recv_ts=slow), "f1") == 1
+    monkeypatch.undo()
+    assert state(backend, max_age=1.0) is BookState.LIVE
+    status = RedisMarketDataProvider(redis=backend.sync, max_age=1.0).snapshot_status("KRW-BTC")
+    assert status.age is not None and status.age < 1.0
+
+
+def test_the_mirror_measures_ages_on_redis_time_whatever_its_own_clock(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = time
+
+    class Fast:
+        monotonic = staticmethod(real.monotonic)
+
+        @staticmethod
+        def time() -> float:
+            return real.time() + 2.0
+
+    set_feeder_state(backend.sync, "f1")
+    assert feeder_write(backend.sync, book(xid=500), "f1") == 1
+    monkeypatch.setattr(client.mirror.cache, "time", Fast)
+    monkeypatch.setattr(client.freshness, "time", Fast)
+    with RedisMarketDataProvider(redis=backend.new_sync(), mode="mirror", max_age=1.0) as mirror:
+        assert mirror.get_latest_snapshot("KRW-BTC") == book(xid=500)  # 2 s "old" by this host's clock
+        assert -2.5 < mirror._cache.clock_offset < -1.5  # Redis is 2 s behind this host
+
+
+# ------------------------------------------------------------------------------------------------- hostile data
+def test_a_wrong_typed_book_key_reads_as_corrupt_not_as_a_raw_redis_error(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Was: every read path raised a raw ``redis.exceptions.ResponseError`` (WRONGTYPE)."""
+    backend.sync.set(KEY, "junk")
+    provider = RedisMarketDataProvider(redis=backend.sync)
+    with caplog.at_level(logging.WARNING, logger="client.provider"):
+        assert provider.get_latest_snapshot("KRW-BTC", "upbit") is None
+        assert provider.get_latest_snapshot("KRW-BTC", "upbit") is None
+    assert sum("corrupt book" in r.message or "unreadable" in r.message for r in caplog.records) == 1
+    assert provider.snapshot_status("KRW-BTC", "upbit").state is BookState.CORRUPT
+    with pytest.raises(CorruptSnapshotError, match="md:upbit:KRW-BTC"):
+        RedisMarketDataProvider(redis=backend.sync, strict=True).get_latest_snapshot("KRW-BTC", "upbit")
+
+
+def test_a_wrong_typed_feeder_key_is_not_alive(backend: Backend) -> None:
+    """Was: an error reply for the feeder's state read as alive."""
+    assert feeder_write(backend.sync, book(xid=500), "f1") == 1
+    backend.sync.set("md:feeder:f1", "junk")
+    assert state(backend) is BookState.FEEDER_DEAD
+
+
+def test_an_oversized_stored_book_is_corrupt_without_decoding_it(backend: Backend) -> None:
+    """Was: a 1,000,000-level hash took a reader a second to decode, and was served."""
+    set_feeder_state(backend.sync, "f1")
+    assert feeder_write(backend.sync, book(xid=500), "f1") == 1
+    backend.sync.hset(KEY, "bids", orjson.dumps([[1.0 + i, 1.0] for i in range(1_000_000)]))
+    assert state(backend) is BookState.CORRUPT
+    values = backend.sync.hmget(KEY, ["bids"])
+    assert len(values[0]) > 256 * 1024
+
+
+def test_a_permission_error_is_a_market_data_error_naming_the_command(real_backend: Backend) -> None:
+    """Was: a raw ``NoPermissionError``."""
+    client = real_backend.sync
+    client.acl_setuser("nohmget", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                       commands=["+@all", "-hmget"])  # fmt: skip
+    try:
+        assert real_backend.url is not None
+        url = real_backend.url.replace("redis://", "redis://nohmget:pw@")
+        provider = RedisMarketDataProvider(redis=redis.Redis.from_url(url))
+        with pytest.raises(MarketDataPermissionError, match="HMGET") as caught:
+            provider.get_latest_snapshot("KRW-BTC", "upbit")
+        assert "md:upbit:KRW-BTC" in str(caught.value) and isinstance(caught.value, MarketDataError)
+    finally:
+        client.acl_deluser("nohmget")
+
+
+# ------------------------------------------------------------------------------------------------- the mirror
+def test_the_mirror_replaces_its_copy_with_what_redis_holds_after_an_empty_restart(backend: Backend) -> None:
+    """Was: the mirror kept books by seq: after Redis restarted empty (seq starting again at 1) it kept the old
+    books as live and went silent until the new seq passed the old one."""
+    cache = BookCache(LAYOUT)
+    for seq in range(1, 501):
+        encoded = encode_book(LAYOUT, book(xid=seq), exchange="upbit", writer="f1", heartbeat=True)
+        assert cache.apply(KEY, encoded.message(seq, "1.000", "f1")) is None
+    assert cache.books[KEY].seq == 500
+    # Redis restarts empty; the feeder writes the next book, which is seq 1 there
+    encoded = encode_book(LAYOUT, book(xid=501), exchange="upbit", writer="f1", heartbeat=True)
+    assert run_flow(backend.sync, write_flow(LAYOUT, [encoded])) == [1]
+    assert cache.apply(KEY, encoded.message(1, "1.000", "f1")) == KEY  # out of step: re-read
+    run_flow_cache(backend, cache, cache.reload_flow([KEY]))
+    assert cache.books[KEY].seq == 1 and cache.books[KEY].snapshot.xid == 501
+    backend.sync.delete(KEY)  # and a book Redis no longer holds leaves the cache
+    run_flow_cache(backend, cache, cache.reload_flow([KEY]))
+    assert KEY not in cache.books
+
+
+def test_a_forged_or_invalid_message_is_not_served(backend: Backend) -> None:
+    """Was: a forged PUBLISH with seq=10**12 (or a NaN / negative price) was served and outlived its feeder."""
+    set_feeder_state(backend.sync, "f1")
+    encoded = encode_book(LAYOUT, book(xid=500), exchange="upbit", writer="f1", heartbeat=True)
+    assert run_flow(backend.sync, write_flow(LAYOUT, [encoded])) == [1]
+    cache = BookCache(LAYOUT)
+    run_flow_cache(backend, cache, cache.reload_flow([KEY]))
+    good = cache.books[KEY]
+    forged = orjson.loads(encoded.message(1, "1.000", "f1"))
+    for fake in (
+        {**forged, "seq": 10**12, "bids": [[999999.0, 1.0]]},  # far ahead: a gap, Redis decides
+        {**forged, "seq": 2, "asks": [[-5.0, 1.0]]},  # not a book an exchange sends
+        {**forged, "seq": 2, "bids": [[1.0, 1.0]] * 5000},  # more levels than any book
+        {**forged, "seq": 1, "xid": 10**9},  # newer content under the stored seq: out of step
+    ):
+        assert cache.apply(KEY, orjson.dumps(fake)) == KEY  # not applied; the key is re-read
+        assert cache.books[KEY] == good
+        run_flow_cache(backend, cache, cache.reload_flow([KEY]))
+        assert cache.books[KEY].snapshot == good.snapshot
+    nan = encoded.message(2, "1.000", "f1").replace(b'"bids":[[101.0', b'"bids":[[NaN')
+    assert cache.apply(KEY, nan) is None  # not even JSON: ignored
+    assert cache.books[KEY].snapshot == good.snapshot
+
+
+def run_flow_cache(backend: Backend, cache: BookCache, flow: Any) -> None:
+    run_flow(backend.sync, flow)
+
+
+# ------------------------------------------------------------------------------------------------- writes
+async def test_out_of_memory_stops_the_heartbeat_so_books_go_stale(real_backend: Backend) -> None:
+    """Was: with Redis out of memory the heartbeat HSET was refused but its PEXPIRE accepted: frozen books
+    stayed live."""
+    client = real_backend.new_async()
+    status = FeederStatus(client, LAYOUT, "oom-1", dict, ttl=2.0)
+    await status.claim(0.2)
+    assert await status.beat()
+    real_backend.sync.pexpire("md:feeder:oom-1", 500)
+    real_backend.sync.config_set("maxmemory", "1")
+    try:
+        assert await status.beat() is False  # refused as a whole: the expiry was not pushed out
+        assert 0 < real_backend.sync.pttl("md:feeder:oom-1") <= 500
+    finally:
+        real_backend.sync.config_set("maxmemory", "0")
+    assert await status.beat()
+
+
+async def test_a_wrong_typed_key_costs_that_key_only(backend: Backend, aclient: Any) -> None:
+    """Was: a wrong-typed key plus a dropped connection left a mark-down retrying forever ahead of every write,
+    so the feeder's other books stopped updating while still served as live."""
+    backend.sync.set("md:upbit:KRW-BAD", "junk")
+    writer = SnapshotWriter(aclient, LAYOUT, "f1")
+    task = asyncio.create_task(writer.run())
+    try:
+        writer.submit("upbit", book("KRW-BAD", xid=1))
+        writer.submit("upbit", book("KRW-BTC", xid=1))
+        assert await writer.flush(5)
+        writer.mark_down("upbit", ["KRW-BAD"])
+        writer.submit("upbit", book("KRW-BTC", 2, xid=2))
+        assert await writer.flush(5)
+        assert writer.stats.failed == 1 and writer.redis_ok
+        assert backend.sync.hget(KEY, "xid") == b"2"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_books_lost_by_redis_are_rewritten_at_the_next_heartbeat(
+    backend: Backend, aclient: Any
+) -> None:
+    """Quiet books lost in an empty restart (or a flush) were never rewritten: the feeder rewrites them."""
+    writer = SnapshotWriter(aclient, LAYOUT, "f1")
+    status = FeederStatus(aclient, LAYOUT, "f1", dict, ttl=5.0, on_loss=lambda: writer.rewrite_all("test"))
+    task = asyncio.create_task(writer.run())
+    try:
+        await status.claim(0.2)
+        for i in range(20):
+            writer.submit("upbit", book(f"KRW-Q{i}", xid=100 + i))
+        assert await writer.flush(5)
+        backend.sync.flushall()
+        assert await status.beat()  # finds its record gone: Redis lost data
+        assert await writer.flush(5)
+        assert writer.stats.rewrites == 1
+        stored = [backend.sync.hget(f"md:upbit:KRW-Q{i}", "xid") for i in range(20)]
+        assert stored == [str(100 + i).encode() for i in range(20)]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_second_process_with_a_live_feeder_id_is_refused(backend: Backend, aclient: Any) -> None:
+    first = FeederStatus(aclient, LAYOUT, "same-id", dict, ttl=2.0)
+    await first.claim(0.2)
+
+    async def beating() -> None:
+        while True:
+            await first.beat()
+            await asyncio.sleep(0.1)
+
+    beater = asyncio.create_task(beating())
+    try:
+        second = FeederStatus(aclient, LAYOUT, "same-id", dict, ttl=2.0)
+        with pytest.raises(FeederIdInUseError, match="same-id"):
+            await second.claim(0.2)
+    finally:
+        beater.cancel()
+        await asyncio.gather(beater, return_exceptions=True)
+    # a predecessor that died (its record stands still) is taken over
+    successor = FeederStatus(aclient, LAYOUT, "same-id", dict, ttl=2.0)
+    await successor.claim(0.2)
+    assert backend.sync.hget("md:feeder:same-id", "instance") == successor.instance.encode()
+    with pytest.raises(FeederIdInUseError):
+        await first.beat()  # the old owner, if it came back, finds its id taken
