@@ -112,6 +112,7 @@ class Feeder:
             "failed": w.failed,
             "rewrites": w.rewrites,
             "bad": sum(c.stats.bad_frames for c in conns),
+            "unexpected": sum(c.stats.unexpected for c in conns),
             "exchange_errors": sum(c.stats.exchange_errors for c in conns),
             "reconnects": sum(c.stats.reconnects for c in conns),
             "rotations": sum(c.stats.rotations for c in conns),

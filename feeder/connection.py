@@ -78,6 +78,7 @@ class ConnectionStats:
     frames: int = 0
     books: int = 0
     bad_frames: int = 0
+    unexpected: int = 0  # books of symbols this connection did not subscribe: dropped, never written
     exchange_errors: int = 0
     reconnects: int = 0
     rotations: int = 0
@@ -111,6 +112,7 @@ class ExchangeConnection:
         self.protocol = protocol
         self.exchange = protocol.name
         self.symbols = list(symbols)
+        self._wanted = frozenset(self.symbols)
         self.writer = writer
         self.settings = settings
         self.limiter = limiter
@@ -265,6 +267,7 @@ class ExchangeConnection:
         book_symbol = self.protocol.book_symbol
         submit = self.writer.submit
         submit_frame = self.writer.submit_frame
+        wanted = self._wanted
         exchange = self.exchange
         stats = self.stats
         now = time.time
@@ -287,6 +290,9 @@ class ExchangeConnection:
                 stats.frames += 1
                 symbol = book_symbol(frame)
                 if symbol is not None:  # a book of a known symbol: decoded only if and when it is written
+                    if symbol not in wanted:
+                        self._unexpected(symbol)
+                        continue
                     submit_frame(exchange, symbol, frame, now(), self)
                     stats.books += 1
                     if first:
@@ -302,6 +308,9 @@ class ExchangeConnection:
                 receiving = True  # an error reply or a shutdown notice does not show the subscription works
                 for event in events:
                     if type(event) is OrderBookSnapshot:
+                        if event.symbol not in wanted:
+                            self._unexpected(event.symbol)
+                            continue
                         submit(exchange, event)
                         stats.books += 1
                     elif not self._on_event(session, event):
@@ -313,6 +322,17 @@ class ExchangeConnection:
             if session.retiring:
                 return "retired"
             return _describe(exc)
+
+    def _unexpected(self, symbol: str) -> None:
+        """A book of a symbol this connection never subscribed: dropped (a flood of them must not fill Redis)."""
+        self.stats.unexpected += 1
+        if self.stats.unexpected == 1 or self.stats.unexpected % 10_000 == 0:
+            log.warning(
+                "%s: dropped a book of %s, which this connection did not subscribe (%d so far)",
+                self.name,
+                symbol,
+                self.stats.unexpected,
+            )
 
     def _on_event(self, session: _Session, event: Event) -> bool:
         """What the exchange told us besides books; False for a shutdown notice or an error reply."""

@@ -198,6 +198,17 @@ def unique_symbols(symbols: Sequence[str]) -> list[str]:
     return out
 
 
+MAX_LEVELS = 50
+"""Levels per side a decoded book may have by default (exchanges send at most 20 or 30): a frame with more is
+not a book this feeder asked for, and one of 80,000 levels must not reach Redis."""
+
+
+def check_levels(bids: Sequence[object], asks: Sequence[object], limit: int) -> None:
+    """BadFrame when a side has more than `limit` levels."""
+    if len(bids) > limit or len(asks) > limit:
+        raise BadFrame(f"{len(bids)} bids / {len(asks)} asks: more than {limit} levels a side")
+
+
 def split_list(value: str) -> list[str]:
     """A comma-separated setting as a list, blanks dropped."""
     return [item for item in value.split(",") if item]

@@ -35,6 +35,7 @@ from client.layout import validate_symbol
 from client.models import Level, OrderBookSnapshot
 from client.settings import PositiveSeconds
 from feeder.exchanges.base import (
+    MAX_LEVELS,
     Ack,
     BadFrame,
     ErrorReply,
@@ -45,6 +46,7 @@ from feeder.exchanges.base import (
     ShutdownNotice,
     SymbolList,
     WebSocketUrl,
+    check_levels,
     frame_bytes,
     load_json,
     remember_raw_name,
@@ -200,6 +202,7 @@ class BinanceProtocol:
         speed: str = "100ms",
         url: str = DEFAULT_URL,
         max_symbols_per_connection: int = MAX_STREAMS_PER_CONNECTION,
+        max_levels: int = MAX_LEVELS,
     ) -> None:
         if type(depth) is not int or depth not in DEPTHS:
             raise ValueError(f"Binance depth must be one of {sorted(DEPTHS)}, got {depth!r}")
@@ -220,6 +223,7 @@ class BinanceProtocol:
         self.base_url = url.rstrip("/")
         self.max_symbols_per_connection = max_symbols_per_connection
         self._suffix = f"@depth{depth}" if speed == "1000ms" else f"@depth{depth}@{speed}"
+        self.max_levels = max_levels  # more levels a side is a BadFrame
         self._streams: dict[str, str] = {}  # stream name -> symbol, or _IGNORED
         self._fast_streams: dict[bytes, str] = {}  # the same for the fast path, keyed by the raw name
 
@@ -292,6 +296,7 @@ class BinanceProtocol:
             raise BadFrame(f"{stream}: no non-negative integer lastUpdateId")
         bids = _side(data.get("bids"), "bids")
         asks = _side(data.get("asks"), "asks")
+        check_levels(bids, asks, self.max_levels)
         timestamp = recv_ts
         event_ms = data.get("E")  # absent on spot partial books; used if a payload carries one
         if event_ms is not None:
@@ -321,7 +326,7 @@ class BinanceProtocol:
             return None
         rest = raw[head.end() :]
         bid_count = _FAST_SHAPES.get(rest.translate(None, _DIGITS))
-        if bid_count is None:
+        if bid_count is None or bid_count > self.max_levels:
             return None
         try:
             numbers = orjson.loads(b"[" + rest.translate(_QUOTE_TO_SPACE, _NOT_NUMBERS) + b"]")
@@ -433,6 +438,7 @@ def _build(settings: FeederSettings) -> BinanceProtocol:
         speed=settings.binance_speed,
         url=settings.binance_url,
         max_symbols_per_connection=settings.binance_symbols_per_connection,
+        max_levels=settings.max_levels,
     )
 
 

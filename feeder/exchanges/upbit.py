@@ -34,6 +34,7 @@ from client.layout import validate_symbol
 from client.models import Level, OrderBookSnapshot
 from client.settings import AtLeastOne
 from feeder.exchanges.base import (
+    MAX_LEVELS,
     Ack,
     BadFrame,
     ErrorReply,
@@ -43,6 +44,7 @@ from feeder.exchanges.base import (
     Pacing,
     SymbolList,
     WebSocketUrl,
+    check_levels,
     frame_bytes,
     load_json,
     remember_raw_name,
@@ -208,6 +210,7 @@ class UpbitProtocol:
         levels: int | None = None,
         max_symbols_per_connection: int = 100,
         ticket: str | None = None,
+        max_levels: int = MAX_LEVELS,
     ) -> None:
         if not url.startswith(("wss://", "ws://")):
             raise ValueError(f"Upbit URL must start with wss:// or ws://, got {url!r}")
@@ -226,6 +229,7 @@ class UpbitProtocol:
         self.levels = levels
         self.max_symbols_per_connection = max_symbols_per_connection
         self.ticket = ticket  # fixed ticket (tests); None draws a fresh uuid4 per request
+        self.max_levels = max_levels  # more levels a side is a BadFrame
         self._symbols: dict[str, str] = {}  # received code -> validated symbol
         self._fast_symbols: dict[bytes, str] = {}  # the same for the fast path, keyed by the raw code
 
@@ -313,6 +317,7 @@ class UpbitProtocol:
         units = obj.get(units_key)
         asks = _side(units, ask_price, ask_size, "ask")
         bids = _side(units, bid_price, bid_size, "bid")
+        check_levels(bids, asks, self.max_levels)
         return OrderBookSnapshot(
             symbol, tms / 1000, bids, asks, exchange="upbit", xid=int(tms), recv_ts=recv_ts
         )
@@ -344,7 +349,7 @@ class UpbitProtocol:
             return None
         units = raw[start:end]
         count = _FAST_SHAPES[spelling].get(units.translate(None, _FAST_NOT_SHAPE))
-        if count is None:
+        if count is None or count > self.max_levels:
             return None
         try:
             numbers = orjson.loads(units.translate(_FAST_TO_SPACE, _FAST_KEY_LETTERS[spelling]))
@@ -413,6 +418,7 @@ def _build(settings: FeederSettings) -> UpbitProtocol:
         url=settings.upbit_url,
         format=settings.upbit_format,
         max_symbols_per_connection=settings.upbit_symbols_per_connection,
+        max_levels=settings.max_levels,
     )
 
 

@@ -183,3 +183,26 @@ async def test_queued_frames_are_taken_from_websockets_queue_not_one_recv_each(
     await poll(all_read, 20, "the replayed capture was not read")
     assert conn.stats.bad_frames == 0
     assert calls < conn.stats.frames / 2, f"{calls} recv calls for {conn.stats.frames} frames: no fast path"
+
+
+async def test_books_of_symbols_never_subscribed_are_dropped_not_written(rig: Rig) -> None:
+    """Was: a flood of frames for codes the feeder never subscribed was written into Redis (26,000 keys in 8 s,
+    the pending buffer and RSS growing, the other exchange starved)."""
+    conn = rig.connect(UpbitProtocol(url=rig.sim.upbit_url, ticket="t"), ["KRW-BTC"])
+    await rig.wait_live("upbit", ["KRW-BTC"])
+    rig.sim.set_rate(0.0)
+    frame = (
+        '{"type":"orderbook","code":"KRW-X%03d","timestamp":1700000000000,"total_ask_size":1.0,'
+        '"total_bid_size":1.0,"orderbook_units":[{"ask_price":2.0,"bid_price":1.0,"ask_size":1.0,"bid_size":1.0}],'
+        '"stream_type":"REALTIME","level":0}'
+    )
+    for i in range(200):
+        await rig.sim.send_garbage("upbit", (frame % i).encode())
+
+    async def dropped() -> bool:
+        return conn.stats.unexpected >= 200
+
+    await poll(dropped, 5, "books of unsubscribed codes were not counted")
+    assert await rig.writer.flush(1)
+    assert [b for b in await rig.provider.aall_books() if b[1].startswith("KRW-X")] == []
+    assert rig.writer.pending == 0

@@ -318,3 +318,13 @@ def test_satisfies_the_exchange_protocol() -> None:
 def test_parse_result_serializes() -> None:
     (snapshot,) = BinanceProtocol().parse(lines("binance-partial-depth-combined.txt")[0], 1.0)
     assert orjson.loads(orjson.dumps(snapshot.bids)) == [[86704.77, 4.67805], [86704.76, 0.00224]]
+
+
+def test_a_book_with_more_levels_than_the_cap_is_a_bad_frame() -> None:
+    """Was: an 80,000-level book was stored and served live."""
+    huge = [[f"{100 + i}.0", "1.0"] for i in range(80_000)]
+    with pytest.raises(BadFrame, match="more than 50 levels"):
+        BinanceProtocol().parse(book_frame(huge, GOOD_ASKS), 1.0)
+    small = BinanceProtocol(max_levels=1)
+    with pytest.raises(BadFrame, match="more than 1 levels"):
+        small.parse(book_frame(GOOD_BIDS, GOOD_ASKS), 1.0)  # the fast path defers to the cap as well

@@ -376,3 +376,15 @@ def test_satisfies_the_exchange_protocol() -> None:
     assert protocol.name == "upbit"
     assert protocol.max_symbols_per_connection == 100
     assert UpbitProtocol(max_symbols_per_connection=7).max_symbols_per_connection == 7
+
+
+def test_a_book_with_more_levels_than_the_cap_is_a_bad_frame() -> None:
+    units = [
+        {"ask_price": 2.0 + i, "bid_price": 1.0, "ask_size": 1.0, "bid_size": 1.0} for i in range(80_000)
+    ]
+    frame = json.dumps({"type": "orderbook", "code": "KRW-BTC", "timestamp": 1, "orderbook_units": units})
+    with pytest.raises(BadFrame, match="more than 50 levels"):
+        UpbitProtocol().parse(frame, 1.0)
+    small = UpbitProtocol(max_levels=1)
+    with pytest.raises(BadFrame, match="more than 1 levels"):
+        small.parse(frame_text("upbit-orderbook-default.json").encode(), 1.0)  # fast path: capped too
