@@ -19,6 +19,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from time import monotonic
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -68,6 +69,7 @@ from client.mirror import (
     UpdateCallback,
     UpdateQueue,
 )
+from client.mirror.cache import HEALTH_TIMEOUT
 from client.models import BookState, OrderBookSnapshot, SnapshotStatus
 from client.resolver import SymbolResolver, Target, ambiguous, guess_exchange
 from client.settings import ClientSettings, load_settings
@@ -169,6 +171,7 @@ class RedisMarketDataProvider(MarketDataProvider):
         self._subscriber: ThreadSubscriber | TaskSubscriber | None = None
         self._wait_queues: dict[frozenset[str] | None, UpdateQueue] = {}
         self._wait_queues_lock = threading.Lock()
+        self._keys_memo: dict[tuple[tuple[str, ...] | None, str | None], set[str] | None] = {}
 
     # ----------------------------------------------------------------------------------------- construction
     @classmethod
@@ -440,21 +443,25 @@ class RedisMarketDataProvider(MarketDataProvider):
         Returns the newest book of every symbol updated since the previous call with the same symbols (each
         call site keeps its own latest-wins buffer, so nothing is lost between calls and memory stays bounded);
         ``snapshot.skipped`` counts the updates of that book it did not see. Works in both modes: in
-        read-through mode the first call starts a subscriber for these symbols.
+        read-through mode the first call starts a subscriber for these symbols. `timeout` is honoured whatever
+        Redis does (stopped, unreachable), but for the first call's resolution of bare symbols, which waits up
+        to ``MD_REDIS_TIMEOUT`` (pass ``exchange=`` to need none).
         """
-        keys = self._execute(self._keys_flow(symbols, exchange))
+        deadline = None if timeout is None else monotonic() + timeout
+        keys = self._memo_keys(symbols, exchange)
         queue = self._queue(keys)
-        self._ensure_subscriber(keys)
-        return queue.wait(timeout)
+        self._ensure_subscriber(keys, self._start_wait(deadline))
+        return queue.wait(None if deadline is None else max(0.0, deadline - monotonic()))
 
     async def await_for_update(
         self, symbols: Iterable[str] | None = None, timeout: float | None = None, exchange: str | None = None
     ) -> list[OrderBookSnapshot]:
         """The asyncio twin of `wait_for_update`."""
-        keys = await self._aexecute_any(self._keys_flow(symbols, exchange))
+        deadline = None if timeout is None else monotonic() + timeout
+        keys = await self._amemo_keys(symbols, exchange)
         queue = self._queue(keys)
-        await self._aensure_subscriber(keys)
-        return await queue.await_(timeout)
+        await self._aensure_subscriber(keys, self._start_wait(deadline))
+        return await queue.await_(None if deadline is None else max(0.0, deadline - monotonic()))
 
     async def updates(
         self, symbols: Iterable[str] | None = None, exchange: str | None = None
@@ -501,6 +508,30 @@ class RedisMarketDataProvider(MarketDataProvider):
 
         return unregister
 
+    def _start_wait(self, deadline: float | None) -> float:
+        """How long starting a subscriber may wait for its first load: the redis timeout, within `deadline`."""
+        wait = self.settings.redis_timeout
+        return wait if deadline is None else max(0.0, min(wait, deadline - monotonic()))
+
+    def _memo_keys(self, symbols: Iterable[str] | None, exchange: str | None) -> set[str] | None:
+        """The keys of `symbols`, resolved once per list of symbols: a waiting loop asks Redis nothing more."""
+        token = (tuple(symbols) if symbols is not None else None, exchange)
+        keys = self._keys_memo.get(token, _UNSET)
+        if keys is _UNSET:
+            if len(self._keys_memo) >= 1024:
+                self._keys_memo.clear()
+            keys = self._keys_memo[token] = self._execute(self._keys_flow(token[0], exchange))
+        return keys  # type: ignore[no-any-return]
+
+    async def _amemo_keys(self, symbols: Iterable[str] | None, exchange: str | None) -> set[str] | None:
+        token = (tuple(symbols) if symbols is not None else None, exchange)
+        keys = self._keys_memo.get(token, _UNSET)
+        if keys is _UNSET:
+            if len(self._keys_memo) >= 1024:
+                self._keys_memo.clear()
+            keys = self._keys_memo[token] = await self._aexecute_any(self._keys_flow(token[0], exchange))
+        return keys  # type: ignore[no-any-return]
+
     def _queue(self, keys: set[str] | None) -> UpdateQueue:
         token = frozenset(keys) if keys is not None else None
         with self._wait_queues_lock:
@@ -515,11 +546,11 @@ class RedisMarketDataProvider(MarketDataProvider):
             self.layout, keys=set(keys or ()), exchanges=None if keys else set()
         )
 
-    def _ensure_subscriber(self, keys: set[str] | None) -> None:
+    def _ensure_subscriber(self, keys: set[str] | None, wait: float | None = None) -> None:
         if self._subscriber is None:
             subscriber = ThreadSubscriber(self._sync(), self._new_plan(keys), self._cache)
             self._subscriber = subscriber
-            subscriber.start(self.settings.redis_timeout)
+            subscriber.start(self.settings.redis_timeout if wait is None else wait)
         elif keys is None:
             if self._subscriber.plan.exchanges is None:
                 log.warning(
@@ -528,14 +559,14 @@ class RedisMarketDataProvider(MarketDataProvider):
         else:
             self._subscriber.add_keys(k for k in keys if not self._subscriber.plan.covers(k))
 
-    async def _aensure_subscriber(self, keys: set[str] | None) -> None:
+    async def _aensure_subscriber(self, keys: set[str] | None, wait: float | None = None) -> None:
         if self._subscriber is None and self._async_redis is None and not self._owns_async:
-            await asyncio.to_thread(self._ensure_subscriber, keys)
+            await asyncio.to_thread(self._ensure_subscriber, keys, wait)
             return
         if self._subscriber is None:
             subscriber = TaskSubscriber(self._async(), self._new_plan(keys), self._cache)
             self._subscriber = subscriber
-            await subscriber.start(self.settings.redis_timeout)
+            await subscriber.start(self.settings.redis_timeout if wait is None else wait)
         elif keys is not None:
             self._subscriber.add_keys(k for k in keys if not self._subscriber.plan.covers(k))
 
@@ -544,7 +575,12 @@ class RedisMarketDataProvider(MarketDataProvider):
         """The hot path of a mirror read: a live book of a bare symbol, or None to take the full path."""
         cache = self._cache
         keys = cache.by_symbol.get(symbol)
-        if keys is None or len(keys) != 1 or not cache.connected:
+        if (
+            keys is None
+            or len(keys) != 1
+            or not cache.connected
+            or monotonic() - cache.heard > HEALTH_TIMEOUT
+        ):
             return None
         book = cache.books[keys[0]]
         if book_state(book, cache.alive, self.max_age, None, cache.clock_offset) is LIVE:
@@ -583,8 +619,8 @@ class RedisMarketDataProvider(MarketDataProvider):
         return results, rest
 
     def _mirror_result(self, exchange: str, symbol: str, book: StoredBook | None, now: float) -> Judged:
-        if not self._cache.connected:
-            detail = "mirror not synced with Redis (disconnected or still loading)"
+        if not self._cache.available():
+            detail = "mirror not synced with Redis (disconnected, not answering, or still loading)"
             return SnapshotStatus(exchange, symbol, BookState.UNAVAILABLE, detail=detail), None
         return self._judge(exchange, symbol, book, self._cache.alive, now)
 

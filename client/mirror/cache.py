@@ -38,6 +38,8 @@ from client.models import OrderBookSnapshot
 
 log = logging.getLogger("client.mirror")
 
+HEALTH_TIMEOUT = 1.0  # seconds without any answer from Redis after which the mirror's books are unavailable
+
 
 @dataclass
 class BookCache:
@@ -50,6 +52,7 @@ class BookCache:
     alive: set[str] = field(default_factory=set)  # feeders whose last known state is alive
     clock_offset: float = 0.0  # Redis's clock minus this host's, as last measured
     connected: bool = False
+    heard: float = 0.0  # time.monotonic() of the last answer from Redis (a message, a pong, a round trip)
     unknown_feeders: set[str] = field(default_factory=set)
     consumers: tuple[Consumer, ...] = ()
     messages: int = 0
@@ -164,6 +167,11 @@ class BookCache:
     def feeders(self) -> list[str]:
         held = {h for b in self.books.values() if b.heartbeat for h in b.holders}
         return sorted(held | self.unknown_feeders)
+
+    def available(self) -> bool:
+        """Synced with Redis, and Redis answered within `HEALTH_TIMEOUT` (a stopped Redis is seen in a second,
+        even while the subscriber waits for a reply)."""
+        return self.connected and time.monotonic() - self.heard <= HEALTH_TIMEOUT
 
     def redis_now(self) -> float:
         """Redis's clock, as this host estimates it from its own and the offset last measured."""

@@ -30,13 +30,14 @@ import redis.asyncio
 import redis.exceptions
 
 from client.layout import Flow
-from client.mirror.cache import BookCache, MirrorPlan
+from client.mirror.cache import HEALTH_TIMEOUT, BookCache, MirrorPlan
 from client.transport import arun_flow, raise_if_cancelled, run_flow
 
 log = logging.getLogger("client.mirror")
 
 FEEDER_REFRESH = 0.5  # seconds between feeder-state refreshes
 POLL = 0.1  # how long one receive waits; bounds the stop latency of the thread
+HEALTH_INTERVAL = 0.25  # seconds between pings on the pub/sub connection
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 
 
@@ -64,7 +65,12 @@ class Synced:
     """Every mirrored book is loaded: a `start` waiting for it may return."""
 
 
-Operation = Subscribe | RunFlow | Receive | Synced
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """A PING on the pub/sub connection: its pong (a message) shows that Redis still answers."""
+
+
+Operation = Subscribe | RunFlow | Receive | Synced | Ping
 Session = Generator[Operation, Any, None]
 
 
@@ -94,9 +100,10 @@ class SubscriberCore:
             yield Subscribe(channels, patterns)
         yield RunFlow(plan.load_flow(cache))
         cache.connected = True
+        cache.heard = time.monotonic()
         yield Synced()
         log.debug("mirror: synced %d books", len(cache.books))
-        refreshed = time.monotonic()
+        refreshed = pinged = time.monotonic()
         while True:
             added = self._take_added()
             if added:
@@ -105,6 +112,7 @@ class SubscriberCore:
             message = yield Receive(POLL)
             gaps: set[str] = set()
             while message is not None:
+                cache.heard = time.monotonic()  # a message, or the pong of a ping: Redis answers
                 if message["type"] in ("message", "pmessage"):
                     gap = cache.apply(message["channel"], message["data"])
                     if gap:
@@ -112,9 +120,18 @@ class SubscriberCore:
                 message = yield Receive(0)
             if gaps:
                 yield RunFlow(cache.reload_flow(gaps))
-            if cache.unknown_feeders or time.monotonic() - refreshed > FEEDER_REFRESH:
+            now = time.monotonic()
+            if cache.unknown_feeders or now - refreshed > FEEDER_REFRESH:
                 yield RunFlow(cache.feeder_refresh_flow())
                 refreshed = time.monotonic()
+                cache.heard = refreshed
+            if now - pinged >= HEALTH_INTERVAL:
+                yield Ping()
+                pinged = now
+            if now - cache.heard > HEALTH_TIMEOUT:
+                raise redis.exceptions.ConnectionError(
+                    f"Redis answered nothing for {HEALTH_TIMEOUT:g}s on the pub/sub connection"
+                )
 
     def lost(self, exc: BaseException, failures: int) -> float:
         """The connection failed (the `failures`-th time in a row): books are unavailable; seconds to wait."""
@@ -181,6 +198,8 @@ class ThreadSubscriber:
                 result = pubsub.get_message(timeout=operation.timeout)
             elif type(operation) is RunFlow:
                 run_flow(self._redis, operation.flow)
+            elif type(operation) is Ping:
+                pubsub.ping()
             elif type(operation) is Subscribe:
                 if operation.channels:
                     pubsub.subscribe(*operation.channels)
@@ -246,6 +265,8 @@ class TaskSubscriber:
                 result = await pubsub.get_message(ignore_subscribe_messages=True, timeout=operation.timeout)
             elif type(operation) is RunFlow:
                 await arun_flow(self._redis, operation.flow)
+            elif type(operation) is Ping:
+                await pubsub.ping()
             elif type(operation) is Subscribe:
                 if operation.channels:
                     await pubsub.subscribe(*operation.channels)

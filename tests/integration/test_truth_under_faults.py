@@ -366,3 +366,35 @@ async def test_a_second_process_with_a_live_feeder_id_is_refused(backend: Backen
     assert backend.sync.hget("md:feeder:same-id", "instance") == successor.instance.encode()
     with pytest.raises(FeederIdInUseError):
         await first.beat()  # the old owner, if it came back, finds its id taken
+
+
+def test_a_stopped_redis_makes_mirror_books_unavailable_within_a_second_and_timeouts_hold(
+    fresh_redis_server: Any,
+) -> None:
+    """Was: with Redis stopped (SIGSTOP) the mirror served frozen books for 5.5 s, and
+    ``wait_for_update(timeout=1)`` returned after 11 s."""
+    import signal
+
+    client = redis.Redis.from_url(fresh_redis_server.url)
+    set_feeder_state(client, "f1")
+    assert feeder_write(client, book(xid=500), "f1") == 1
+    with RedisMarketDataProvider(redis=redis.Redis.from_url(fresh_redis_server.url), mode="mirror") as mirror:
+        assert mirror.get_latest_snapshot("KRW-BTC") == book(xid=500)
+        assert mirror.wait_for_update(["KRW-BTC"], timeout=0.1, exchange="upbit") == []
+        fresh_redis_server.process.send_signal(signal.SIGSTOP)
+        try:
+            stopped = time.monotonic()
+            while mirror.get_latest_snapshot("KRW-BTC") is not None:
+                assert time.monotonic() - stopped < 1.5, "a frozen book was served as live"
+                time.sleep(0.02)
+            assert mirror.snapshot_status("KRW-BTC").state is BookState.UNAVAILABLE
+            started = time.monotonic()
+            assert mirror.wait_for_update(["KRW-BTC"], timeout=1.0, exchange="upbit") == []
+            assert time.monotonic() - started < 1.1
+        finally:
+            fresh_redis_server.process.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 15
+        while mirror.get_latest_snapshot("KRW-BTC") is None:
+            assert time.monotonic() < deadline, "the mirror did not come back after Redis did"
+            time.sleep(0.05)
+    client.close()
