@@ -23,6 +23,7 @@ API
         tick_interval=0.01,         # the pump's period; frames due within a tick are sent together
         max_incoming_per_second=5.0,  # Binance's incoming message limit; None: unlimited
         max_streams=1024,           # Binance streams per connection
+        binance_cadence=True,       # unchanged partial books pushed again every 100 ms / 1 s, as Binance does
         max_outbox=100_000,         # frames queued for one client before it is dropped as a slow consumer
         compression=False,          # permessage-deflate (off: it costs more CPU than everything else)
         close_timeout=2.0,          # closing handshake timeout, e.g. in stop()

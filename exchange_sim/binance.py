@@ -7,7 +7,8 @@ What the server does, following Binance's documentation and the frames in ``test
 - partial book streams ``<symbol>@depth<5|10|20>[@100ms|@1000ms]`` get frames
   ``{"lastUpdateId":N,"bids":[["price","size"],…],"asks":[…]}`` with 8-decimal strings, ``lastUpdateId``
   strictly increasing per symbol. Every subscription gets the current book at once, then one frame per
-  update (``rate`` per second, whatever the ``@100ms`` suffix says). Other well-formed stream names
+  update (``rate`` per second), and, as Binance does, the same book again whenever its stream's interval
+  (100 ms, or 1 s without the suffix) passed without an update (``binance_cadence``). Other well-formed stream names
   (``@trade``, ``@bookTicker``, diff ``@depth``…) are accepted and produce nothing;
 - control messages: ``SUBSCRIBE``, ``UNSUBSCRIBE``, ``LIST_SUBSCRIPTIONS``, ``SET_PROPERTY`` /
   ``GET_PROPERTY`` ``combined``; replies ``{"result":…,"id":N}``; bad requests
@@ -66,7 +67,11 @@ def parse_stream(name: str, *, combined: bool = True) -> BinanceSubscription | N
             name=name, symbol=name.partition("@")[0].upper(), realtime=False, generated=False
         )
     return BinanceSubscription(
-        name=name, symbol=m.group(1).upper(), variant=(name, combined), depth=int(m.group(2))
+        name=name,
+        symbol=m.group(1).upper(),
+        variant=(name, combined),
+        depth=int(m.group(2)),
+        cadence=0.1 if name.endswith("@100ms") else 1.0,
     )
 
 

@@ -66,6 +66,7 @@ class ExchangeServer(Faults[SubT]):
         max_outbox: int = 100_000,
         compression: bool = False,
         control: ControlHandler | None = None,
+        repeat_unchanged: bool = False,
     ) -> None:
         if levels < 1:
             raise ValueError("levels must be >= 1")
@@ -82,6 +83,7 @@ class ExchangeServer(Faults[SubT]):
         self.close_timeout = close_timeout
         self.max_outbox = max_outbox
         self.compression = compression
+        self.repeat_unchanged = repeat_unchanged  # cadenced streams are pushed every interval, changed or not
         self.control = control
         self.depth = max(levels, MIN_DEPTH[self.name])
         self.sessions: dict[int, Session[SubT]] = {}
@@ -321,9 +323,11 @@ class ExchangeServer(Faults[SubT]):
         if self.replay is not None:
             self._start_replay(session)
         elif initial:
+            now = asyncio.get_running_loop().time()
             for sub in added:
                 if sub.generated and not session.closing:
                     session.enqueue(self.encode(session, sub, self.book(sub.symbol), True))
+                    sub.last_push = now
                     self.counters["book_frames"] += 1
         self.notify()
 
@@ -373,18 +377,33 @@ class ExchangeServer(Faults[SubT]):
     async def _pump(self) -> None:
         loop = asyncio.get_running_loop()
         pump, index = self.pump, self._index
+        pushed = loop.time()
         while True:
             await asyncio.sleep(self.tick_interval)
-            if self.replay is not None or pump.idle:
+            if self.replay is not None:
+                continue
+            if self.repeat_unchanged and loop.time() - pushed >= 0.05:
+                pushed = loop.time()
+                self._push_due(pushed)
+            if pump.idle:
                 continue
             now_ms = int(time.time() * 1000)
-            for symbol in pump.due(loop.time(), lambda s: bool(index.get(s))):
+            now = loop.time()
+            for symbol in pump.due(now, lambda s: bool(index.get(s))):
                 book = self.book(symbol)
                 book.step(now_ms)
                 self.counters["updates"] += 1
-                self._fanout(book, index[symbol])
+                self._fanout(book, index[symbol], now)
 
-    def _fanout(self, book: RandomWalkBook, subscribers: dict[Session[SubT], list[SubT]]) -> None:
+    def _fanout(
+        self,
+        book: RandomWalkBook,
+        subscribers: dict[Session[SubT], list[SubT]],
+        now: float,
+        due_only: bool = False,
+    ) -> None:
+        """Send `book` to its subscribers; `due_only`: only to cadenced ones whose next push is due (the same
+        book again, as Binance pushes its partial books every interval whether they changed or not)."""
         cache: dict[Hashable, bytes] = {}
         sent = 0
         for session, subs in subscribers.items():
@@ -393,12 +412,20 @@ class ExchangeServer(Faults[SubT]):
             for sub in subs:
                 if not sub.realtime:
                     continue
+                if due_only and (sub.cadence is None or now - sub.last_push < sub.cadence):
+                    continue
                 payload = cache.get(sub.variant)
                 if payload is None:
                     payload = cache[sub.variant] = self.encode(session, sub, book, False)
                 session.enqueue(payload)
+                sub.last_push = now
                 sent += 1
         self.counters["book_frames"] += sent
+
+    def _push_due(self, now: float) -> None:
+        """Books of cadenced streams that no update refreshed within their interval are sent again."""
+        for symbol, subscribers in self._index.items():
+            self._fanout(self.book(symbol), subscribers, now, due_only=True)
 
     # -- truth --------------------------------------------------------------------------------------------
 

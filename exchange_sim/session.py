@@ -47,6 +47,8 @@ class Subscription:
     realtime: bool = True  # False: only the initial frame (Upbit is_only_snapshot, Binance non-book streams)
     variant: Hashable = None  # frames with equal variants for one update are encoded once
     generated: bool = True  # False: a valid name the simulator has no data for (it sends nothing)
+    cadence: float | None = None  # a stream pushed every `cadence` s, changed or not (Binance partial books)
+    last_push: float = 0.0  # loop time of the last frame sent for it
 
 
 SubT = TypeVar("SubT", bound=Subscription)

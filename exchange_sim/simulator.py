@@ -50,6 +50,7 @@ class ExchangeSimulator:
         replay_speed: float | None = 1.0,
         replay_loop: bool = False,
         http_control: bool = True,
+        binance_cadence: bool = True,
     ) -> None:
         common: dict[str, Any] = {
             "host": host,
@@ -72,6 +73,7 @@ class ExchangeSimulator:
                 port=binance_port,
                 max_streams=max_streams,
                 max_incoming_per_second=max_incoming_per_second,
+                repeat_unchanged=binance_cadence,
                 **common,
             )
         if not self.servers:

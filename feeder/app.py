@@ -15,7 +15,8 @@ import redis.asyncio
 
 from client.layout import RedisLayout
 from client.masking import mask_url
-from feeder.connection import ConnectionSettings, ExchangeConnection, OpenRateLimiter
+from feeder.connection import ConnectionSettings, ExchangeConnection, OpenRateLimiter, StallPolicy
+from feeder.exchanges.base import StallRule
 from feeder.exchanges.registry import EXCHANGES
 from feeder.settings import FeederSettings
 from feeder.sharding import split_for_connections, take_shard
@@ -25,6 +26,16 @@ from feeder.writer import SnapshotWriter
 log = logging.getLogger(__name__)
 
 FLUSH_TIMEOUT = 3.0
+
+
+def stall_policy(rule: StallRule, settings: FeederSettings) -> StallPolicy:
+    """The exchange's stall rule for these settings; ``MD_SILENCE_TIMEOUT`` > 0 replaces it."""
+    if settings.silence_timeout > 0:
+        return StallPolicy(fixed=settings.silence_timeout, floor=0.0)
+    cadence = rule.cadence(settings)
+    if cadence is not None:
+        return StallPolicy(fixed=cadence * rule.beats, floor=rule.floor)
+    return StallPolicy(floor=rule.floor, adaptive=rule.adaptive, gaps=rule.gaps)
 
 
 class Feeder:
@@ -64,7 +75,7 @@ class Feeder:
         for exchange in s.exchange_list:
             descriptor = EXCHANGES[exchange]
             idle = descriptor.keepalive.idle_timeout
-            if idle is not None and s.ping_interval >= idle:
+            if idle is not None and s.ping_interval is not None and s.ping_interval >= idle:
                 log.warning(
                     "%s closes connections idle for %.0fs: MD_PING_INTERVAL=%s is too long to keep them open",
                     exchange,
@@ -76,9 +87,9 @@ class Feeder:
             limiter = OpenRateLimiter(descriptor.pacing.open_rate, descriptor.pacing.open_burst)
             conn_settings = ConnectionSettings(
                 connect_timeout=s.connect_timeout,
-                ping_interval=s.ping_interval,
-                ping_timeout=s.ping_timeout,
-                silence_timeout=s.silence_timeout,
+                ping_interval=s.ping_interval or descriptor.keepalive.ping_interval,
+                ping_timeout=s.ping_timeout or descriptor.keepalive.ping_timeout,
+                stall=stall_policy(descriptor.stall, s),
                 reconnect_max_delay=s.reconnect_max_delay,
                 max_lifetime=descriptor.max_lifetime(s),
                 subscribe_interval=descriptor.pacing.subscribe_interval,
@@ -108,11 +119,13 @@ class Feeder:
             "coalesced": w.coalesced,
             "rejected": w.rejected,
             "joined": w.joined,
+            "unchanged": w.unchanged,
             "future": w.future,
             "failed": w.failed,
             "rewrites": w.rewrites,
             "bad": sum(c.stats.bad_frames for c in conns),
             "unexpected": sum(c.stats.unexpected for c in conns),
+            "repeats": sum(c.stats.repeats for c in conns),
             "exchange_errors": sum(c.stats.exchange_errors for c in conns),
             "reconnects": sum(c.stats.reconnects for c in conns),
             "rotations": sum(c.stats.rotations for c in conns),

@@ -34,13 +34,30 @@ from feeder.writer import SnapshotWriter
 
 log = logging.getLogger(__name__)
 
+_WINDOW = 10.0  # seconds of arrivals the adaptive stall rule averages over
+_WARM_UP = 2.0  # seconds after the first frame before arrivals count (a subscription starts with snapshots)
+
+
+@dataclass(frozen=True)
+class StallPolicy:
+    """When this connection, open but silent, is stalled (see `ExchangeConnection._watch`).
+
+    `fixed` seconds of silence, if set; else, when `adaptive`, `gaps` times the mean gap between frames
+    observed before the silence began. Never less than `floor`. Neither: no silence watchdog.
+    """
+
+    fixed: float | None = None
+    floor: float = 1.0
+    adaptive: bool = False
+    gaps: float = 20.0
+
 
 @dataclass(frozen=True)
 class ConnectionSettings:
     connect_timeout: float = 10.0
     ping_interval: float = 5.0
     ping_timeout: float = 5.0
-    silence_timeout: float = 0.0  # 0 = off
+    stall: StallPolicy = field(default_factory=StallPolicy)
     reconnect_max_delay: float = 30.0
     max_lifetime: float | None = None  # planned replacement after this many seconds (Binance: < 24 h)
     subscribe_interval: float = 0.25  # pause between subscribe frames (exchange message-rate limits)
@@ -79,6 +96,9 @@ class ConnectionStats:
     books: int = 0
     bad_frames: int = 0
     unexpected: int = 0  # books of symbols this connection did not subscribe: dropped, never written
+    repeats: int = (
+        0  # frames identical to the symbol's previous one (Binance's unchanged pushes): not written
+    )
     exchange_errors: int = 0
     reconnects: int = 0
     rotations: int = 0
@@ -94,6 +114,7 @@ class _Session:
     first_frame: asyncio.Event = field(default_factory=asyncio.Event)
     shutdown_announced: asyncio.Event = field(default_factory=asyncio.Event)
     retiring: bool = False
+    last_frame: float = 0.0  # time.time() of the last frame received (the read loop stamps it)
 
 
 class ExchangeConnection:
@@ -113,6 +134,7 @@ class ExchangeConnection:
         self.exchange = protocol.name
         self.symbols = list(symbols)
         self._wanted = frozenset(self.symbols)
+        self._last_raw: dict[str, bytes] = {}  # per symbol, the last frame handed to the writer
         self.writer = writer
         self.settings = settings
         self.limiter = limiter
@@ -189,18 +211,21 @@ class ExchangeConnection:
     async def _serve(self, session: _Session) -> str:
         """Read from `session` (and its planned successors) until a connection ends unplanned; say why."""
         reader = asyncio.create_task(self._read(session), name=f"{self.name}-read")
+        watch = asyncio.create_task(self._watch(session), name=f"{self.name}-watch")
         try:
             while True:
                 rotate_at = self._rotation_deadline(session)
                 shutdown = asyncio.create_task(session.shutdown_announced.wait())
                 try:
                     done, _ = await asyncio.wait(
-                        {reader, shutdown}, timeout=rotate_at, return_when=asyncio.FIRST_COMPLETED
+                        {reader, watch, shutdown}, timeout=rotate_at, return_when=asyncio.FIRST_COMPLETED
                     )
                 finally:
                     shutdown.cancel()
                 if reader in done:
                     return reader.result()
+                if watch in done:
+                    return watch.result()
                 why = (
                     "server announced shutdown"
                     if session.shutdown_announced.is_set()
@@ -212,9 +237,63 @@ class ExchangeConnection:
                 old_reader, reader = reader, successor[1]
                 session = successor[0]
                 await _finish(old_reader)
+                await _finish(watch)
+                watch = asyncio.create_task(self._watch(session), name=f"{self.name}-watch")
         finally:
+            await _finish(watch)
             await _finish(reader)
             await session.ws.close()
+
+    async def _watch(self, session: _Session) -> str:
+        """Return (a reason) once `session` is stalled: open, but silent for longer than its `StallPolicy` allows.
+
+        Its books are marked down at once, before the connection is closed (a stalled server may take its
+        time over the closing handshake). A check is skipped when this event loop itself was held up, or when
+        frames are waiting unread: then the reader is behind, not the server.
+        """
+        policy = self.settings.stall
+        if policy.fixed is None and not policy.adaptive:
+            await asyncio.Event().wait()  # no watchdog: wait to be cancelled
+        loop = asyncio.get_running_loop()
+        tick = 0.05 if policy.fixed is not None and policy.fixed < 1.0 else 0.1
+        samples: deque[tuple[float, int]] = deque()  # (time, frames so far), over the last WINDOW seconds
+        await session.first_frame.wait()
+        armed_at = time.time() + _WARM_UP  # the snapshots of a new subscription are no measure of its rate
+        expected = loop.time() + tick
+        while True:
+            await asyncio.sleep(tick)
+            now_loop = loop.time()
+            held_up = now_loop - expected > tick
+            expected = now_loop + tick
+            now = time.time()
+            if now > armed_at:
+                samples.append((session.last_frame, self.stats.frames))
+                while samples[0][0] < samples[-1][0] - _WINDOW:  # the window ends at the last frame
+                    samples.popleft()
+            limit = self._stall_limit(policy, samples)
+            silent = now - session.last_frame
+            if limit is None or silent <= limit or held_up or session.retiring:
+                continue
+            fast = received_frames(session.ws)
+            if fast is not None and fast.queue:
+                continue
+            reason = f"stalled: no frame for {silent:.2f}s (limit {limit:.2f}s)"
+            log.warning(
+                "%s: %s; its books are marked not live, the connection is replaced", self.name, reason
+            )
+            self._went_down(reason)
+            return reason
+
+    @staticmethod
+    def _stall_limit(policy: StallPolicy, samples: deque[tuple[float, int]]) -> float | None:
+        if policy.fixed is not None:
+            return max(policy.fixed, policy.floor)
+        if len(samples) < 2 or samples[-1][0] - samples[0][0] < _WINDOW / 2:
+            return None  # not enough history yet: only the pings watch this connection
+        (t0, n0), (t1, n1) = samples[0], samples[-1]
+        if n1 <= n0 or t1 <= t0:
+            return None
+        return max(policy.floor, policy.gaps * (t1 - t0) / (n1 - n0))
 
     def _rotation_deadline(self, session: _Session) -> float | None:
         lifetime = self.settings.max_lifetime
@@ -268,10 +347,10 @@ class ExchangeConnection:
         submit = self.writer.submit
         submit_frame = self.writer.submit_frame
         wanted = self._wanted
+        last_raw = self._last_raw
         exchange = self.exchange
         stats = self.stats
         now = time.time
-        silence = self.settings.silence_timeout or None
         first = True
         try:
             while True:
@@ -280,27 +359,27 @@ class ExchangeConnection:
                     data = queued.popleft().data
                     resume()
                     frame = data if type(data) is bytes else bytes(data)
-                elif silence is None:
-                    frame = await recv(False)
                 else:
-                    try:
-                        frame = await asyncio.wait_for(recv(False), silence)
-                    except TimeoutError:
-                        return f"no frame for {silence:.1f}s (silence watchdog)"
+                    frame = await recv(False)
                 stats.frames += 1
+                session.last_frame = received = now()
                 symbol = book_symbol(frame)
                 if symbol is not None:  # a book of a known symbol: decoded only if and when it is written
                     if symbol not in wanted:
                         self._unexpected(symbol)
                         continue
-                    submit_frame(exchange, symbol, frame, now(), self)
+                    if last_raw.get(symbol) == frame:  # the same book pushed again: nothing to write
+                        stats.repeats += 1
+                        continue
+                    last_raw[symbol] = frame
+                    submit_frame(exchange, symbol, frame, received, self)
                     stats.books += 1
                     if first:
                         first = False
                         self._receiving(session)
                     continue
                 try:
-                    events = parse(frame, now())
+                    events = parse(frame, received)
                 except BadFrame as exc:
                     stats.bad_frames += 1
                     self._log_bad(exc, frame)
@@ -376,6 +455,7 @@ class ExchangeConnection:
 
     def _went_down(self, reason: str) -> None:
         self.stats.last_error = reason
+        self._last_raw.clear()  # after the mark-down, the same book again must be written (it revives it)
         if self.up:
             self.up = False
         # Mark every symbol of this connection not live, even those that had no frame yet on this session.

@@ -12,7 +12,7 @@ import re
 from pydantic import field_validator, model_validator
 
 from client.layout import host_writer_id, validate_writer_id
-from client.settings import AtLeastOne, ClientSettings, NonNegativeSeconds, PositiveSeconds
+from client.settings import AtLeastOne, ClientSettings, NonNegativeSeconds, OptionalSeconds, PositiveSeconds
 from feeder.exchanges.registry import EXCHANGES, ExchangeSettings
 
 
@@ -38,12 +38,14 @@ class FeederSettings(ClientSettings, ExchangeSettings):
     shard: str = "1/1"
     """K/N: take the K-th of N deterministic shares of each symbol list (several feeders split a list)."""
     connect_timeout: PositiveSeconds = 10.0
-    ping_interval: PositiveSeconds = 5.0
-    """Seconds between WebSocket pings; also keeps Upbit from closing an idle connection."""
-    ping_timeout: PositiveSeconds = 5.0
-    """A connection whose pong is this late is stalled: it is closed and replaced."""
+    ping_interval: OptionalSeconds = None
+    """Seconds between WebSocket pings (unset: each exchange's own, Upbit 10, Binance 20); they also keep Upbit
+    from closing an idle connection."""
+    ping_timeout: OptionalSeconds = None
+    """A connection whose pong is this late is dead: closed and replaced (unset: Upbit 10, Binance 20)."""
     silence_timeout: NonNegativeSeconds = 0.0
-    """Close a connection that delivered no frame for this long (0 = off: a quiet Upbit book is not dead)."""
+    """Replace a connection that delivered no frame for this long, on every exchange (0: each exchange's own
+    rule: Binance after 3 missed pushes, at least 0.5 s; Upbit after 20 mean gaps, at least 1 s)."""
     reconnect_max_delay: PositiveSeconds = 30.0
     """Cap of the exponential reconnect backoff (first retry immediately, then 0.25 s doubling, with jitter)."""
     heartbeat_interval: PositiveSeconds = 1.0

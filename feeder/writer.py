@@ -33,6 +33,7 @@ import redis.exceptions
 from client.layout import (
     JOINED,
     REFUSED_FUTURE,
+    UNCHANGED,
     EncodedBook,
     Flow,
     RedisLayout,
@@ -68,6 +69,7 @@ class WriterStats:
     written: int = 0  # accepted by the ordering check
     rejected: int = 0  # older than the stored book
     joined: int = 0  # the stored book again, delivered by this feeder too: recorded as one of its holders
+    unchanged: int = 0  # the same book this feeder wrote last, again (Binance pushes it every interval)
     future: int = 0  # refused: a time-based ordering id too far ahead of Redis's clock
     failed: int = (
         0  # refused by Redis for this key alone (a wrong-typed key...): counted, logged once per key
@@ -304,6 +306,8 @@ class SnapshotWriter:
             elif result == JOINED:
                 stats.joined += 1
                 self._last[book_id] = snapshot
+            elif result == UNCHANGED:
+                stats.unchanged += 1
             elif result == REFUSED_FUTURE:
                 stats.future += 1
                 if stats.future == 1 or stats.future % 1000 == 0:

@@ -80,6 +80,7 @@ from client.layout.scripts import (
     REFUSED_FUTURE,
     REFUSED_OLDER,
     TAKEN_OVER,
+    UNCHANGED,
     WRITE_BOOK,
     LuaScript,
 )
@@ -104,6 +105,7 @@ __all__ = [
     "STATE_FIELD",
     "TAKEN_OVER",
     "TIME_ID_LEAD_MS",
+    "UNCHANGED",
     "WRITE_BOOK",
     "BooksRead",
     "Command",

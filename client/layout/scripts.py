@@ -26,6 +26,9 @@ class LuaScript:
 REFUSED_OLDER = 0  # older than the stored book, or a client's write over a book feeders hold
 REFUSED_FUTURE = -1  # a time-based ordering id further ahead of Redis's clock than the margin allowed
 JOINED = -2  # another feeder delivered the stored book again: it is recorded as a holder, no new version
+UNCHANGED = (
+    -3
+)  # the same feeder delivered the same book again (Binance pushes it every interval): no new version
 
 # KEYS[1] book key (and channel). ARGV: 1 xid, 2 writer id, 3 the message's middle part (from "exchange" to
 # "ask", see `encode_book`), 4 exchange, 5 symbol, 6 bids JSON, 7 asks JSON, 8 best bid, 9 best ask, 10 ts,
@@ -34,9 +37,10 @@ JOINED = -2  # another feeder delivered the stored book again: it is recorded as
 # (on the writer's clock) the book was received.
 #
 # Ordering, the contract of docs/redis-layout.md:
-# - feeder over feeder: a newer xid wins; the same xid from the same feeder is a rewrite (consecutive frames
-#   can share a millisecond); the same xid from another feeder adds it to `holders` (JOINED), or, when the
-#   book is marked down, makes it live again as a new version;
+# - feeder over feeder: a newer xid wins; the same xid from the same feeder is a rewrite when the book differs
+#   (consecutive Upbit frames can share a millisecond) and nothing (UNCHANGED) when it does not; the same xid
+#   from another feeder adds it to `holders` (JOINED), or, when the book is marked down, makes it live again
+#   as a new version;
 # - client over feeder: refused while any feeder holds the book (`holders` not empty): a client's id may come
 #   from another space (a timestamp where the exchange counts updates) and must not freeze a fed book;
 # - feeder over client: always accepted, for the same reason;
@@ -66,6 +70,10 @@ if old then
     if new == old then
       if cur[2] == writer then
         keep = cur[6] ~= '0'
+        if keep then
+          local stored = redis.call('HMGET', KEYS[1], 'bids', 'asks')
+          if stored[1] == ARGV[6] and stored[2] == ARGV[7] then return -3 end
+        end
       elseif cur[6] ~= '0' and holders ~= '' then
         if string.find(',' .. holders .. ',', ',' .. writer .. ',', 1, true) then return -2 end
         holders = holders .. ',' .. writer

@@ -122,9 +122,32 @@ class Pacing:
 
 @dataclass(frozen=True)
 class KeepAlive:
-    """The exchange's keep-alive facts (documented): our client pings must come more often than this."""
+    """The exchange's keep-alive facts (documented) and our client pings that fit them.
+
+    Client pings find a dead TCP connection; they are kept well inside what the exchange tolerates and loose
+    enough that a busy feeder does not cut a healthy connection. Stalls are found sooner by `StallRule`.
+    """
 
     idle_timeout: float | None  # the server closes a connection silent (or unanswering) for this long
+    ping_interval: float  # our pings, unless MD_PING_INTERVAL says otherwise
+    ping_timeout: float  # a pong later than this: the connection is dead (unless MD_PING_TIMEOUT says)
+
+
+@dataclass(frozen=True)
+class StallRule:
+    """When an open connection that delivers nothing counts as stalled: its books go not-live, it is replaced.
+
+    A stream that pushes on a fixed cadence (Binance's partial books: every 100 ms or 1 s, changed or not) is
+    stalled after `beats` missed pushes; one that sends only changes (Upbit) after `gaps` times its observed
+    mean gap between frames, so that a busy connection gone silent is caught within a second or two and a
+    connection of quiet codes never is (its pings still are). Never sooner than `floor` seconds.
+    """
+
+    floor: float
+    cadence: Callable[[FeederSettings], float | None] = lambda settings: None
+    beats: int = 3
+    adaptive: bool = False
+    gaps: float = 20.0
 
 
 @dataclass(frozen=True)
@@ -135,6 +158,7 @@ class ExchangeDescriptor:
     default_url: str
     pacing: Pacing
     keepalive: KeepAlive
+    stall: StallRule
     build: Callable[[FeederSettings], ExchangeProtocol]
     """The protocol, configured from the feeder's settings (which include the exchange's own)."""
     symbols: Callable[[FeederSettings], list[str]]

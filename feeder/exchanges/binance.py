@@ -44,6 +44,7 @@ from feeder.exchanges.base import (
     KeepAlive,
     Pacing,
     ShutdownNotice,
+    StallRule,
     SymbolList,
     WebSocketUrl,
     check_levels,
@@ -446,7 +447,10 @@ DESCRIPTOR: Final = ExchangeDescriptor(
     name="binance",
     default_url=DEFAULT_URL,
     pacing=Pacing(open_rate=1.0, open_burst=10, subscribe_interval=0.25),
-    keepalive=KeepAlive(idle_timeout=60.0),
+    # the server pings every 20 s and drops a client silent for 60 s; our pings only catch a dead TCP link
+    keepalive=KeepAlive(idle_timeout=60.0, ping_interval=20.0, ping_timeout=20.0),
+    # partial books are pushed every 100 ms (or 1 s), changed or not: 3 missed pushes, at least 0.5 s
+    stall=StallRule(floor=0.5, cadence=lambda settings: 1.0 if settings.binance_speed == "1000ms" else 0.1),
     build=_build,
     symbols=lambda settings: split_list(settings.binance_symbols),
     max_lifetime=lambda settings: settings.binance_max_lifetime,

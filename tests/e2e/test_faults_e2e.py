@@ -61,10 +61,10 @@ async def test_a_feeder_restarted_after_sigkill_takes_its_id_back(rig: Rig) -> N
     first.wait(5)
     again = rig.start_feeder(QUIET, [], MD_FEEDER_ID="restarted")  # the record of the dead one still exists
 
-    async def took_over() -> bool:
-        return "taking over the record" in again.log() or not again.alive()
+    async def took_over() -> bool:  # its record now names the new process (its predecessor's may be gone)
+        return (await rig.status("restarted")).get("pid") == str(again.pid) or not again.alive()
 
-    await poll(took_over, 20, "the restarted feeder did not take its id back")
+    await poll(took_over, 20, f"the restarted feeder did not take its id back\n{again.log()}")
     assert again.alive(), again.log()
     await poll(lambda: rig.all_live("upbit", QUIET), 20, f"books not live after the restart\n{again.log()}")
 

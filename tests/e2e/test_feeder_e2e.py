@@ -143,7 +143,25 @@ async def test_stalled_connection_is_detected_and_replaced(rig: Rig) -> None:
 
     took = await poll(replaced_and_fresh, 5, f"stall not detected\n{rig.fail_log()}")
     assert took < 3.0
-    assert "keepalive ping timeout" in rig.feeders[0].log()
+    assert "stalled: no frame for" in rig.feeders[0].log()  # Binance pushes every 100 ms: silence is a signal
+
+
+async def test_books_of_a_stalled_binance_connection_read_as_not_live_within_a_second(rig: Rig) -> None:
+    """Was: after the simulator stalled Binance, the books read as live for ~7 s (until a 5 s ping timed out)."""
+    rig.start_feeder([], ["BTCUSDT", "ETHUSDT"], MD_PING_INTERVAL="20", MD_PING_TIMEOUT="20")
+    await poll(lambda: rig.all_live("binance", ["BTCUSDT", "ETHUSDT"]), 20, "books did not arrive")
+    rig.sim.set_rate(0.0)  # quiet, but Binance keeps pushing the unchanged books every 100 ms
+    await asyncio.sleep(1.0)
+    assert await rig.all_live("binance", ["BTCUSDT", "ETHUSDT"]), "a quiet Binance book is not a stalled one"
+    assert await rig.sim.stall("binance", seconds=30) == 1
+    stalled = time.monotonic()
+
+    async def not_live() -> bool:
+        books = await rig.provider.aget_latest_snapshots(["BTCUSDT", "ETHUSDT"], exchange="binance")
+        return all(b is None for b in books.values())
+
+    await poll(not_live, 3, f"stalled books stayed live\n{rig.fail_log()}")
+    assert time.monotonic() - stalled < 1.0
 
 
 async def test_garbage_and_error_frames_are_counted_and_skipped(rig: Rig) -> None:

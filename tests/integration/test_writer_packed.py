@@ -17,7 +17,7 @@ import redis
 import redis.asyncio
 from support.backends import Backend
 
-from client.layout import RedisLayout, decode_book, encode_book, write_flow
+from client.layout import UNCHANGED, RedisLayout, decode_book, encode_book, write_flow
 from client.models import OrderBookSnapshot
 from client.transport import arun_flow, packed_commands
 from feeder.writer import _CHUNK, SnapshotWriter
@@ -207,6 +207,7 @@ async def test_cancelling_a_round_trip_releases_and_drops_its_connection(
     monkeypatch.setattr(connection_class, "read_response", read)
     # the pool still works, and no stale reply is read by the next round trip
     seqs = await writer._run_flow(write_flow(layout, encoded[:3]))
-    assert all(s >= 1 for s in seqs)
+    # Redis ran the whole cancelled batch: the same books again are unchanged, not errors or stale replies
+    assert all(s == UNCHANGED or s >= 1 for s in seqs)
     assert await client.ping()
     await client.aclose()
