@@ -151,7 +151,12 @@ async def simulator(**kwargs: Any) -> AsyncIterator[ExchangeSimulator]:
     growing backlog instead of being dropped as a slow consumer in the middle of a measurement).
     """
     # no unchanged-book pushes: the offered rate is what the benchmark sets, nothing more
-    options: dict[str, Any] = {"ping_interval": None, "max_outbox": 2_000_000, "seed": 1, "binance_cadence": False}
+    options: dict[str, Any] = {
+        "ping_interval": None,
+        "max_outbox": 2_000_000,
+        "seed": 1,
+        "binance_cadence": False,
+    }
     options.update(kwargs)
     sim = ExchangeSimulator(**options)
     await sim.start()

@@ -68,7 +68,16 @@ def judge(
         detail = f"written {age:.3f}s ago (Redis clock), max_age is {max_age}s"
     else:
         detail = ""
-    return SnapshotStatus(exchange, symbol, state, age=age, seq=book.seq, feeder=book.feeder, detail=detail)
+    return SnapshotStatus(
+        exchange,
+        symbol,
+        state,
+        age=age,
+        seq=book.seq,
+        feeder=book.feeder,
+        detail=detail,
+        simulated=book.simulated,
+    )
 
 
 Judged = tuple[SnapshotStatus, OrderBookSnapshot | None]

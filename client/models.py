@@ -59,6 +59,7 @@ class SnapshotStatus:
     seq: int | None = None
     feeder: str | None = None
     detail: str = ""
+    simulated: bool = False  # the book comes from the exchange simulator (the demo), not from a market
 
     @property
     def live(self) -> bool:

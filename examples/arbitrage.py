@@ -1,10 +1,11 @@
 """Upbit/Binance BTC premium, printed every time either book updates.
 
 An engine loop written against the `MarketDataProvider` interface: the only line that knows about the shared
-cache is the constructor. Run it against the offline demo (``make demo`` prints the Redis URL):
+cache is the constructor. Run it against the offline demo (``make demo`` prints the Redis URL; its books are
+under the prefix ``demo``):
 
-    MD_REDIS_URL=redis://127.0.0.1:PORT/0 .venv/bin/python examples/arbitrage.py
-    .venv/bin/python examples/arbitrage.py --redis-url redis://127.0.0.1:PORT/0 --mode read-through --count 20
+    MD_REDIS_URL=redis://127.0.0.1:PORT/0 MD_PREFIX=demo .venv/bin/python examples/arbitrage.py
+    .venv/bin/python examples/arbitrage.py --redis-url redis://127.0.0.1:PORT/0 --prefix demo --count 20
 
 The premium compares Upbit's KRW-BTC with Binance's BTCUSDT converted at Upbit's KRW-USDT price:
 ``premium = upbit_mid / (binance_mid * usdt_krw_mid) - 1`` (the "kimchi premium").
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--redis-url", help="default: MD_REDIS_URL")
     parser.add_argument("--mode", choices=["mirror", "read-through"], default="mirror")
+    parser.add_argument("--prefix", help="key prefix (default: MD_PREFIX; the offline demo's is demo)")
     parser.add_argument(
         "--count", type=int, default=0, help="stop after this many premiums (0: run until Ctrl-C)"
     )
@@ -47,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # The one line that changes when moving from the in-process WebSocket provider:
     if args.redis_url:
-        provider = RedisMarketDataProvider.from_url(args.redis_url, mode=args.mode)
+        provider = RedisMarketDataProvider.from_url(args.redis_url, mode=args.mode, prefix=args.prefix)
     else:
-        provider = RedisMarketDataProvider(mode=args.mode)
+        provider = RedisMarketDataProvider(mode=args.mode, prefix=args.prefix)
 
     printed = 0
     with provider:

@@ -51,7 +51,12 @@ class Feeder:
         )
         time_ordered = {ex for ex in settings.exchange_list if EXCHANGES[ex].time_ordered_ids}
         self.writer = SnapshotWriter(
-            self.redis, self.layout, self.id, batch=settings.write_batch, time_ordered=time_ordered
+            self.redis,
+            self.layout,
+            self.id,
+            batch=settings.write_batch,
+            time_ordered=time_ordered,
+            simulated=settings.simulated,
         )
         self.status = FeederStatus(
             self.redis,

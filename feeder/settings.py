@@ -53,6 +53,8 @@ class FeederSettings(ClientSettings, ExchangeSettings):
     """The feeder key expires after this long without a heartbeat: its books then read as not live."""
     write_batch: AtLeastOne = 500
     """Most books written in one pipelined round trip."""
+    simulated: bool = False
+    """The exchange URLs point at the simulator (md-sim): every book is marked simulated (``md`` shows it)."""
     max_levels: AtLeastOne = 50
     """A frame whose book has more levels a side than this is malformed (counted, skipped, never written)."""
     summary_interval: PositiveSeconds = 60.0

@@ -94,6 +94,7 @@ class SnapshotWriter:
         batch: int = 500,
         max_backoff: float = 1.0,
         time_ordered: Container[str] = (),
+        simulated: bool = False,
     ) -> None:
         self._redis = client
         self._layout = layout
@@ -104,6 +105,7 @@ class SnapshotWriter:
         self._down: dict[BookId, None] = {}
         self._indexed: set[str] = set()
         self._time_ordered = time_ordered  # exchanges whose ordering id is a time (Upbit's timestamp)
+        self._simulated = simulated  # the books come from the exchange simulator: marked so
         self._last: dict[BookId, OrderBookSnapshot] = {}  # the latest book Redis took, per key (for rewrites)
         self._failing: dict[str, str] = {}  # keys Redis refuses, with the reason (logged once each)
         self._wake = asyncio.Event()
@@ -249,6 +251,7 @@ class SnapshotWriter:
                     heartbeat=True,
                     validate=False,
                     time_ordered=book_id[0] in time_ordered,
+                    simulated=self._simulated,
                 )
                 books.append(book)
                 encoded.append((book_id, snap, book))

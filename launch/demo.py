@@ -32,6 +32,7 @@ from launch.child import ChildProcess, feeder_command
 from launch.redis_server import LocalRedisServer, free_port
 from md_cli.main import main as md_main
 
+DEMO_PREFIX = "demo"  # the offline demo's books never share the keys live engines read (prefix md)
 UPBIT_SYMBOLS = "KRW-BTC,KRW-ETH,KRW-USDT,KRW-XRP,KRW-SOL"
 BINANCE_SYMBOLS = "BTCUSDT,ETHUSDT,XRPUSDT,SOLUSDT"
 
@@ -110,9 +111,14 @@ def run(args: argparse.Namespace) -> int:
             if url:
                 say(f"no Redis answers at MD_REDIS_URL={mask_url(url)}: starting a private one")
             url = stack.enter_context(private_redis())
+        prefix = args.prefix or ("md" if args.live else DEMO_PREFIX)
+        if not args.live:
+            refuse_real_books(url, prefix)
         children: list[ChildProcess] = []
         feeder_env = {
             "MD_REDIS_URL": url,
+            "MD_PREFIX": prefix,
+            "MD_SIMULATED": "false" if args.live else "true",
             "MD_UPBIT_SYMBOLS": UPBIT_SYMBOLS,
             "MD_BINANCE_SYMBOLS": BINANCE_SYMBOLS,
         }
@@ -148,9 +154,10 @@ def run(args: argparse.Namespace) -> int:
             children.append(stack.enter_context(child(f"feeder-{exchange}", feeder_command(), log_dir, env)))
         say(f"feeders started; logs in {log_dir}")
         say(
-            f"engines connect with MD_REDIS_URL={mask_url(url)}  (e.g. python examples/arbitrage.py --redis-url URL)"
+            f"engines connect with MD_REDIS_URL={mask_url(url)} MD_PREFIX={prefix}  "
+            "(e.g. python examples/arbitrage.py --redis-url URL --prefix PREFIX)"
         )
-        provider = RedisMarketDataProvider.from_url(url)
+        provider = RedisMarketDataProvider.from_url(url, prefix=prefix)
         stack.callback(provider.stop)
         symbols = [("upbit", s) for s in UPBIT_SYMBOLS.split(",")] + [
             ("binance", s) for s in BINANCE_SYMBOLS.split(",")
@@ -161,19 +168,40 @@ def run(args: argparse.Namespace) -> int:
 
         if args.once:
             wait_for(all_live, args.timeout, "every book live", children)
-            return md_main(["--redis-url", url, "watch", "--once"])
+            return md_main(["--redis-url", url, "--prefix", prefix, "watch", "--once"])
         say("press Ctrl-C to stop everything")
         try:
             if sys.stdout.isatty():
-                return md_main(["--redis-url", url, "watch", "--interval", "0.5"])
+                return md_main(["--redis-url", url, "--prefix", prefix, "watch", "--interval", "0.5"])
             # Not a terminal (a pipe, a log): a table every few seconds instead of a redrawn screen.
             wait_for(all_live, args.timeout, "every book live", children)
             while True:
-                md_main(["--redis-url", url, "watch", "--once"])
+                md_main(["--redis-url", url, "--prefix", prefix, "watch", "--once"])
                 time.sleep(5.0)
         finally:
             say("stopping feeders, simulator and Redis")
     return 0
+
+
+def refuse_real_books(url: str, prefix: str) -> None:
+    """Stop when the Redis holds, under `prefix`, books that a feeder of a real market wrote: the demo's
+    simulated books would overwrite what live engines read."""
+    provider = RedisMarketDataProvider.from_url(url, prefix=prefix)
+    try:
+        books = provider.all_books()
+        real = [
+            f"{status.exchange}:{status.symbol} (feeder {status.feeder})"
+            for status, book in provider.inspect_books(books)
+            if book is not None and not status.simulated
+        ]
+    finally:
+        provider.stop()
+    if real:
+        raise SystemExit(
+            f"demo: the Redis at {mask_url(url)} holds books under prefix {prefix!r} that did not come from the "
+            f"simulator ({', '.join(real[:3])}{'…' if len(real) > 3 else ''}): the demo would overwrite them. "
+            "Use another Redis (unset MD_REDIS_URL: the demo starts its own) or --prefix."
+        )
 
 
 def _port_open(port: int) -> bool:
@@ -193,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=30.0, help="with --once: how long to wait (s)")
     parser.add_argument("--rate", type=float, default=5.0, help="simulator updates/s per symbol")
     parser.add_argument("--log-dir", help="where child logs go (default: a new temp directory)")
+    parser.add_argument(
+        "--prefix", help=f"key prefix of the demo's books (default {DEMO_PREFIX}; with --live: md)"
+    )
     args = parser.parse_args(argv)
     try:
         return run(args)

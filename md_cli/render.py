@@ -45,6 +45,7 @@ def book_json(status: SnapshotStatus, book: OrderBookSnapshot, depth: int | None
         "seq": book.seq,
         "xid": book.xid,
         "feeder": status.feeder,
+        "simulated": status.simulated,
         "bids": [[p, q] for p, q in book.bids[:depth]],
         "asks": [[p, q] for p, q in book.asks[:depth]],
     }
@@ -53,8 +54,9 @@ def book_json(status: SnapshotStatus, book: OrderBookSnapshot, depth: int | None
 def render_book(status: SnapshotStatus, book: OrderBookSnapshot, depth: int | None) -> list[str]:
     """Header lines and a bid/ask ladder, best prices on the first row, facing each other."""
     state = status.state.value if status.live else f"{status.state.value.upper()} (not live: {status.detail})"
+    sim = "  SIMULATED (from md-sim, not a market)" if status.simulated else ""
     lines = [
-        f"{status.exchange}:{book.symbol}  {state}",
+        f"{status.exchange}:{book.symbol}  {state}{sim}",
         f"seq {status.seq}  feeder {status.feeder or '-'}  age {fmt_age(status.age)}  xid {book.xid}",
         f"exchange time {fmt_time(book.timestamp)}  received {fmt_time(book.recv_ts)}",
         "",
@@ -128,7 +130,7 @@ def _watch_cells(row: WatchRow) -> list[str]:
         bps,
         fmt_age(status.age),
         rate,
-        status.state.value,
+        status.state.value + (" (sim)" if status.simulated else ""),
     ]
 
 

@@ -54,11 +54,11 @@ class EncodedBook:
     def hash_fields(self, seq: int, rts: str, holders: str) -> dict[str, bytes | str]:
         """The hash fields WRITE_BOOK stores as write number `seq` at Redis time `rts` (what the script does,
         for tests); `holders` is the comma-separated list the write leaves."""
-        xid, writer, _, exchange, symbol, bids, asks, bid, ask, ts, recv_ts, hb, _, _ = self.args
+        xid, writer, _, exchange, symbol, bids, asks, bid, ask, ts, recv_ts, hb, _, _, sim = self.args
         return {
             "seq": str(seq), "exchange": exchange, "symbol": symbol, "bids": bids, "asks": asks, "bid": bid,
             "ask": ask, "ts": ts, "recv_ts": recv_ts, "xid": xid, "feeder": writer, "live": "1", "hb": hb,
-            "holders": holders, "rts": rts,
+            "holders": holders, "rts": rts, "sim": sim,
         }  # fmt: skip
 
     def message(self, seq: int, rts: str, holders: str) -> bytes:
@@ -99,18 +99,23 @@ def _check_levels(levels: object, side: str) -> list[Level]:
 
 
 _dumps = orjson.dumps
-_MESSAGE_PARTS: dict[tuple[str, str, str, bool], tuple[bytes, bytes]] = {}
+_MESSAGE_PARTS: dict[tuple[str, str, str, bool, bool], tuple[bytes, bytes]] = {}
 
 
-def _message_parts(exchange: str, symbol: str, writer: str, heartbeat: bool) -> tuple[bytes, bytes]:
+def _message_parts(
+    exchange: str, symbol: str, writer: str, heartbeat: bool, simulated: bool
+) -> tuple[bytes, bytes]:
     """The constant pieces of a book's message: ``"exchange":…,"ts":`` and ``,"feeder":…,"bid":``."""
-    key = (exchange, symbol, writer, heartbeat)
+    key = (exchange, symbol, writer, heartbeat, simulated)
     parts = _MESSAGE_PARTS.get(key)
     if parts is None:
         if len(_MESSAGE_PARTS) >= 16384:  # bounded: one entry per book key and writer
             _MESSAGE_PARTS.clear()
         head = b'"exchange":' + _dumps(exchange) + b',"symbol":' + _dumps(symbol) + b',"ts":'
-        middle = b',"feeder":' + _dumps(writer) + b',"live":true,"hb":' + _dumps(heartbeat) + b',"bid":'
+        middle = b',"feeder":' + _dumps(writer) + b',"live":true,"hb":' + _dumps(heartbeat)
+        if simulated:
+            middle += b',"sim":true'
+        middle += b',"bid":'
         parts = _MESSAGE_PARTS[key] = (head, middle)
     return parts
 
@@ -133,6 +138,7 @@ def encode_book(
     recv_ts: float | None = None,
     validate: bool = True,
     time_ordered: bool | None = None,
+    simulated: bool = False,
 ) -> EncodedBook:
     """Encode a snapshot for WRITE_BOOK.
 
@@ -141,7 +147,8 @@ def encode_book(
     feeder's book outranks a client's (see the script). `validate=False` is for the feeder, whose protocol
     code has already checked every level. `time_ordered` says the ordering id is a time in milliseconds (then
     Redis refuses one more than `TIME_ID_LEAD_MS` ahead of its clock); by default it is when the id is derived
-    from the timestamp (no `xid` given and none on the snapshot).
+    from the timestamp (no `xid` given and none on the snapshot). `simulated` marks a book of the exchange
+    simulator (field ``sim``, shown by ``md``), so that nobody mistakes it for a market.
     """
     key = layout.book_key(exchange, snapshot.symbol)
     if validate:
@@ -176,7 +183,7 @@ def encode_book(
     # fields hold Python's repr, which is the same text in the usual range, so it is reused there.
     numbers = _dumps((ts, recv_ts, xid, best_bid, best_ask))
     ts_json, recv_json, xid_json, bid_json, ask_json = numbers[1:-1].split(b",")
-    head, tail = _message_parts(exchange, snapshot.symbol, writer, heartbeat)
+    head, tail = _message_parts(exchange, snapshot.symbol, writer, heartbeat, simulated)
     middle = b"".join(
         (head, ts_json, b',"recv_ts":', recv_json, b',"xid":', xid_json, tail, bid_json, b',"ask":', ask_json)
     )
@@ -196,6 +203,7 @@ def encode_book(
         "1" if heartbeat else "0",
         _LEAD if time_ordered else "",
         _age_ms(recv_ts),
+        "1" if simulated else "",
     )
     return EncodedBook(exchange, snapshot.symbol, key, xid, writer, args)
 
@@ -222,6 +230,7 @@ class StoredBook:
     recv_ts: float
     seq: int
     holders: tuple[str, ...] = ()  # the feeders whose connection delivered this version and is up
+    simulated: bool = False  # written by a feeder of the exchange simulator (the demo)
     rts: float = 0.0  # when the book was received, on Redis's clock (the clock ages are measured on)
 
 
@@ -307,7 +316,7 @@ def _check_feeder(feeder: str) -> None:
 
 
 READ_FIELDS = (
-    "bids", "asks", "ts", "recv_ts", "xid", "seq", "feeder", "live", "hb", "symbol", "holders", "rts"
+    "bids", "asks", "ts", "recv_ts", "xid", "seq", "feeder", "live", "hb", "symbol", "holders", "rts", "sim"
 )  # fmt: skip
 
 
@@ -324,7 +333,7 @@ def decode_book_fields(layout: RedisLayout, key: str, values: Sequence[Any]) -> 
     """Decode the reply of `read_book_command`: None when the key does not exist; CorruptSnapshotError."""
     if isinstance(values, Exception):  # e.g. WRONGTYPE: something else is stored under the book's name
         raise CorruptSnapshotError(key, "*", f"unreadable: {values}")
-    bids, asks, ts, recv_ts, xid, seq, feeder, live, hb, symbol, holders, rts = values
+    bids, asks, ts, recv_ts, xid, seq, feeder, live, hb, symbol, holders, rts, sim = values
     if bids is None and asks is None and seq is None and ts is None and not any(values):
         return None
     try:
@@ -354,7 +363,16 @@ def decode_book_fields(layout: RedisLayout, key: str, values: Sequence[Any]) -> 
             xid=int(xid),
         )
         return StoredBook(
-            key, snapshot, feeder_s, live not in (b"0", "0"), heartbeat, recv_f, seq_i, held, rts_f
+            key,
+            snapshot,
+            feeder_s,
+            live not in (b"0", "0"),
+            heartbeat,
+            recv_f,
+            seq_i,
+            held,
+            sim in (b"1", "1"),
+            rts_f,
         )
     except Exception:
         return _decode_checked(
@@ -396,6 +414,7 @@ def _decode_checked(layout: RedisLayout, key: str, raw: Mapping[Any, Any]) -> St
         recv_ts=recv_ts,
         seq=seq,
         holders=holders,
+        simulated=_text(fields.get("sim", b"")) == "1",
         rts=rts,
     )
 
@@ -484,5 +503,6 @@ def decode_message_book(layout: RedisLayout, key: str, head: MessageHead) -> Sto
         recv_ts=recv_ts,
         seq=head.seq,
         holders=holders,
+        simulated=bool(m.get("sim", False)),
         rts=rts,
     )

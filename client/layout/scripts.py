@@ -34,7 +34,7 @@ UNCHANGED = (
 # "ask", see `encode_book`), 4 exchange, 5 symbol, 6 bids JSON, 7 asks JSON, 8 best bid, 9 best ask, 10 ts,
 # 11 recv_ts, 12 hb ('1': a feeder whose heartbeat vouches for the book; '0': a client), 13 the margin in ms
 # by which a time-based ordering id may lead Redis's clock ('' when the id is not a time), 14 how many ms ago
-# (on the writer's clock) the book was received.
+# (on the writer's clock) the book was received, 15 '1' when the book comes from the exchange simulator.
 #
 # Ordering, the contract of docs/redis-layout.md:
 # - feeder over feeder: a newer xid wins; the same xid from the same feeder is a rewrite when the book differs
@@ -103,7 +103,7 @@ local listed = '[]'
 if holders ~= '' then listed = '["' .. string.gsub(holders, ',', '","') .. '"]' end
 redis.call('HSET', KEYS[1], 'seq', seq, 'exchange', ARGV[4], 'symbol', ARGV[5], 'bids', ARGV[6], 'asks', ARGV[7],
   'bid', ARGV[8], 'ask', ARGV[9], 'ts', ARGV[10], 'recv_ts', ARGV[11], 'xid', ARGV[1], 'feeder', writer,
-  'live', '1', 'hb', ARGV[12], 'holders', holders, 'rts', rts)
+  'live', '1', 'hb', ARGV[12], 'holders', holders, 'rts', rts, 'sim', ARGV[15])
 redis.call('PUBLISH', KEYS[1], '{"seq":' .. seq .. ',"rts":' .. rts .. ',"holders":' .. listed .. ',' ..
   ARGV[3] .. ',"bids":' .. ARGV[6] .. ',"asks":' .. ARGV[7] .. '}')
 return seq

@@ -26,6 +26,9 @@ def test_demo_once_shows_live_books_and_leaves_nothing_running(tmp_path) -> None
     for symbol in ("KRW-BTC", "KRW-ETH", "KRW-USDT", "BTCUSDT", "ETHUSDT"):
         assert re.search(rf"\b{symbol}\b.*\blive\b", done.stdout), done.stdout
     assert "9 books: 9 live" in done.stdout
+    assert (
+        "prefix demo" in done.stdout and done.stdout.count("live (sim)") == 9
+    )  # never mistaken for a market
     port = int(re.search(r"private redis-server at redis://127.0.0.1:(\d+)", done.stderr)[1])  # type: ignore[index]
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0, "the demo's redis-server is still running"
@@ -99,3 +102,31 @@ async def test_arbitrage_example_prints_premiums(fresh_redis_server: RedisServer
                 assert all(abs(v) < 5 for v in values)  # the simulator prices agree to within a few percent
         finally:
             feeder.cleanup()
+
+
+def test_the_demo_refuses_a_redis_holding_real_books_under_its_prefix(
+    fresh_redis_server: RedisServer,
+) -> None:
+    """Was: ``make demo`` with MD_REDIS_URL exported wrote simulated books into the keys live engines read."""
+    import redis
+
+    from client.layout import RedisLayout, encode_book, write_flow
+    from client.models import OrderBookSnapshot
+    from client.transport import run_flow
+
+    client = redis.Redis.from_url(fresh_redis_server.url)
+    layout = RedisLayout("demo")
+    real = OrderBookSnapshot("KRW-BTC", time.time(), [(1.0, 1.0)], [(2.0, 1.0)])
+    run_flow(
+        client,
+        write_flow(layout, [encode_book(layout, real, exchange="upbit", writer="prod-1", heartbeat=True)]),
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MD_")}
+    env["MD_REDIS_URL"] = fresh_redis_server.url
+    done = subprocess.run(
+        [sys.executable, "-m", "launch.demo", "--once"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert "did not come from the simulator" in done.stderr and "prod-1" in done.stderr
+    assert client.hget("demo:upbit:KRW-BTC", "feeder") == b"prod-1"  # untouched
+    client.close()

@@ -78,7 +78,7 @@ def reference_encode_book(
         "seq": "1", "exchange": exchange, "symbol": snapshot.symbol, "bids": bids_json, "asks": asks_json,
         "bid": bid, "ask": ask, "ts": repr(ts), "recv_ts": repr(float(recv_ts)), "xid": str(xid),
         "feeder": writer, "live": "1", "hb": "1" if heartbeat else "0",
-        "holders": writer if heartbeat else "", "rts": RTS,
+        "holders": writer if heartbeat else "", "rts": RTS, "sim": "",
     }  # fmt: skip
     message = orjson.dumps(
         {
