@@ -35,7 +35,8 @@ from feeder.writer import SnapshotWriter
 log = logging.getLogger(__name__)
 
 _WINDOW = 10.0  # seconds of arrivals the adaptive stall rule averages over
-_WARM_UP = 2.0  # seconds after the first frame before arrivals count (a subscription starts with snapshots)
+_WARM_UP = 2.0  # at most this long after the first frame, arrivals are the subscription's snapshots
+_MIN_FRAMES = 20  # arrivals enough to trust a mean gap (else: half a window of them)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,37 @@ class OpenRateLimiter:
                 await asyncio.sleep((1.0 - self._tokens) / self._rate)
 
 
+class ArrivalWindow:
+    """The recent arrivals of one session, for the adaptive stall rule. Pure: callers pass the times in.
+
+    A subscription starts with one snapshot per symbol, all at once: no measure of the rate, so arrivals count
+    only after those (`skip` frames) or `_WARM_UP` seconds past the first frame, whichever comes first. The
+    mean gap is known once `_MIN_FRAMES` frames arrived, or once they span half the window: a busy
+    connection is judged within a second of opening, a quiet one only from enough of its own history.
+    """
+
+    def __init__(self, first_frame: float, frames: int, skip: int) -> None:
+        self._armed_frames = frames + skip
+        self._armed_at = first_frame + _WARM_UP
+        self._samples: deque[tuple[float, int]] = deque()  # (time of the last frame, frames so far)
+
+    def observe(self, now: float, last_frame: float, frames: int) -> None:
+        if not self._samples and frames < self._armed_frames and now < self._armed_at:
+            return
+        samples = self._samples
+        samples.append((last_frame, frames))
+        while samples[0][0] < last_frame - _WINDOW:  # the window ends at the last frame
+            samples.popleft()
+
+    def mean_gap(self) -> float | None:
+        if len(self._samples) < 2:
+            return None
+        (t0, n0), (t1, n1) = self._samples[0], self._samples[-1]
+        if n1 <= n0 or t1 <= t0 or (n1 - n0 < _MIN_FRAMES and t1 - t0 < _WINDOW / 2):
+            return None
+        return (t1 - t0) / (n1 - n0)
+
+
 @dataclass
 class ConnectionStats:
     frames: int = 0
@@ -133,6 +165,7 @@ class ExchangeConnection:
         self.protocol = protocol
         self.exchange = protocol.name
         self.symbols = list(symbols)
+        self._learned_limit: float | None = None  # the adaptive stall limit last learned (see _stall_limit)
         self._wanted = frozenset(self.symbols)
         self._last_raw: dict[str, bytes] = {}  # per symbol, the last frame handed to the writer
         self.writer = writer
@@ -256,9 +289,8 @@ class ExchangeConnection:
             await asyncio.Event().wait()  # no watchdog: wait to be cancelled
         loop = asyncio.get_running_loop()
         tick = 0.05 if policy.fixed is not None and policy.fixed < 1.0 else 0.1
-        samples: deque[tuple[float, int]] = deque()  # (time, frames so far), over the last WINDOW seconds
         await session.first_frame.wait()
-        armed_at = time.time() + _WARM_UP  # the snapshots of a new subscription are no measure of its rate
+        arrivals = ArrivalWindow(session.last_frame, self.stats.frames - 1, len(self.symbols))
         expected = loop.time() + tick
         while True:
             await asyncio.sleep(tick)
@@ -266,11 +298,8 @@ class ExchangeConnection:
             held_up = now_loop - expected > tick
             expected = now_loop + tick
             now = time.time()
-            if now > armed_at:
-                samples.append((session.last_frame, self.stats.frames))
-                while samples[0][0] < samples[-1][0] - _WINDOW:  # the window ends at the last frame
-                    samples.popleft()
-            limit = self._stall_limit(policy, samples)
+            arrivals.observe(now, session.last_frame, self.stats.frames)
+            limit = self._stall_limit(policy, arrivals)
             silent = now - session.last_frame
             if limit is None or silent <= limit or held_up or session.retiring:
                 continue
@@ -284,16 +313,19 @@ class ExchangeConnection:
             self._went_down(reason)
             return reason
 
-    @staticmethod
-    def _stall_limit(policy: StallPolicy, samples: deque[tuple[float, int]]) -> float | None:
+    def _stall_limit(self, policy: StallPolicy, arrivals: ArrivalWindow) -> float | None:
+        """The silence `policy` allows now; None: no judgement yet (only the pings watch this connection).
+
+        The adaptive limit a session learned outlives it: a reconnected connection carries the same symbols,
+        so it is judged by the previous session's rate until it has a rate of its own.
+        """
         if policy.fixed is not None:
             return max(policy.fixed, policy.floor)
-        if len(samples) < 2 or samples[-1][0] - samples[0][0] < _WINDOW / 2:
-            return None  # not enough history yet: only the pings watch this connection
-        (t0, n0), (t1, n1) = samples[0], samples[-1]
-        if n1 <= n0 or t1 <= t0:
-            return None
-        return max(policy.floor, policy.gaps * (t1 - t0) / (n1 - n0))
+        gap = arrivals.mean_gap()
+        if gap is None:
+            return self._learned_limit
+        self._learned_limit = max(policy.floor, policy.gaps * gap)
+        return self._learned_limit
 
     def _rotation_deadline(self, session: _Session) -> float | None:
         lifetime = self.settings.max_lifetime
