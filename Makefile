@@ -3,14 +3,16 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+CHAOS_SECONDS ?= 120
 
-.PHONY: help venv demo run test bench lint format typecheck check clean
+.PHONY: help venv demo run test bench chaos lint format typecheck check clean
 
 help:
 	@echo "make demo       offline demo: Redis (private if none), exchange simulator, both feeders, live md watch"
 	@echo "make run        the same against the real exchanges (needs internet)"
 	@echo "make bench      run every benchmark (private redis-server, simulator, feeders) and print tables"
 	@echo "make test       create .venv, install the project with test extras, run the whole suite"
+	@echo "make chaos      faults of every kind for CHAOS_SECONDS (default 120) while 4 engines read; 0 violations or exit 1"
 	@echo "make lint       ruff check + ruff format --check + mypy"
 	@echo "make format     ruff format + ruff check --fix"
 	@echo "make clean      remove .venv and caches"
@@ -35,6 +37,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+chaos: $(STAMP)
+	$(PY) -m launch.chaos --seconds $(CHAOS_SECONDS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

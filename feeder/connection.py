@@ -180,6 +180,14 @@ class ExchangeConnection:
     def __repr__(self) -> str:
         return f"<ExchangeConnection {self.name} {len(self.symbols)} symbols up={self.up}>"
 
+    @property
+    def stall_limit(self) -> float | None:
+        """The silence (s) after which this connection counts as stalled; None while its rule has no judgement."""
+        policy = self.settings.stall
+        if policy.fixed is not None:
+            return max(policy.fixed, policy.floor)
+        return self._learned_limit if policy.adaptive else None
+
     # ------------------------------------------------------------------------------------------ main loop
     async def run(self) -> None:
         try:

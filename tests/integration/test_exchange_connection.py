@@ -21,7 +21,7 @@ from websockets.asyncio.client import ClientConnection
 from client import BookState, RedisMarketDataProvider
 from client.layout import RedisLayout
 from exchange_sim import ExchangeSimulator
-from feeder.connection import ConnectionSettings, ExchangeConnection, OpenRateLimiter
+from feeder.connection import ConnectionSettings, ExchangeConnection, OpenRateLimiter, StallPolicy
 from feeder.exchanges import BinanceProtocol, ExchangeProtocol, UpbitProtocol
 from feeder.status import FeederStatus
 from feeder.writer import SnapshotWriter
@@ -29,6 +29,13 @@ from feeder.writer import SnapshotWriter
 UPBIT = ["KRW-BTC", "KRW-ETH", "KRW-XRP"]
 BINANCE = ["BTCUSDT", "ETHUSDT", "XRPUSDT"]
 SETTINGS = ConnectionSettings(connect_timeout=5.0, reconnect_max_delay=0.2, handover_timeout=5.0)
+# Upbit's rule as the feeder sets it (feeder.exchanges): 20 mean gaps of silence, never less than 1 s
+UPBIT_STALL = ConnectionSettings(
+    connect_timeout=5.0,
+    reconnect_max_delay=0.2,
+    handover_timeout=5.0,
+    stall=StallPolicy(floor=1.0, adaptive=True, gaps=20.0),
+)
 
 
 async def poll(check: Callable[[], Awaitable[bool]], timeout: float, message: str) -> None:
@@ -47,11 +54,15 @@ class Rig:
     tasks: list[asyncio.Task[Any]]
 
     def connect(
-        self, protocol: ExchangeProtocol, symbols: list[str], limiter: OpenRateLimiter | None = None
+        self,
+        protocol: ExchangeProtocol,
+        symbols: list[str],
+        limiter: OpenRateLimiter | None = None,
+        settings: ConnectionSettings = SETTINGS,
     ) -> ExchangeConnection:
         limiter = limiter or OpenRateLimiter(100.0, 10)
         conn = ExchangeConnection(
-            protocol, symbols, self.writer, SETTINGS, limiter, name=f"{protocol.name}-1"
+            protocol, symbols, self.writer, settings, limiter, name=f"{protocol.name}-1"
         )
         self.tasks.append(asyncio.create_task(conn.run(), name=conn.name))
         return conn
@@ -206,3 +217,49 @@ async def test_books_of_symbols_never_subscribed_are_dropped_not_written(rig: Ri
     assert await rig.writer.flush(1)
     assert [b for b in await rig.provider.aall_books() if b[1].startswith("KRW-X")] == []
     assert rig.writer.pending == 0
+
+
+async def test_a_busy_upbit_connection_that_goes_silent_for_a_second_is_stalled_even_just_after_a_reconnect(
+    rig: Rig,
+) -> None:
+    """Upbit pushes only on change, so its rule is learned from the connection's own arrivals: 3 codes at 20
+    updates/s each is a frame every ~17 ms, and a second of silence there is a stall. Was (chaos run): a
+    connection was judged only after 2 s of warm-up and 5 s of history, from scratch after every reconnect."""
+    conn = rig.connect(UpbitProtocol(url=rig.sim.upbit_url, ticket="t"), UPBIT, settings=UPBIT_STALL)
+    await rig.wait_live("upbit", UPBIT)
+    opened = time.monotonic()
+
+    async def learned() -> bool:
+        return conn.stall_limit is not None
+
+    await poll(learned, 5, "no stall limit learned from a busy connection")
+    assert time.monotonic() - opened < 1.5, "a busy connection must be judged within a second or so"
+    assert conn.stall_limit == 1.0, f"20 gaps of ~17 ms is under the 1 s floor, got {conn.stall_limit}"
+
+    async def down() -> bool:
+        return all(s is BookState.CONNECTION_DOWN for s in await rig.states("upbit", UPBIT))
+
+    for attempt in range(2):  # the second stall comes right after the reconnect the first one caused
+        newest = max(rig.sim.connection_ids("upbit"))  # the stalled one before may still be closing
+        assert await rig.sim.stall("upbit", seconds=30, connection=newest) == 1
+        stalled = time.monotonic()
+        await poll(down, 5, f"stall {attempt + 1} not detected")
+        took = time.monotonic() - stalled
+        assert took < 2.0, f"stall {attempt + 1}: books read as live for {took:.2f}s"
+        await rig.wait_live("upbit", UPBIT)
+    assert conn.stats.reconnects == 2
+
+
+async def test_a_quiet_upbit_connection_is_not_taken_for_a_stalled_one(rig: Rig) -> None:
+    """Codes that rarely change send nothing for long stretches: that silence is the market, not a stall."""
+    rig.sim.set_rate(0.0)  # the opening snapshots, then nothing
+    conn = rig.connect(UpbitProtocol(url=rig.sim.upbit_url, ticket="t"), UPBIT, settings=UPBIT_STALL)
+    await rig.wait_live("upbit", UPBIT)
+    frames = conn.stats.frames
+    deadline = time.monotonic() + 3.0  # three times the floor, with nothing arriving
+    while time.monotonic() < deadline:
+        assert all(s is BookState.LIVE for s in await rig.states("upbit", UPBIT)), "a quiet book went down"
+        await asyncio.sleep(0.1)
+    assert conn.stats.frames == frames, "the simulator was not quiet: the test shows nothing"
+    assert conn.stats.reconnects == 0 and conn.up
+    assert conn.stall_limit is None
