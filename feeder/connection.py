@@ -253,6 +253,7 @@ class ExchangeConnection:
         """Read from `session` (and its planned successors) until a connection ends unplanned; say why."""
         reader = asyncio.create_task(self._read(session), name=f"{self.name}-read")
         watch = asyncio.create_task(self._watch(session), name=f"{self.name}-watch")
+        stalled = False
         try:
             while True:
                 rotate_at = self._rotation_deadline(session)
@@ -266,6 +267,7 @@ class ExchangeConnection:
                 if reader in done:
                     return reader.result()
                 if watch in done:
+                    stalled = True
                     return watch.result()
                 why = (
                     "server announced shutdown"
@@ -283,6 +285,10 @@ class ExchangeConnection:
         finally:
             await _finish(watch)
             await _finish(reader)
+            if stalled:
+                # a stalled server reads nothing: a closing handshake would only delay the reconnect by
+                # close_timeout, so the TCP connection is dropped at once
+                session.ws.transport.abort()
             await session.ws.close()
 
     async def _watch(self, session: _Session) -> str:

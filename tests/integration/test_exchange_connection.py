@@ -236,17 +236,23 @@ async def test_a_busy_upbit_connection_that_goes_silent_for_a_second_is_stalled_
     assert time.monotonic() - opened < 1.5, "a busy connection must be judged within a second or so"
     assert conn.stall_limit == 1.0, f"20 gaps of ~17 ms is under the 1 s floor, got {conn.stall_limit}"
 
-    async def down() -> bool:
-        return all(s is BookState.CONNECTION_DOWN for s in await rig.states("upbit", UPBIT))
-
     for attempt in range(2):  # the second stall comes right after the reconnect the first one caused
         newest = max(rig.sim.connection_ids("upbit"))  # the stalled one before may still be closing
+        marked = rig.writer.stats.marked_down
+
+        async def down(marked: int = marked) -> bool:  # the books are down until the replacement delivers
+            return rig.writer.stats.marked_down >= marked + len(UPBIT)
+
         assert await rig.sim.stall("upbit", seconds=30, connection=newest) == 1
         stalled = time.monotonic()
         await poll(down, 5, f"stall {attempt + 1} not detected")
         took = time.monotonic() - stalled
         assert took < 2.0, f"stall {attempt + 1}: books read as live for {took:.2f}s"
+        down_at = time.monotonic()
         await rig.wait_live("upbit", UPBIT)
+        back = time.monotonic() - down_at
+        assert back < 1.0, f"replaced after {back:.2f}s: a stalled connection is dropped, not closed politely"
+
     assert conn.stats.reconnects == 2
 
 
