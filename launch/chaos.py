@@ -41,6 +41,8 @@ import redis.asyncio
 import redis.exceptions
 
 from client import ClientSettings, MarketDataError, RedisMarketDataProvider, load_settings
+from client.layout import RedisLayout, feeder_record_flow
+from client.transport import arun_flow
 from exchange_sim import ExchangeSimulator
 from launch.child import ChildProcess, clean_environment, feeder_command
 from launch.redis_server import LocalRedisServer
@@ -57,6 +59,7 @@ FEEDER_ENV = {
     "MD_REDIS_TIMEOUT": "1",
 }
 ENGINE_MODES = ("read-through", "mirror", "read-through", "mirror")
+LAYOUT = RedisLayout()
 
 
 # --------------------------------------------------------------------------------------------- engines
@@ -210,8 +213,8 @@ class Chaos:
         """A counter summed over the feeders' records (0 while Redis does not answer)."""
         client = redis.asyncio.Redis.from_url(self.redis.url, socket_timeout=0.5)
         try:
-            values = [await client.hget(f"md:feeder:{f}", name) for f in self.feeders]
-            return sum(int(v) for v in values if v is not None)
+            records = [await arun_flow(client, feeder_record_flow(LAYOUT, f)) for f in self.feeders]
+            return sum(int(r.get(name, 0)) for r in records if r is not None)
         except (redis.exceptions.RedisError, OSError):
             return 0
         finally:

@@ -41,6 +41,9 @@ _REDIS_WIDE = (
 )  # fmt: skip
 
 
+_ACL_PHRASES = ("can't run this command", "no permissions to", "No permissions to access")
+
+
 def refuses_all(error: BaseException) -> bool:
     """True when an error reply means Redis refuses every write (read-only replica, out of memory, ACL…)."""
     error = getattr(error, "error", error)  # a RedisCommandError: judge what Redis said
@@ -52,6 +55,10 @@ def refuses_all(error: BaseException) -> bool:
     if "WRONGTYPE" in text:
         return False
     if text.startswith("ERR") or "user_script" in text or "Error running script" in text:
+        # a command refused inside a script comes back as a script error; an ACL refusal there reads
+        # "The user executing the script can't run this command…" (Redis 7), with no NOPERM code
+        if any(phrase in text for phrase in _ACL_PHRASES):
+            return True
         return any(f" {code} " in f" {text} " for code in _REDIS_WIDE)
     return True  # an error we do not know: assume the worst, the writer backs off and stops vouching
 
@@ -65,7 +72,8 @@ def command_error(command: Command, error: BaseException) -> RedisCommandError:
         name, key = f"{name} {SCRIPTS.get(str(command[1]), 'script')}", command[3]
     elif name != "SCRIPT" and len(command) > 1:
         key = command[1]
-    kind = MarketDataPermissionError if isinstance(error, NoPermissionError) else RedisCommandError
+    refused = isinstance(error, NoPermissionError) or any(p in str(error) for p in _ACL_PHRASES)
+    kind = MarketDataPermissionError if refused else RedisCommandError
     return kind(name, key if isinstance(key, str) else None, error)
 
 

@@ -68,15 +68,23 @@ if old then
   if feeder and held then
     if new < old then return 0 end
     if new == old then
+      local join = false
+      local holding = string.find(',' .. holders .. ',', ',' .. writer .. ',', 1, true)
       if cur[2] == writer then
         keep = cur[6] ~= '0'
         if keep then
           local stored = redis.call('HMGET', KEYS[1], 'bids', 'asks')
-          if stored[1] == ARGV[6] and stored[2] == ARGV[7] then return -3 end
+          if stored[1] == ARGV[6] and stored[2] == ARGV[7] then
+            if holding then return -3 end
+            join = true  -- marked down, then back with the same book: a holder again
+          end
         end
       elseif cur[6] ~= '0' and holders ~= '' then
-        if string.find(',' .. holders .. ',', ',' .. writer .. ',', 1, true) then return -2 end
-        holders = holders .. ',' .. writer
+        if holding then return -2 end
+        join = true
+      end
+      if join then
+        if holders == '' then holders = writer else holders = holders .. ',' .. writer end
         redis.call('HSET', KEYS[1], 'holders', holders)
         redis.call('PUBLISH', KEYS[1], '{"seq":' .. cur[3] .. ',"live":true,"holders":["' ..
           string.gsub(holders, ',', '","') .. '"]}')

@@ -269,3 +269,31 @@ async def test_a_quiet_upbit_connection_is_not_taken_for_a_stalled_one(rig: Rig)
     assert conn.stats.frames == frames, "the simulator was not quiet: the test shows nothing"
     assert conn.stats.reconnects == 0 and conn.up
     assert conn.stall_limit is None
+
+
+async def test_a_pong_later_than_the_ping_timeout_marks_the_books_down_and_reconnects(rig: Rig) -> None:
+    """The keep-alive pings, the last line behind the stall watchdog (here off): a server that stops
+    answering is given up after the ping timeout, its books marked down at once."""
+    no_watchdog = ConnectionSettings(
+        connect_timeout=5.0,
+        reconnect_max_delay=0.2,
+        handover_timeout=5.0,
+        ping_interval=0.3,
+        ping_timeout=0.3,
+    )
+    assert no_watchdog.stall.fixed is None and not no_watchdog.stall.adaptive
+    conn = rig.connect(BinanceProtocol(url=rig.sim.binance_url), BINANCE, settings=no_watchdog)
+    await rig.wait_live("binance", BINANCE)
+    marked = rig.writer.stats.marked_down
+    assert await rig.sim.stall("binance", seconds=30) == 1
+    stalled = time.monotonic()
+
+    async def down() -> bool:
+        return rig.writer.stats.marked_down >= marked + len(BINANCE)
+
+    await poll(down, 5, "a connection whose pongs stopped was not given up")
+    # at most a ping interval, the ping timeout and the 0.5 s close timeout (it was 2 s: 2.6 s in all)
+    assert time.monotonic() - stalled < 2.0
+    await rig.wait_live("binance", BINANCE)
+    assert conn.stats.reconnects == 1
+    assert "ping" in conn.stats.last_error.lower(), conn.stats.last_error

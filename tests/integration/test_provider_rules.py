@@ -21,7 +21,7 @@ from client import (
     RedisMarketDataProvider,
     StaleSnapshotError,
 )
-from client.layout import JOINED, mark_down_flow
+from client.layout import JOINED, UNCHANGED, mark_down_flow
 from client.transport import run_flow
 
 
@@ -56,6 +56,24 @@ def test_equal_xid_from_another_feeder_joins_as_a_holder_without_a_new_version(b
     # the redundant feeder wins as soon as it has something newer
     assert feeder_write(backend, book(tag=7, xid=501), "f2") == 2
     assert backend.sync.hget("md:upbit:KRW-BTC", "feeder") == b"f2"
+
+
+def test_a_feeder_marked_down_that_delivers_the_same_book_again_holds_it_again(backend: Backend) -> None:
+    """Was: f1 wrote, f2 joined, f1 lost its connection and came back with the identical book: UNCHANGED,
+    so f1 was no holder, and when f2 died the book f1 kept delivering read feeder_dead."""
+    set_feeder_state(backend, "f1")
+    set_feeder_state(backend, "f2")
+    p = RedisMarketDataProvider(redis=backend.sync)
+    assert feeder_write(backend, book(tag=5, xid=500), "f1") == 1
+    assert feeder_write(backend, book(tag=5, xid=500), "f2") == JOINED
+    assert run_flow(backend.sync, mark_down_flow(LAYOUT, "f1", [("upbit", "KRW-BTC")])) == 1
+    assert backend.sync.hget("md:upbit:KRW-BTC", "holders") == b"f2"
+    assert feeder_write(backend, book(tag=5, xid=500), "f1") == JOINED  # reconnected: the same snapshot
+    assert backend.sync.hget("md:upbit:KRW-BTC", "holders") == b"f2,f1"
+    assert feeder_write(backend, book(tag=5, xid=500), "f1") == UNCHANGED  # a holder now: nothing to do
+    backend.sync.delete("md:feeder:f2")  # the twin dies
+    assert p.get_latest_snapshot("KRW-BTC") == book(tag=5), "the book f1 delivers must stay live"
+    assert backend.sync.hget("md:upbit:KRW-BTC", "seq") == b"1"
 
 
 def test_equal_xid_from_the_same_writer_is_accepted(backend: Backend) -> None:

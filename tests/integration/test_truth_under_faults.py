@@ -234,6 +234,24 @@ def test_a_permission_error_is_a_market_data_error_naming_the_command(real_backe
         client.acl_deluser("nohmget")
 
 
+def test_a_command_refused_inside_a_script_is_a_permission_error_too(real_backend: Backend) -> None:
+    """Redis reports an ACL refusal inside a script as a script error (no NOPERM code): a client's write
+    refused that way is a MarketDataPermissionError naming the script and key, not a generic error."""
+    client = real_backend.sync
+    client.acl_setuser("nopublish", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                       commands=["+@all", "-publish"])  # fmt: skip
+    try:
+        assert real_backend.url is not None
+        url = real_backend.url.replace("redis://", "redis://nopublish:pw@")
+        provider = RedisMarketDataProvider(redis=redis.Redis.from_url(url))
+        with pytest.raises(MarketDataPermissionError, match="write_book") as caught:
+            provider.write_snapshot(book(xid=1), "upbit")
+        assert "md:upbit:KRW-BTC" in str(caught.value)
+        provider.stop()
+    finally:
+        client.acl_deluser("nopublish")
+
+
 # ------------------------------------------------------------------------------------------------- the mirror
 def test_the_mirror_replaces_its_copy_with_what_redis_holds_after_an_empty_restart(backend: Backend) -> None:
     """Was: the mirror kept books by seq: after Redis restarted empty (seq starting again at 1) it kept the old
@@ -398,3 +416,101 @@ def test_a_stopped_redis_makes_mirror_books_unavailable_within_a_second_and_time
             assert time.monotonic() < deadline, "the mirror did not come back after Redis did"
             time.sleep(0.05)
     client.close()
+
+
+async def _feeding(client: Any, feeder_id: str) -> tuple[SnapshotWriter, FeederStatus, asyncio.Task[None]]:
+    """A feeder's writer and heartbeat on `client`, the heartbeat tied to the writer's success (as in the app)."""
+    writer = SnapshotWriter(client, LAYOUT, feeder_id)
+    status = FeederStatus(client, LAYOUT, feeder_id, dict, ttl=1.0, writing=lambda: writer.redis_ok)
+    task = asyncio.create_task(writer.run())
+    await status.claim(0.2)
+    writer.submit("upbit", book(xid=1))
+    assert await writer.flush(5) and await status.beat()
+    return writer, status, task
+
+
+async def _wait_state(provider: RedisMarketDataProvider, state: BookState, timeout: float) -> float:
+    start = time.monotonic()
+    while (await provider.asnapshot_status("KRW-BTC", "upbit")).state is not state:
+        assert time.monotonic() - start < timeout, f"not {state.value} within {timeout}s"
+        await asyncio.sleep(0.05)
+    return time.monotonic() - start
+
+
+async def test_a_feeder_refused_permission_to_write_lets_its_books_go_stale(real_backend: Backend) -> None:
+    """NOPERM on the writes (an ACL changed under a running feeder): no heartbeat while writes fail, so its
+    books are not live within the heartbeat TTL; writes and liveness come back with the permission."""
+    admin = real_backend.sync
+    admin.acl_setuser(
+        "feeder", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"], commands=["+@all"]
+    )
+    assert real_backend.url is not None
+    client = redis.asyncio.Redis.from_url(real_backend.url.replace("redis://", "redis://feeder:pw@"))
+    reader = RedisMarketDataProvider(async_redis=real_backend.new_async())
+    writer, status, task = await _feeding(client, "perm-1")
+    try:
+        assert (await reader.asnapshot_status("KRW-BTC", "upbit")).state is BookState.LIVE
+        admin.execute_command("ACL", "SETUSER", "feeder", "-hset")  # applies to open connections at once
+        writer.submit("upbit", book(tag=2, xid=2))
+        assert not await writer.flush(
+            2
+        ), f"the refused write must stay pending (retried), not be dropped: {writer.stats}, {writer.last_error}"
+        assert not writer.redis_ok and "can't run this command" in writer.last_error
+        assert await status.beat() is False  # writes fail: the feeder does not vouch for its books
+        assert await _wait_state(reader, BookState.FEEDER_DEAD, 3) < 1.5
+        admin.execute_command("ACL", "SETUSER", "feeder", "+hset")
+        assert await writer.flush(5) and await status.beat()
+        assert (await reader.aget_latest_snapshot("KRW-BTC", "upbit")) == book(tag=2)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await client.aclose()
+        await reader.astop()
+        admin.acl_deluser("feeder")
+
+
+async def test_a_feeder_writing_to_a_demoted_master_lets_its_books_go_stale(
+    fresh_redis_server: Any,
+) -> None:
+    """READONLY: the feeder's Redis was demoted to a replica (a fail-over the feeder was not told about). Its
+    writes and heartbeats are refused, so readers of the new master see its books go not live within the TTL
+    instead of the frozen copy staying live."""
+    from launch.redis_server import LocalRedisServer
+
+    old, new = fresh_redis_server, LocalRedisServer()
+    new.start()
+    admin_old, admin_new = redis.Redis.from_url(old.url), redis.Redis.from_url(new.url)
+    client = redis.asyncio.Redis.from_url(old.url)
+    reader = RedisMarketDataProvider(async_redis=redis.asyncio.Redis.from_url(new.url))
+    task: asyncio.Task[None] | None = None
+    try:
+        for admin in (admin_old, admin_new):
+            admin.config_set("repl-diskless-sync-delay", "0")  # a full sync at once, not after 5 s
+        admin_new.replicaof("127.0.0.1", old.url.rsplit(":", 1)[1].split("/")[0])
+        writer, status, task = await _feeding(client, "ro-1")
+        deadline = time.monotonic() + 10
+        while admin_new.hget(KEY, "xid") != b"1" or not admin_new.exists("md:feeder:ro-1"):
+            assert time.monotonic() < deadline, "the replica did not get the book and the feeder record"
+            assert await status.beat()  # the record lives 1 s: keep it alive until the replica has it
+            await asyncio.sleep(0.05)
+        admin_new.replicaof("NO", "ONE")  # the fail-over: the replica is the master now
+        admin_old.replicaof("127.0.0.1", new.url.rsplit(":", 1)[1].split("/")[0])
+        assert (await reader.asnapshot_status("KRW-BTC", "upbit")).state is BookState.LIVE
+        writer.submit("upbit", book(tag=2, xid=2))
+        deadline = time.monotonic() + 10
+        while writer.redis_ok:  # the demotion is visible once the old master refuses a write
+            assert time.monotonic() < deadline, "the demoted master kept accepting writes"
+            writer.submit("upbit", book(tag=3, xid=3))
+            await asyncio.sleep(0.05)
+        assert "read only replica" in writer.last_error
+        assert await status.beat() is False
+        assert await _wait_state(reader, BookState.FEEDER_DEAD, 3) < 1.5
+    finally:
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await client.aclose()
+        await reader.astop()
+        admin_old.close()
+        admin_new.close()
+        new.cleanup()
