@@ -144,24 +144,31 @@ def test_the_mirror_follows_holders(backend: Backend) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- clocks
-def test_max_age_is_right_when_the_feeder_clock_is_two_seconds_slow(
-    backend: Backend, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("shift", [-2.0, 2.0], ids=["feeder-2s-slow", "feeder-2s-fast"])
+def test_max_age_is_right_when_the_feeder_clock_is_two_seconds_off(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch, shift: float
 ) -> None:
-    """Was: the reader compared its clock with the feeder's receive time: 2 s slow made every book too_old."""
+    """Was: the reader compared its clock with the feeder's receive time: 2 s slow made every fresh book
+    too_old, 2 s fast delayed stale detection by 2 s."""
 
-    class Slow:
+    class Shifted:
         @staticmethod
         def time() -> float:
-            return time.time() - 2.0
+            return time.time() + shift
 
-    slow = Slow.time()
-    monkeypatch.setattr(client.layout.codec, "time", Slow)  # the feeder's clock, as encode_book reads it
+    monkeypatch.setattr(client.layout.codec, "time", Shifted)  # the feeder's clock, as encode_book reads it
     set_feeder_state(backend.sync, "f1")
-    assert feeder_write(backend.sync, book(xid=500, recv_ts=slow), "f1") == 1
+    assert feeder_write(backend.sync, book(xid=500, recv_ts=Shifted.time()), "f1") == 1
+    # a book the feeder received 1.5 s ago by its own clock: too old for max_age=1 whatever the clocks say
+    old = Shifted.time() - 1.5
+    assert feeder_write(backend.sync, book("KRW-ETH", xid=500, recv_ts=old), "f1") == 1
     monkeypatch.undo()
     assert state(backend, max_age=1.0) is BookState.LIVE
     status = RedisMarketDataProvider(redis=backend.sync, max_age=1.0).snapshot_status("KRW-BTC")
     assert status.age is not None and status.age < 1.0
+    assert state(backend, "KRW-ETH", max_age=1.0) is BookState.TOO_OLD
+    aged = RedisMarketDataProvider(redis=backend.sync).snapshot_status("KRW-ETH")
+    assert aged.age is not None and 1.4 < aged.age < 2.5
 
 
 def test_the_mirror_measures_ages_on_redis_time_whatever_its_own_clock(

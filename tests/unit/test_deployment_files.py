@@ -37,6 +37,18 @@ def test_compose_services_use_real_entry_points_and_settings() -> None:
     assert exchanges == {"upbit", "binance"}
     assert services["sim"]["profiles"] == ["demo"] and services["demo-feeder"]["profiles"] == ["demo"]
     assert feeders == 3
+    # the demo feeder shares the Redis of the real ones: never their keys, and its books say they are simulated
+    # (was: the demo profile wrote simulated books under the real prefix md, into the keys engines read)
+    for name, service in services.items():
+        env = service.get("environment", {})
+        if service.get("command", [""])[0] != "md-feeder":
+            continue
+        from_sim = "ws://sim:" in str(env.get("MD_UPBIT_URL", "")) + str(env.get("MD_BINANCE_URL", ""))
+        if from_sim:
+            assert env.get("MD_PREFIX", "md") != "md", f"{name}: simulated books under the real prefix"
+            assert str(env.get("MD_SIMULATED")).lower() == "true", f"{name}: simulated books not marked"
+        else:
+            assert str(env.get("MD_SIMULATED", "false")).lower() == "false", name
 
 
 def test_dockerfile_is_slim_non_root_without_test_extras() -> None:
