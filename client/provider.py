@@ -59,7 +59,6 @@ from client.layout import (
     write_flow,
 )
 from client.legacy import LatestSnapshots
-from client.masking import mask_url
 from client.mirror import (
     BookCache,
     CallbackConsumer,
@@ -73,6 +72,7 @@ from client.mirror.cache import HEALTH_TIMEOUT
 from client.models import BookState, OrderBookSnapshot, SnapshotStatus
 from client.resolver import SymbolResolver, Target, ambiguous, guess_exchange
 from client.settings import ClientSettings, load_settings
+from client.topology import async_client, describe, sync_client
 from client.transport import arun_flow, run_flow
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,9 @@ class RedisMarketDataProvider(MarketDataProvider):
     ``strict=True`` raises `StaleSnapshotError` / `CorruptSnapshotError` / `MarketDataUnavailableError` instead.
     """
 
+    _write_redis: redis.Redis | None
+    _async_write_redis: redis.asyncio.Redis | None
+
     def __init__(
         self,
         redis: redis.Redis | None = None,
@@ -150,12 +153,16 @@ class RedisMarketDataProvider(MarketDataProvider):
         self.strict = settings.strict
         self.writer_id = writer_id or "client:" + process_writer_id(":")
         self.mode = settings.mode
-        self._redis = redis
+        self._redis = redis  # reads (a replica with MD_REDIS_READ_URL), and writes unless _write_redis is set
         self._async_redis = async_redis
+        self._write_redis = None  # the primary, when reads go to a replica
+        self._async_write_redis = None
         self._owns_sync = False
         self._owns_async = False
         if redis is None and async_redis is None:
-            self._redis = self._build_sync_client()
+            self._redis = sync_client(settings, read=True)
+            if settings.redis_read_url:
+                self._write_redis = sync_client(settings)  # no connection until a legacy write needs one
             self._owns_sync = True
             self._owns_async = True  # built lazily, inside the event loop that first needs it
         self._resolver = SymbolResolver(self.layout)
@@ -180,13 +187,6 @@ class RedisMarketDataProvider(MarketDataProvider):
         settings = load_settings(ClientSettings, redis_url=url)
         return cls(settings=settings, **kwargs)
 
-    def _client_options(self) -> dict[str, Any]:
-        timeout = self.settings.redis_timeout
-        return {"socket_timeout": timeout, "socket_connect_timeout": timeout, "health_check_interval": 30}
-
-    def _build_sync_client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.redis_url, **self._client_options())
-
     def _sync(self) -> redis.Redis:
         if self._redis is None:
             raise MarketDataError(
@@ -200,19 +200,28 @@ class RedisMarketDataProvider(MarketDataProvider):
                 raise MarketDataError(
                     "this provider was given only a sync Redis client: use the sync methods, or pass async_redis="
                 )
-            self._async_redis = redis.asyncio.Redis.from_url(
-                self.settings.redis_url, **self._client_options()
-            )
+            self._async_redis = async_client(self.settings, read=True)
         return self._async_redis
+
+    def _sync_writer(self) -> redis.Redis:
+        return self._write_redis if self._write_redis is not None else self._sync()
+
+    def _async_writer(self) -> redis.asyncio.Redis:
+        if self._owns_async and self.settings.redis_read_url:
+            if self._async_write_redis is None:
+                self._async_write_redis = async_client(self.settings)
+            return self._async_write_redis
+        return self._async()
 
     def __repr__(self) -> str:
         return f"<RedisMarketDataProvider prefix={self.layout.prefix!r} strict={self.strict} max_age={self.max_age}>"
 
     # ----------------------------------------------------------------------------------------- execute points
-    def _execute(self, flow: Flow[T]) -> T:
-        """Run a flow with the sync client (the one execute point of every sync method)."""
+    def _execute(self, flow: Flow[T], *, write: bool = False) -> T:
+        """Run a flow with the sync client (the one execute point of every sync method); `write`: with the
+        primary's client, when reads go to a replica."""
         try:
-            return run_flow(self._sync(), flow)
+            return run_flow(self._sync_writer() if write else self._sync(), flow)
         except MarketDataError:
             raise
         except _REDIS_DOWN as exc:
@@ -220,10 +229,10 @@ class RedisMarketDataProvider(MarketDataProvider):
         except redis.exceptions.RedisError as exc:
             raise redis_error(exc) from exc
 
-    async def _aexecute(self, flow: Flow[T]) -> T:
+    async def _aexecute(self, flow: Flow[T], *, write: bool = False) -> T:
         """Run a flow with the asyncio client (the one execute point of every asyncio method)."""
         try:
-            return await arun_flow(self._async(), flow)
+            return await arun_flow(self._async_writer() if write else self._async(), flow)
         except MarketDataError:
             raise
         except _REDIS_DOWN as exc:
@@ -262,6 +271,8 @@ class RedisMarketDataProvider(MarketDataProvider):
             self._subscriber = None
         if self._owns_sync and self._redis is not None:
             self._redis.close()
+        if self._write_redis is not None:
+            self._write_redis.close()
 
     async def astart(self) -> None:
         try:
@@ -284,6 +295,9 @@ class RedisMarketDataProvider(MarketDataProvider):
         if self._owns_async and self._async_redis is not None:
             await self._async_redis.aclose()
             self._async_redis = None
+        if self._async_write_redis is not None:
+            await self._async_write_redis.aclose()
+            self._async_write_redis = None
         self.stop()
 
     def __enter__(self) -> Self:
@@ -306,13 +320,13 @@ class RedisMarketDataProvider(MarketDataProvider):
 
     def _unreachable(self, exc: BaseException) -> MarketDataUnavailableError:
         return MarketDataUnavailableError(
-            f"Redis at {mask_url(self.settings.redis_url)} is unavailable: {exc}"
+            f"Redis at {describe(self.settings, read=True)} is unavailable: {exc}"
         )
 
     def _warn_not_answering(self, exc: BaseException) -> None:
         log.warning(
             "Redis at %s does not answer yet (%s); reads return None until it does",
-            mask_url(self.settings.redis_url),
+            describe(self.settings, read=True),
             exc,
         )
 
@@ -393,10 +407,10 @@ class RedisMarketDataProvider(MarketDataProvider):
         timestamp in milliseconds. The book has no feeder heartbeat behind it, so readers judge it by
         ``max_age`` alone.
         """
-        return self._execute(self._write_flow(snapshot, exchange))
+        return self._execute(self._write_flow(snapshot, exchange), write=True)
 
     async def awrite_snapshot(self, snapshot: OrderBookSnapshot, exchange: str) -> bool:
-        return await self._aexecute(self._write_flow(snapshot, exchange))
+        return await self._aexecute(self._write_flow(snapshot, exchange), write=True)
 
     # ----------------------------------------------------------------------------------------- legacy fields
     @property
@@ -807,7 +821,7 @@ class RedisMarketDataProvider(MarketDataProvider):
             self._last_unavailable_log = now
             log.warning(
                 "Redis at %s is unavailable (%s); serving no books until it is back",
-                mask_url(self.settings.redis_url),
+                describe(self.settings, read=True),
                 exc,
             )
         status = SnapshotStatus(exchange, symbol, BookState.UNAVAILABLE, detail=f"Redis unavailable: {exc}")

@@ -6,14 +6,23 @@ environment variable, so a bad value stops start-up with a line an operator can 
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+import os
+from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BeforeValidator, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from client.errors import SettingsError
 from client.layout import split_target, validate_exchange, validate_prefix, validate_symbol
+from client.masking import mask_url
 
 ENV_PREFIX = "MD_"
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -72,22 +81,71 @@ class ClientSettings(BaseSettings):
     """Mirror mode: exchanges to mirror whole (comma-separated). Empty, with no MD_MIRROR_SYMBOLS: every book."""
     mirror_symbols: str = ""
     """Mirror mode: symbols to mirror (comma-separated; EXCHANGE:SYMBOL or a bare symbol)."""
+    redis_read_url: str = ""
+    """Engines: a replica to read from (both modes); writes (legacy callbacks) still go to the primary."""
+    redis_sentinels: str = ""
+    """Sentinels (``host:port,…``): the primary is the one they name for the service; MD_REDIS_URL then gives
+    only the scheme, user, password and db."""
+    redis_sentinel_service: str = "mymaster"
+    """The Sentinel service (master name)."""
+    redis_sentinel_password: SecretStr | None = None
+    """Password of the Sentinels themselves (``requirepass`` of the sentinel processes), if any."""
+    redis_tls_ca_file: str = ""
+    """TLS (``rediss://``): CA certificate file to verify the server with; empty = the system's CAs."""
+    redis_tls_cert_file: str = ""
+    """TLS: client certificate file, for a server that requires client certificates."""
+    redis_tls_key_file: str = ""
+    """TLS: the client certificate's private key file."""
+    redis_tls_insecure: bool = False
+    """TLS: true = do not verify the server's certificate or host name (tests only: it defeats TLS)."""
+
+    def __repr_args__(self) -> Any:
+        """Settings are printed in logs and tracebacks: never with a password in them."""
+        for name, value in super().__repr_args__():
+            yield name, mask_url(value) if name in _URL_FIELDS and isinstance(value, str) else value
+
+    @field_validator("redis_read_url")
+    @classmethod
+    def _check_read_url(cls, value: str) -> str:
+        return _checked_url(value) if value else value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _check_sentinels(cls, value: str) -> str:
+        nodes = [x.strip() for x in value.split(",") if x.strip()]
+        for node in nodes:
+            try:
+                _host_port(node)
+            except ValueError:
+                raise ValueError(f"expected host:port[,host:port...], got {node!r}") from None
+        return ",".join(nodes)
+
+    @field_validator("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file")
+    @classmethod
+    def _check_file(cls, value: str) -> str:
+        if value and not os.path.isfile(value):
+            raise ValueError(f"no such file: {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Self:
+        tls = self.redis_tls_ca_file or self.redis_tls_cert_file or self.redis_tls_key_file
+        if tls and not self.redis_url.startswith("rediss://"):
+            raise ValueError(
+                "MD_REDIS_TLS_* files are set but MD_REDIS_URL is not rediss:// (TLS): set both or neither"
+            )
+        if bool(self.redis_tls_cert_file) != bool(self.redis_tls_key_file):
+            raise ValueError("MD_REDIS_TLS_CERT_FILE and MD_REDIS_TLS_KEY_FILE go together")
+        return self
+
+    def sentinel_nodes(self) -> list[tuple[str, int]]:
+        """The Sentinels as (host, port); empty: no Sentinel (MD_REDIS_URL is the primary itself)."""
+        return [_host_port(node) for node in self.redis_sentinels.split(",") if node]
 
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in _REDIS_SCHEMES:
-            raise ValueError(
-                f"scheme must be one of {', '.join(s + '://' for s in _REDIS_SCHEMES)}, got {value!r}"
-            )
-        if parts.scheme != "unix" and not parts.hostname:
-            raise ValueError(f"no host in {value!r}")
-        try:
-            parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
-        except ValueError as exc:
-            raise ValueError(f"bad port in {value!r}: {exc}") from None
-        return value
+        return _checked_url(value)
 
     @field_validator("prefix")
     @classmethod
@@ -115,6 +173,34 @@ class ClientSettings(BaseSettings):
         return ",".join(items)
 
 
+def _checked_url(value: str) -> str:
+    """`value` if it is a Redis URL; the error names the URL with its password masked."""
+    shown = repr(mask_url(value))
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"bad URL {shown}: {str(exc).replace(value, mask_url(value))}") from None
+    if parts.scheme not in _REDIS_SCHEMES:
+        raise ValueError(f"scheme must be one of {', '.join(s + '://' for s in _REDIS_SCHEMES)}, got {shown}")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError(f"no host in {shown}")
+    del port
+    return value
+
+
+def _host_port(node: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:26379`` for IPv6) as a pair; ValueError when it is not one."""
+    parts = urlsplit(f"//{node}")
+    if not parts.hostname or parts.port is None or parts.port == 0 or parts.path or parts.username:
+        raise ValueError(node)
+    return parts.hostname, parts.port
+
+
+# Fields whose values may hold a password: masked wherever settings or their errors are printed.
+_URL_FIELDS = ("redis_url", "redis_read_url")
+_SECRET_FIELDS = ("redis_sentinel_password",)
+
 S = TypeVar("S", bound=BaseSettings)
 
 
@@ -127,5 +213,11 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
         lines = []
         for error in exc.errors():
             name = ".".join(str(p) for p in error["loc"]) or "?"
-            lines.append(f"{prefix}{name.upper()}: {error['msg']} (got {error.get('input')!r})")
+            shown = error.get("input")
+            if name in _URL_FIELDS and isinstance(shown, str):
+                shown = mask_url(shown)
+            elif name in _SECRET_FIELDS or not error["loc"]:  # a whole-model check: its input is every field
+                lines.append(f"{prefix}{name.upper()}: {error['msg']}" if error["loc"] else str(error["msg"]))
+                continue
+            lines.append(f"{prefix}{name.upper()}: {error['msg']} (got {shown!r})")
         raise SettingsError("invalid setting: " + "; ".join(lines)) from None

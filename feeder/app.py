@@ -12,9 +12,10 @@ import contextlib
 import logging
 
 import redis.asyncio
+import redis.exceptions
 
 from client.layout import RedisLayout
-from client.masking import mask_url
+from client.topology import async_client, describe, follow_primary
 from feeder.connection import ConnectionSettings, ExchangeConnection, OpenRateLimiter, StallPolicy
 from feeder.exchanges.base import StallRule
 from feeder.exchanges.registry import EXCHANGES
@@ -44,11 +45,7 @@ class Feeder:
         self.id = settings.feeder_id
         self.layout = RedisLayout(settings.prefix)
         self._owns_client = client is None
-        self.redis = client or redis.asyncio.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=settings.redis_timeout,
-            socket_connect_timeout=settings.redis_timeout,
-        )
+        self.redis = client or async_client(settings)
         time_ordered = {ex for ex in settings.exchange_list if EXCHANGES[ex].time_ordered_ids}
         self.writer = SnapshotWriter(
             self.redis,
@@ -72,6 +69,8 @@ class Feeder:
         self.connections = self._build_connections()
         self.exit_code = 0  # 2 when the feeder stopped because another process uses its id
         self._claimed = False
+        self._primary: tuple[str, int] | None = None  # with Sentinel: the primary last named
+        self._sentinels_ok = True
 
     def _build_connections(self) -> list[ExchangeConnection]:
         s = self.settings
@@ -159,13 +158,13 @@ class Feeder:
             ", ".join(
                 f"{ex} {len(take_shard(s.symbols_of(ex), *s.shard_pair))} symbols" for ex in s.exchange_list
             ),
-            mask_url(s.redis_url),
+            describe(s),
             s.prefix,
         )
         try:
             # before the first book, so that readers never see books of an unknown feeder
             await self._claim()
-        except FeederIdInUseError as exc:
+        except (FeederIdInUseError, FeederOnReplicaError) as exc:
             log.error("%s", exc)
             self.exit_code = 2
             if self._owns_client:
@@ -195,15 +194,46 @@ class Feeder:
         try:
             await self.status.claim(self.settings.heartbeat_interval)
         except REDIS_ERRORS as exc:
+            if _read_only(exc):
+                raise FeederOnReplicaError(
+                    f"feeder {self.id}: {describe(self.settings)} is a read-only replica: a feeder writes, so "
+                    "point MD_REDIS_URL at the primary (or name the Sentinels in MD_REDIS_SENTINELS)"
+                ) from None
             log.warning(
                 "feeder %s: Redis does not answer yet (%s); its id is claimed once it does", self.id, exc
             )
             return
         self._claimed = True
 
+    async def _follow_primary(self) -> None:
+        """With Sentinel: move to a new primary as soon as the Sentinels name it, and rewrite every book there.
+
+        Writes the old primary took after the fail-over and before its demotion are lost, and the new one holds
+        only what it had replicated: the latest book of every key is written again so that no quiet book stays
+        behind.
+        """
+        try:
+            address = await follow_primary(self.redis)
+        except REDIS_ERRORS as exc:
+            if self._sentinels_ok:
+                log.warning("feeder %s: the Sentinels do not answer (%s); will keep asking", self.id, exc)
+            self._sentinels_ok = False
+            return
+        self._sentinels_ok = True
+        if address is None:
+            return
+        if self._primary is not None and address != self._primary:
+            log.warning(
+                "feeder %s: Redis fail-over: the primary is now %s:%d (was %s:%d); rewriting every book",
+                self.id, *address, *self._primary,
+            )  # fmt: skip
+            self.writer.rewrite_all("the primary changed (fail-over)")
+        self._primary = address
+
     async def _heartbeat_loop(self, stop: asyncio.Event) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
+            await self._follow_primary()
             try:
                 if not self._claimed:
                     await self._claim()
@@ -228,6 +258,15 @@ class Feeder:
             f"rejected {f['rejected']}, bad {f['bad']}, reconnects {f['reconnects']}, "
             f"redis {'ok' if self.writer.redis_ok else 'DOWN'}, pending {f['pending']}"
         )
+
+
+class FeederOnReplicaError(RuntimeError):
+    """The feeder's Redis is a read-only replica: nothing it writes would land."""
+
+
+def _read_only(exc: BaseException) -> bool:
+    inner = getattr(exc, "error", exc)
+    return isinstance(inner, redis.exceptions.ReadOnlyError) or "read only replica" in str(exc)
 
 
 async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:

@@ -26,7 +26,7 @@ import redis.exceptions
 
 from client import ClientSettings, RedisMarketDataProvider, load_settings
 from client.errors import AmbiguousSymbolError, InvalidSymbolError, SettingsError
-from client.masking import mask_url
+from client.topology import describe, sync_client
 from md_cli.commands import (
     DEFAULT_DEPTH,
     LIST_REFRESH,
@@ -42,9 +42,8 @@ ClientFactory = Callable[[ClientSettings], redis.Redis]
 
 
 def make_client(settings: ClientSettings) -> redis.Redis:
-    """The CLI's own Redis client, with the same timeouts an engine's provider uses."""
-    timeout = settings.redis_timeout
-    return redis.Redis.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    """The CLI's own Redis client, built as an engine's provider builds its read client (it only reads)."""
+    return sync_client(settings, read=True)
 
 
 def main(argv: Sequence[str] | None = None, *, client_factory: ClientFactory | None = None) -> int:
@@ -68,7 +67,7 @@ def main(argv: Sequence[str] | None = None, *, client_factory: ClientFactory | N
     except SettingsError as exc:
         print(f"md: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    where = mask_url(settings.redis_url)
+    where = describe(settings, read=True)
     client = (client_factory or make_client)(settings)
     command: Callable[[Context], int] = args.command
     try:
