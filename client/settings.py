@@ -180,7 +180,8 @@ def _checked_url(value: str) -> str:
         parts = urlsplit(value)
         port = parts.port
     except ValueError as exc:
-        raise ValueError(f"bad URL {shown}: {str(exc).replace(value, mask_url(value))}") from None
+        del exc  # its text may quote a piece of the password (a ':' in it read as a port)
+        raise ValueError(f"bad URL {shown}: no valid port (a number from 1 to 65535)") from None
     if parts.scheme not in _REDIS_SCHEMES:
         raise ValueError(f"scheme must be one of {', '.join(s + '://' for s in _REDIS_SCHEMES)}, got {shown}")
     if parts.scheme != "unix" and not parts.hostname:
