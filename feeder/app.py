@@ -8,7 +8,6 @@ mark the feeder offline (its books stop being served as live), stop the writer a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 import redis.asyncio
@@ -177,7 +176,7 @@ class Feeder:
         ]
         readers = [asyncio.create_task(c.run(), name=c.name) for c in self.connections]
         try:
-            await stop.wait()
+            await self._until_stopped(stop, [*background, *readers])
         finally:
             log.info("feeder %s: stopping", self.id)
             await _cancel_all(readers)
@@ -189,6 +188,25 @@ class Feeder:
             if self._owns_client:
                 await self.redis.aclose()
             log.info("feeder %s: stopped (%s)", self.id, self.summary())
+
+    async def _until_stopped(self, stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+        """Wait for `stop`; a task that ends before it (they run until cancelled) is a bug or an error nothing
+        handled: it is logged with its traceback and the feeder stops with exit status 1, so that its books go
+        not live and a supervisor restarts it, instead of running on with a dead writer or connection."""
+        stopping = asyncio.create_task(stop.wait(), name="stop")
+        try:
+            done, _ = await asyncio.wait({stopping, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+        for task in done - {stopping}:
+            if stop.is_set():
+                continue  # it set stop itself (the heartbeat, on a taken-over id)
+            error = None if task.cancelled() else task.exception()
+            log.error(
+                "feeder %s: task %s ended unexpectedly%s; stopping (exit status 1)",
+                self.id, task.get_name(), "" if error is None else f": {error!r}", exc_info=error,
+            )  # fmt: skip
+            self.exit_code = self.exit_code or 1
 
     async def _claim(self) -> None:
         try:
@@ -270,8 +288,11 @@ def _read_only(exc: BaseException) -> bool:
 
 
 async def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel and await `tasks`; one that had already failed was logged by `_until_stopped`, one that fails
+    while being cancelled is logged here."""
+    running = {task for task in tasks if not task.done()}
     for task in tasks:
         task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for task, result in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True), strict=True):
+        if task in running and isinstance(result, Exception):
+            log.warning("task %s failed while stopping", task.get_name(), exc_info=result)

@@ -58,6 +58,7 @@ class BookCache:
     messages: int = 0
     gaps: int = 0
     reloads: int = 0
+    errors: int = 0  # sessions ended by an unexpected error (logged with the traceback)
     _consumers_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # ------------------------------------------------------------------------------------------ consumers

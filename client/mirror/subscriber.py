@@ -142,6 +142,14 @@ class SubscriberCore:
             return 0.0
         return float(min(2.0, 0.05 * 2.0 ** (failures - 2)) * random.uniform(0.5, 1.0))
 
+    def failed(self, exc: BaseException, failures: int) -> float:
+        """An unexpected error ended the session: logged with its traceback and counted; as `lost`, the books
+        are unavailable until a new session has reloaded them; seconds to wait (at least 0.5: a bug that fails
+        every time must not spin)."""
+        self.cache.errors += 1
+        log.error("mirror: unexpected error; books read as unavailable, retrying", exc_info=exc)
+        return max(0.5, self.lost(exc, failures + 1))
+
     def _take_added(self) -> set[str]:
         with self._added_lock:
             added, self._added = self._added, set()
@@ -183,6 +191,11 @@ class ThreadSubscriber:
             except REDIS_ERRORS as exc:
                 failures += 1
                 self._stop.wait(self.core.lost(exc, failures))
+            except (
+                Exception
+            ) as exc:  # a bug, or an error redis-py does not class as its own: never die silently
+                failures += 1
+                self._stop.wait(self.core.failed(exc, failures))
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):
                     pubsub.close()
@@ -248,6 +261,9 @@ class TaskSubscriber:
             except REDIS_ERRORS as exc:
                 failures += 1
                 await asyncio.sleep(self.core.lost(exc, failures))
+            except Exception as exc:  # as in ThreadSubscriber: logged, counted, retried; books unavailable
+                failures += 1
+                await asyncio.sleep(self.core.failed(exc, failures))
             else:
                 failures = 0
             finally:

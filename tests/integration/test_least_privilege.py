@@ -8,6 +8,7 @@ full run: a command the code sends but the line forgot would show there.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from typing import Any
@@ -57,6 +58,7 @@ def url_of(server: Any, user: str) -> str:
 
 def refusals(admin: redis.Redis) -> list[tuple[str, str, str]]:
     """(user, reason, command or key) of every refusal Redis logged."""
+
     def text(value: Any) -> str:
         return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -119,7 +121,8 @@ async def test_feeder_engines_and_md_work_with_least_privilege_users(acl_server:
             forger.close()
 
             for command in (["status"], ["get", "KRW-BTC"], ["symbols"]):
-                done = subprocess.run(
+                done = await asyncio.to_thread(
+                    subprocess.run,
                     [sys.executable, "-m", "md_cli", "--redis-url", url_of(server, "md-operator"), *command],
                     env=clean_environment(), capture_output=True, text=True, timeout=60,
                 )  # fmt: skip
