@@ -1,0 +1,222 @@
+"""The product on real Redis topologies: a replica for engines' reads, Sentinel fail-over, TLS.
+
+Feeders run as subprocesses against the simulator; engines read through the provider in both modes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+from support.feeder_process import FeederProcess
+from support.feeder_rig import poll
+
+from client import (
+    ClientSettings,
+    MarketDataUnavailableError,
+    OrderBookSnapshot,
+    RedisMarketDataProvider,
+    load_settings,
+)
+from exchange_sim import ExchangeSimulator
+from launch.child import clean_environment
+
+UPBIT = ["KRW-BTC", "KRW-ETH", "KRW-XRP"]
+BINANCE = ["BTCUSDT", "ETHUSDT"]
+
+
+def feeder_env(sim: ExchangeSimulator, **env: str) -> dict[str, str]:
+    return {
+        "MD_UPBIT_URL": sim.upbit_url,
+        "MD_BINANCE_URL": sim.binance_url,
+        "MD_UPBIT_SYMBOLS": ",".join(UPBIT),
+        "MD_BINANCE_SYMBOLS": ",".join(BINANCE),
+        "MD_SIMULATED": "true",
+        **env,
+    }
+
+
+async def books_of(provider: RedisMarketDataProvider) -> dict[tuple[str, str], OrderBookSnapshot | None]:
+    found: dict[tuple[str, str], OrderBookSnapshot | None] = {}
+    for exchange, symbols in (("upbit", UPBIT), ("binance", BINANCE)):
+        books = await provider.aget_latest_snapshots(symbols, exchange=exchange)
+        found.update({(exchange, s): b for s, b in books.items()})
+    return found
+
+
+async def equal_to_truth(provider: RedisMarketDataProvider, sim: ExchangeSimulator) -> bool:
+    truth = sim.last_sent
+    for key, book in (await books_of(provider)).items():
+        want = truth.get(key)
+        if (
+            book is None
+            or want is None
+            or (book.xid, book.bids, book.asks) != (want.xid, want.bids, want.asks)
+        ):
+            return False
+    return True
+
+
+async def providers(**settings: Any) -> list[RedisMarketDataProvider]:
+    started = []
+    for mode in ("read-through", "mirror"):
+        provider = RedisMarketDataProvider(settings=load_settings(ClientSettings, mode=mode, **settings))
+        await provider.astart()
+        started.append(provider)
+    return started
+
+
+# ------------------------------------------------------------------------------------------------- replica
+async def test_engines_read_from_a_replica_and_their_legacy_writes_go_to_the_primary(
+    replicated_redis: Any,
+) -> None:
+    primary, replica = replicated_redis.primary, replicated_redis.replica
+    async with ExchangeSimulator(rate=10.0) as sim:
+        feeder = FeederProcess(feeder_env(sim, MD_REDIS_URL=primary.url, MD_FEEDER_ID="replica-test"))
+        engines = await providers(redis_url=primary.url, redis_read_url=replica.url)
+        try:
+
+            async def live() -> bool:
+                return all(await asyncio.gather(*(_all_live(e) for e in engines)))
+
+            await poll(live, 20, f"books not live on the replica\n{feeder.log()[-2000:]}")
+            sim.set_rate(0.0)
+            for engine in engines:
+                await poll(lambda e=engine: equal_to_truth(e, sim), 10, "replica books differ from the truth")
+            # the legacy write lands on the primary (a replica would refuse it), and the reads use the replica
+            book = OrderBookSnapshot("KRW-LEGACY", time.time(), [(1.0, 1.0)], [(2.0, 1.0)])
+            assert await engines[0].awrite_snapshot(book, "upbit") is True
+            assert redis.Redis.from_url(primary.url).exists("md:upbit:KRW-LEGACY")
+            read_clients = redis.Redis.from_url(replica.url).info("clients")["connected_clients"]
+            assert read_clients >= 3, "the engines do not read from the replica"
+        finally:
+            for engine in engines:
+                await engine.astop()
+            feeder.cleanup()
+
+
+async def _all_live(provider: RedisMarketDataProvider) -> bool:
+    return all(b is not None for b in (await books_of(provider)).values())
+
+
+def test_a_feeder_pointed_at_a_replica_stops_at_start_with_a_clear_error(replicated_redis: Any) -> None:
+    feeder = FeederProcess({"MD_REDIS_URL": replicated_redis.replica.url, "MD_FEEDER_ID": "on-replica"})
+    try:
+        assert feeder.wait(30) == 2
+        log = feeder.log()
+        assert "is a read-only replica" in log and "MD_REDIS_URL" in log, log
+    finally:
+        feeder.cleanup()
+
+
+# ------------------------------------------------------------------------------------------------- Sentinel
+async def test_a_sentinel_fail_over_leaves_no_frozen_live_book_and_converges_within_2s(
+    sentinel_redis: Any,
+) -> None:
+    topo = sentinel_redis
+    sentinels = ",".join(f"{h}:{p}" for h, p in topo.sentinels)
+    settings = {
+        "redis_url": "redis://primary/0",
+        "redis_sentinels": sentinels,
+        "redis_sentinel_service": topo.service,
+    }
+    async with ExchangeSimulator(rate=2.0) as sim:  # quiet books: a lost write would not soon be replaced
+        feeder = FeederProcess(
+            feeder_env(
+                sim,
+                MD_REDIS_URL="redis://primary/0",
+                MD_REDIS_SENTINELS=sentinels,
+                MD_REDIS_SENTINEL_SERVICE=topo.service,
+                MD_FEEDER_ID="sentinel-test",
+                MD_HEARTBEAT_INTERVAL="0.2",
+            )
+        )
+        engines = await providers(**settings)
+        try:
+            await poll(lambda: _every_live(engines), 20, f"books not live\n{feeder.log()[-2000:]}")
+            old_port = topo.master_port()
+            promoted = threading.Event()
+            failing_over = asyncio.create_task(asyncio.to_thread(topo.failover, 30, promoted.set))
+            await poll(lambda: _true(promoted.is_set()), 30, "Sentinel promoted no replica")
+            # from here the old primary still takes writes for seconds, until Sentinel demotes it: lost writes
+            failed_over = time.monotonic()
+            sim.set_rate(0.0)  # the last books sent are the truth the new primary must hold
+            new_port = topo.master_port()
+            assert new_port is not None and new_port != old_port, "the fault was not injected: no fail-over"
+            new_primary = redis.Redis(port=new_port)
+            fed = {("upbit", s) for s in UPBIT} | {("binance", s) for s in BINANCE}
+
+            async def converged() -> bool:
+                for key, want in sim.last_sent.items():
+                    if key in fed:
+                        stored = new_primary.hget(f"md:{key[0]}:{key[1]}", "xid")
+                        if stored is None or int(stored) != want.xid:
+                            return False
+                return True
+
+            log = feeder.log
+            await poll(converged, 15, "the new primary does not hold the latest books")
+            took = time.monotonic() - failed_over
+            assert (
+                took < 2.0
+            ), f"books on the new primary equal the feeder's latest after {took:.2f}s\n{log()}"
+            assert await failing_over == new_port  # and the old primary is demoted now
+            new_primary.close()
+            # no engine serves as live a book older than what the new primary holds
+            for engine in engines:
+                await poll(
+                    lambda e=engine: equal_to_truth(e, sim), 5, f"{engine.mode}: frozen after fail-over"
+                )
+            assert "fail-over" in feeder.log()
+        finally:
+            for engine in engines:
+                await engine.astop()
+            feeder.cleanup()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _every_live(engines: list[RedisMarketDataProvider]) -> bool:
+    return all([await _all_live(e) for e in engines])
+
+
+# ------------------------------------------------------------------------------------------------- TLS
+async def test_feeder_engines_and_md_over_tls_with_client_certificates(tls_redis: Any) -> None:
+    tls = tls_redis.material
+    env = {
+        "MD_REDIS_URL": tls_redis.url,
+        "MD_REDIS_TLS_CA_FILE": str(tls.ca_cert),
+        "MD_REDIS_TLS_CERT_FILE": str(tls.client_cert),
+        "MD_REDIS_TLS_KEY_FILE": str(tls.client_key),
+    }
+    settings = {k[3:].lower(): v for k, v in env.items()}
+    async with ExchangeSimulator(rate=10.0) as sim:
+        feeder = FeederProcess(feeder_env(sim, MD_FEEDER_ID="tls-test", **env))
+        engines = await providers(**settings)
+        try:
+            await poll(lambda: _every_live(engines), 20, f"books not live over TLS\n{feeder.log()[-2000:]}")
+            done = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "md_cli", "status"],
+                env=clean_environment(env), capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert done.returncode == 0 and "tls-test" in done.stdout, done.stdout + done.stderr
+        finally:
+            for engine in engines:
+                await engine.astop()
+            feeder.cleanup()
+    # the server requires client certificates: without one, nothing is served, and strict mode says why
+    without_cert = {k: v for k, v in settings.items() if k in ("redis_url", "redis_tls_ca_file")}
+    strict = load_settings(ClientSettings, **without_cert, redis_timeout=2, strict=True)
+    provider = RedisMarketDataProvider(settings=strict)
+    with pytest.raises(MarketDataUnavailableError, match="(?i)certificate|ssl|EOF"):  # TLS 1.3: either
+        provider.get_latest_snapshot("KRW-BTC", "upbit")
+    provider.stop()
