@@ -90,6 +90,8 @@ class ClientSettings(BaseSettings):
     """The Sentinel service (master name)."""
     redis_sentinel_password: SecretStr | None = None
     """Password of the Sentinels themselves (``requirepass`` of the sentinel processes), if any."""
+    redis_cluster: bool = False
+    """Redis Cluster: MD_REDIS_URL names any node; clients learn the others (and follow resharding)."""
     redis_tls_ca_file: str = ""
     """TLS (``rediss://``): CA certificate file to verify the server with; empty = the system's CAs."""
     redis_tls_cert_file: str = ""
@@ -133,6 +135,10 @@ class ClientSettings(BaseSettings):
         if tls and not self.redis_url.startswith("rediss://"):
             raise ValueError(
                 "MD_REDIS_TLS_* files are set but MD_REDIS_URL is not rediss:// (TLS): set both or neither"
+            )
+        if self.redis_cluster and self.redis_sentinels:
+            raise ValueError(
+                "MD_REDIS_CLUSTER and MD_REDIS_SENTINELS exclude each other: a Cluster fails over itself"
             )
         if bool(self.redis_tls_cert_file) != bool(self.redis_tls_key_file):
             raise ValueError("MD_REDIS_TLS_CERT_FILE and MD_REDIS_TLS_KEY_FILE go together")

@@ -15,7 +15,9 @@ from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.asyncio.sentinel
+import redis.cluster
 import redis.sentinel
 from redis.connection import parse_url
 
@@ -52,6 +54,12 @@ def _options(settings: ClientSettings, url: str) -> dict[str, Any]:
     }
 
 
+def _cluster_options(settings: ClientSettings) -> dict[str, Any]:
+    options = _options(settings, settings.redis_url)
+    options.pop("health_check_interval")  # the cluster client checks its nodes itself
+    return options
+
+
 def _read_url(settings: ClientSettings, read: bool) -> str | None:
     """The replica URL when this client is for reads and one is set; None: the primary."""
     return settings.redis_read_url if read and settings.redis_read_url else None
@@ -83,6 +91,11 @@ def sync_client(settings: ClientSettings, *, read: bool = False) -> redis.Redis:
         manager, options = _sentinel_parts(settings, asyncio=False)
         client: redis.Redis = manager.master_for(settings.redis_sentinel_service, **options)
         return client
+    if settings.redis_cluster:
+        cluster: redis.Redis = redis.cluster.RedisCluster.from_url(  # type: ignore[assignment]
+            settings.redis_url, **_cluster_options(settings)
+        )
+        return cluster
     return redis.Redis.from_url(settings.redis_url, **_options(settings, settings.redis_url))
 
 
@@ -95,6 +108,11 @@ def async_client(settings: ClientSettings, *, read: bool = False) -> redis.async
         manager, options = _sentinel_parts(settings, asyncio=True)
         client: redis.asyncio.Redis = manager.master_for(settings.redis_sentinel_service, **options)
         return client
+    if settings.redis_cluster:
+        cluster: redis.asyncio.Redis = redis.asyncio.cluster.RedisCluster.from_url(  # type: ignore[assignment]
+            settings.redis_url, **_cluster_options(settings)
+        )
+        return cluster
     return redis.asyncio.Redis.from_url(settings.redis_url, **_options(settings, settings.redis_url))
 
 
@@ -110,6 +128,8 @@ def describe(settings: ClientSettings, *, read: bool = False) -> str:
             f"Sentinel service {settings.redis_sentinel_service!r} via {settings.redis_sentinels} "
             f"({parts.scheme}, db {db})"
         )
+    if settings.redis_cluster:
+        return f"{mask_url(settings.redis_url)} (Cluster)"
     return mask_url(settings.redis_url)
 
 
@@ -120,7 +140,7 @@ async def follow_primary(client: redis.asyncio.Redis) -> tuple[str, int] | None:
     Between a fail-over and the demotion of the old primary (seconds), the old one still accepts writes that
     will be lost: asking at every heartbeat bounds that window to one heartbeat interval.
     """
-    pool = client.connection_pool
+    pool = getattr(client, "connection_pool", None)  # a Cluster client has none
     if not isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool):
         return None
     address: tuple[str, int] = await pool.get_master_address()  # type: ignore[no-untyped-call]

@@ -115,7 +115,17 @@ def _pipeline_round_trip(client: redis.Redis, commands: list[Command]) -> list[A
     pipe = client.pipeline(transaction=False)
     for command in commands:
         pipe.execute_command(*command)  # type: ignore[no-untyped-call]
-    return pipe.execute(raise_on_error=False)
+    return _no_lost_connections(pipe.execute(raise_on_error=False))
+
+
+def _no_lost_connections(replies: list[Any]) -> list[Any]:
+    """Replies of a redis-py pipeline, except that a lost connection is raised, not returned as a reply: a
+    Cluster pipeline returns a dead node's connection error in place of each of its commands' replies, and
+    that is Redis being away (the driver's concern), not an error reply of one key."""
+    for reply in replies:
+        if isinstance(reply, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+            raise reply
+    return replies
 
 
 def _packed_round_trip(client: redis.Redis, commands: list[Command]) -> list[Any]:
@@ -176,7 +186,7 @@ async def _apipeline_round_trip(client: redis.asyncio.Redis, commands: list[Comm
     pipe = client.pipeline(transaction=False)
     for command in commands:
         pipe.execute_command(*command)
-    return await pipe.execute(raise_on_error=False)
+    return _no_lost_connections(await pipe.execute(raise_on_error=False))
 
 
 async def _apacked_round_trip(client: redis.asyncio.Redis, commands: list[Command]) -> list[Any]:

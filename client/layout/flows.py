@@ -11,6 +11,7 @@ Flows compose with ``yield from``: the provider's read is resolve, then read boo
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Container, Generator, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
@@ -69,7 +70,8 @@ def command_error(command: Command, error: BaseException) -> RedisCommandError:
     name = str(command[0]).upper() if command else "?"
     key: object = None
     if name in ("EVALSHA", "EVAL") and len(command) > 3:
-        name, key = f"{name} {SCRIPTS.get(str(command[1]), 'script')}", command[3]
+        sha = str(command[1]) if name == "EVALSHA" else hashlib.sha1(str(command[1]).encode()).hexdigest()
+        name, key = f"{name} {SCRIPTS.get(sha, 'script')}", command[3]
     elif name != "SCRIPT" and len(command) > 1:
         key = command[1]
     refused = isinstance(error, NoPermissionError) or any(p in str(error) for p in _ACL_PHRASES)
@@ -96,6 +98,11 @@ def _raise_wide_errors(replies: Sequence[Any], commands: Sequence[Command]) -> N
     for reply, command in zip(replies, commands, strict=False):
         if isinstance(reply, Exception) and refuses_all(reply):
             raise command_error(command, reply) from reply
+
+
+def _eval(command: Command, source: str) -> Command:
+    """The EVALSHA `command` as an EVAL of the script's source (same keys and arguments)."""
+    return ("EVAL", source, *command[2:])
 
 
 # --------------------------------------------------------------------------------------------- writes
@@ -140,12 +147,13 @@ def write_flow(
         else:
             results[i] = int(reply)
     if retry:
-        # Redis restarted (or SCRIPT FLUSH): NOSCRIPT means nothing ran, so loading and retrying is safe.
-        again = [("SCRIPT", "LOAD", WRITE_BOOK.source)] + [books[i].script_command() for i in retry]
+        # Redis restarted (or SCRIPT FLUSH): NOSCRIPT means nothing ran, so running it again is safe. EVAL with
+        # the source, not SCRIPT LOAD first: it is routed by the book's key (on Cluster, to the node that
+        # answered NOSCRIPT) and caches the script there for the next EVALSHA.
+        again = [_eval(books[i].script_command(), WRITE_BOOK.source) for i in retry]
         replies = yield again
-        _raise_errors(replies[:1], again)
         _raise_wide_errors(replies, again)
-        for i, reply in zip(retry, replies[1:], strict=True):
+        for i, reply in zip(retry, replies, strict=True):
             results[i] = reply if isinstance(reply, Exception) else int(reply)
     return results
 
@@ -161,7 +169,7 @@ def mark_down_flow(layout: RedisLayout, writer: str, books: Iterable[tuple[str, 
         return 0
     replies = yield commands
     if any(isinstance(r, NoScriptError) for r in replies):
-        replies = (yield [("SCRIPT", "LOAD", MARK_DOWN.source), *commands])[1:]
+        replies = yield [_eval(c, MARK_DOWN.source) for c in commands]
     _raise_wide_errors(replies, commands)
     return sum(int(r) for r in replies if not isinstance(r, Exception))
 
@@ -267,7 +275,7 @@ def heartbeat_flow(
     )  # fmt: skip
     replies = yield [command]
     if isinstance(replies[0], NoScriptError):
-        replies = (yield from _round([("SCRIPT", "LOAD", HEARTBEAT.source), command]))[1:]
+        replies = yield [_eval(command, HEARTBEAT.source)]
     _raise_errors(replies, [command])
     return int(replies[0])
 

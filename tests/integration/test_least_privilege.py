@@ -26,7 +26,7 @@ from launch.child import clean_environment
 # The lines of docs/operations.md ("Least-privilege ACL users"), with a password added. Keep them in step.
 FEEDER_ACL = (
     "resetkeys ~md:* resetchannels &md:* -@all "
-    "+evalsha +script|load +hgetall +sadd +set "  # what the feeder sends
+    "+evalsha +eval +hgetall +sadd +set "  # what the feeder sends (EVAL after NOSCRIPT)
     "+hmget +hget +hset +time +publish +pexpire"  # what its scripts run (Redis checks those too)
 )
 # A PSUBSCRIBE pattern must equal one of the user's channel patterns: the mirror's is md:*:* (md:<exchange>:*
@@ -96,6 +96,14 @@ async def test_feeder_engines_and_md_work_with_least_privilege_users(acl_server:
                 return True
 
             await poll(all_live, 20, f"books not live for the engine users\n{feeder.log()[-3000:]}")
+            # the scripts are gone (as after a restart): the feeder runs them with EVAL, which its line allows
+            written = int(admin.hget("md:feeder:acl-feeder", "written") or 0)
+            admin.script_flush()
+
+            async def writing_again() -> bool:
+                return int(admin.hget("md:feeder:acl-feeder", "written") or 0) > written + 10
+
+            await poll(writing_again, 10, f"no writes after SCRIPT FLUSH\n{feeder.log()[-3000:]}")
             sim.set_rate(0.0)
             truth = sim.last_sent
 

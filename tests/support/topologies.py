@@ -440,6 +440,23 @@ class RedisCluster3(_Topology):
         """Wait until every node says ``cluster_state:ok`` and knows all three nodes."""
         wait_until(self._state_ok, timeout, "cluster_state:ok on all three nodes")
 
+    def node_of(self, key: str) -> int:
+        """The index in `nodes` of the master that serves `key`'s slot."""
+        from redis.crc import key_slot
+
+        slot = key_slot(key.encode())
+        with client_for(self.nodes[0].port) as client:
+            ranges = client.execute_command("CLUSTER SLOTS")
+        entries = (
+            [(start, end, entry["primary"][1]) for (start, end), entry in ranges.items()]
+            if isinstance(ranges, dict)
+            else [(entry[0], entry[1], entry[2][1]) for entry in ranges]
+        )
+        for start, end, port in entries:
+            if int(start) <= slot <= int(end):
+                return next(i for i, node in enumerate(self.nodes) if node.port == int(port))
+        raise LookupError(f"no master serves slot {slot} ({key})")
+
     def masters(self) -> list[tuple[str, int]]:
         """(host, port) of every master that serves slots, as ``CLUSTER SLOTS`` on the first node says."""
         with client_for(self.nodes[0].port) as client:
