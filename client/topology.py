@@ -145,3 +145,12 @@ async def follow_primary(client: redis.asyncio.Redis) -> tuple[str, int] | None:
         return None
     address: tuple[str, int] = await pool.get_master_address()  # type: ignore[no-untyped-call]
     return address
+
+
+def primaries(client: redis.Redis) -> list[redis.Redis]:
+    """A client per primary node: the Cluster's masters, or `client` itself. For what only runs per node
+    (SCAN: each node has its own keyspace)."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        nodes = [node.redis_connection for node in client.get_primaries()]
+        return [node for node in nodes if node is not None]
+    return [client]

@@ -18,8 +18,16 @@ import redis.exceptions
 
 from client import BookState, RedisMarketDataProvider
 from client.errors import InvalidSymbolError
-from client.layout import feeder_records_flow, split_record, split_target, validate_exchange, validate_symbol
+from client.layout import (
+    feeder_keys_flow,
+    feeder_records_flow,
+    split_record,
+    split_target,
+    validate_exchange,
+    validate_symbol,
+)
 from client.resolver import guess_exchange
+from client.topology import primaries
 from client.transport import run_flow
 from md_cli.context import EXIT_NOTHING, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, Context
 from md_cli.render import (
@@ -164,7 +172,8 @@ def _screen_rows() -> int:
 
 # --------------------------------------------------------------------------------------------- md status
 def cmd_status(ctx: Context) -> int:
-    records = run_flow(ctx.client, feeder_records_flow(ctx.layout))
+    keys = [k for node in primaries(ctx.client) for k in run_flow(node, feeder_keys_flow(ctx.layout))]
+    records = run_flow(ctx.client, feeder_records_flow(ctx.layout, keys))
     now = time.time()
     blocks: list[list[str]] = []
     width = shutil.get_terminal_size().columns

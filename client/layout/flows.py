@@ -255,6 +255,11 @@ def scan_flow(pattern: str, count: int = 1000) -> Flow[list[bytes | str]]:
             return sorted(found)
 
 
+def feeder_keys_flow(layout: RedisLayout) -> Flow[list[bytes | str]]:
+    """The keys of every feeder record on the server the flow runs on."""
+    return (yield from scan_flow(layout.feeder_pattern()))
+
+
 # --------------------------------------------------------------------------------------------- feeder record
 def feeder_states_flow(layout: RedisLayout, feeders: Sequence[str]) -> Flow[tuple[dict[str, Any], float]]:
     """The ``state`` of each feeder's record (None once it expired, an error value if unreadable) and, in the
@@ -292,9 +297,14 @@ def feeder_record_flow(layout: RedisLayout, feeder_id: str) -> Flow[dict[str, st
     return {_text(k): _text(v) for k, v in replies[0].items()} or None
 
 
-def feeder_records_flow(layout: RedisLayout) -> Flow[list[tuple[str, Any, Any]]]:
-    """Every feeder record: (key, its fields or an error value, its PTTL in ms), sorted by key."""
-    keys = yield from scan_flow(layout.feeder_pattern())
+def feeder_records_flow(
+    layout: RedisLayout, keys: Sequence[bytes | str] | None = None
+) -> Flow[list[tuple[str, Any, Any]]]:
+    """Every feeder record: (key, its fields or an error value, its PTTL in ms), sorted by key. `keys`: the
+    record keys when the caller found them (on Cluster, a SCAN per node: `feeder_keys_flow` on each)."""
+    if keys is None:
+        keys = yield from feeder_keys_flow(layout)
+    keys = sorted(set(keys))
     if not keys:
         return []
     replies = yield [("HGETALL", k) for k in keys] + [("PTTL", k) for k in keys]

@@ -95,7 +95,10 @@ async def test_feeder_engines_and_md_work_with_least_privilege_users(acl_server:
                             return False
                 return True
 
-            await poll(all_live, 20, f"books not live for the engine users\n{feeder.log()[-3000:]}")
+            try:
+                await poll(all_live, 20, "books not live for the engine users")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{feeder.log()[-3000:]}\nACL LOG: {refusals(admin)}") from None
             # the scripts are gone (as after a restart): the feeder runs them with EVAL, which its line allows
             written = int(admin.hget("md:feeder:acl-feeder", "written") or 0)
             admin.script_flush()

@@ -262,6 +262,13 @@ async def test_feeder_and_engines_on_a_3_master_cluster_and_a_node_restart(redis
             took = time.monotonic() - restarted
             assert took < 2.0, f"converged {took:.2f}s after the node came back"
             assert "Traceback" not in feeder.log(), feeder.log()[-3000:]
+            for command in (["status"], ["symbols"], ["get", upbit[0]]):  # md on the Cluster (SCAN per node)
+                done = await asyncio.to_thread(
+                    subprocess.run, [sys.executable, "-m", "md_cli", *command], env=clean_environment(env),
+                    capture_output=True, text=True, timeout=60,
+                )  # fmt: skip
+                assert done.returncode == 0, (command, done.stdout, done.stderr)
+                assert ("cluster-test" if command == ["status"] else upbit[0]) in done.stdout, done.stdout
         finally:
             for engine in engines:
                 await engine.astop()
