@@ -21,9 +21,9 @@ import redis
 import redis.asyncio
 from support.backends import Backend
 from support.tls import TlsRedis
-from support.topologies import RedisCluster3, ReplicatedRedis, SentinelRedis
 
 from launch.redis_server import LocalRedisServer as RedisServer
+from launch.redis_topologies import RedisCluster3, ReplicatedRedis, SentinelRedis
 
 BACKENDS = ["fakeredis", "redis"]
 KINDS = ("unit", "integration", "e2e")
@@ -107,7 +107,7 @@ def no_threads_left_behind() -> Iterator[None]:
 
 
 # --- Topologies of the tests' own: primary + replica, Sentinel, a 3-master cluster, TLS only -------------------
-# (tests/support/topologies.py, tests/support/tls.py). Each starts on free ports and is stopped by PID in
+# (launch/redis_topologies.py, tests/support/tls.py). Each starts on free ports and is stopped by PID in
 # teardown, whatever the test did. Like `redis_server`, a fixture that cannot start what it promises FAILS.
 # Measured on 2 cores: replicated ~0.1 s, sentinel ~0.2 s (its `failover()` ~11 s: Sentinel waits 8 s before it
 # demotes the old primary), cluster ~2 s, TLS ~0.2 s (certificates included): all function scope.

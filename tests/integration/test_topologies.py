@@ -12,7 +12,8 @@ import redis
 import redis.cluster
 import redis.sentinel
 from support.tls import TlsRedis
-from support.topologies import (
+
+from launch.redis_topologies import (
     RedisCluster3,
     ReplicatedRedis,
     SentinelRedis,

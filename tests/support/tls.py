@@ -19,7 +19,7 @@ from typing import Any, Self
 import redis
 
 from launch.redis_server import LocalRedisServer, free_port
-from support.topologies import HOST, client_for, start_process
+from launch.redis_topologies import HOST, client_for, start_process
 
 DAYS = "2"
 

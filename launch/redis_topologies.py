@@ -1,5 +1,5 @@
-"""Redis topologies of the tests' own, on free ports: primary + replica, the same watched by one Sentinel, and a
-three-master cluster.
+"""Redis topologies on free ports, for the tests and the benchmarks: primary + replica, the same watched by
+one Sentinel, and a three-master cluster.
 
 Every class starts its servers with `start()` (or `with ...:`), and `cleanup()` stops each process it started
 by its PID (through `LocalRedisServer`) and removes its temporary directories, even when a later start failed
