@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench.report import Context, Table, machine
 
-BENCHMARKS = ["parse", "write", "read", "e2e", "latency", "reconnect", "faults", "scale"]
+BENCHMARKS = ["parse", "write", "read", "e2e", "latency", "reconnect", "faults", "scale", "topology"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -277,8 +277,9 @@ COUNTERS = ("msgs_in", "books_in", "written", "coalesced", "rejected", "bad", "r
 class FeederProbe:
     """Reads ``md:feeder:<id>`` (refreshed by every heartbeat) through its own Redis connection."""
 
-    def __init__(self, redis_url: str, prefix: str = "md") -> None:
-        self.client = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
+    def __init__(self, redis_url: str, prefix: str = "md", client: Any = None) -> None:
+        """`client`: a client of one's own (a Cluster's), closed by `aclose` like the one built from the URL."""
+        self.client = client or redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
         self.prefix = prefix
 
     async def aclose(self) -> None:
