@@ -25,9 +25,9 @@ from typing import Any
 
 import redis.asyncio
 
-from client import OrderBookSnapshot, RedisMarketDataProvider
+from client import RedisMarketDataProvider
 from client.layout import RedisLayout
-from exchange_sim import ExchangeSimulator
+from exchange_sim import ExchangeSimulator, same_book
 from launch.child import ChildProcess, clean_environment, feeder_command
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -331,15 +331,6 @@ def _text(value: bytes | str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ truth check
-def _same(stored: OrderBookSnapshot | None, truth: OrderBookSnapshot) -> bool:
-    return (
-        stored is not None
-        and stored.xid == truth.xid
-        and stored.bids == truth.bids
-        and stored.asks == truth.asks
-    )
-
-
 async def mismatched_books(
     provider: RedisMarketDataProvider, sim: ExchangeSimulator, books: Iterable[tuple[str, str]]
 ) -> list[str]:
@@ -353,7 +344,7 @@ async def mismatched_books(
         stored = await provider.aget_latest_snapshots(symbols, exchange=exchange)
         for symbol in symbols:
             expected = truth.get((exchange, symbol))
-            if expected is None or not _same(stored.get(symbol), expected):
+            if expected is None or not same_book(stored.get(symbol), expected):
                 bad.append(f"{exchange}:{symbol}")
     return bad
 

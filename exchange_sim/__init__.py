@@ -88,7 +88,7 @@ and `exchange_sim.binance`. Command line: ``md-sim`` / ``python -m exchange_sim`
 
 from exchange_sim.binance import BinanceServer
 from exchange_sim.books import RandomWalkBook
-from exchange_sim.replay import CapturedFrame, Truth, load_capture, parse_capture
+from exchange_sim.replay import CapturedFrame, Truth, load_capture, parse_capture, same_book
 from exchange_sim.server import ExchangeServer
 from exchange_sim.simulator import EXCHANGES, ExchangeSimulator
 from exchange_sim.upbit import UpbitServer
@@ -104,4 +104,5 @@ __all__ = [
     "UpbitServer",
     "load_capture",
     "parse_capture",
+    "same_book",
 ]

@@ -148,3 +148,15 @@ async def replay_to(
                 truth[symbol] = t if t.timestamp else dataclasses.replace(t, timestamp=time.time())
         if not settings.loop:
             return
+
+
+def same_book(stored: OrderBookSnapshot | None, sent: OrderBookSnapshot | None) -> bool:
+    """Whether a book read back (from Redis, a mirror) is the one the simulator sent: same ordering id, same
+    levels. The check every test, benchmark and the chaos run makes against the simulator's truth."""
+    return (
+        stored is not None
+        and sent is not None
+        and stored.xid == sent.xid
+        and stored.bids == sent.bids
+        and stored.asks == sent.asks
+    )

@@ -43,7 +43,7 @@ import redis.exceptions
 from client import ClientSettings, MarketDataError, RedisMarketDataProvider, load_settings
 from client.layout import RedisLayout, feeder_record_flow
 from client.transport import arun_flow
-from exchange_sim import ExchangeSimulator
+from exchange_sim import ExchangeSimulator, same_book
 from launch.child import ChildProcess, clean_environment, feeder_command
 from launch.redis_server import LocalRedisServer
 
@@ -338,14 +338,8 @@ class Chaos:
         async def equal() -> bool:
             for exchange, symbols in (("upbit", UPBIT), ("binance", BINANCE)):
                 books = await provider.aget_latest_snapshots(symbols, exchange=exchange)
-                for symbol in symbols:
-                    book, want = books[symbol], truth.get((exchange, symbol))
-                    if (
-                        book is None
-                        or want is None
-                        or (book.xid, book.bids, book.asks) != (want.xid, want.bids, want.asks)
-                    ):
-                        return False
+                if not all(same_book(books[s], truth.get((exchange, s))) for s in symbols):
+                    return False
             return True
 
         try:

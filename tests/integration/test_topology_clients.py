@@ -24,7 +24,7 @@ from client import (
     RedisMarketDataProvider,
     load_settings,
 )
-from exchange_sim import ExchangeSimulator
+from exchange_sim import ExchangeSimulator, same_book
 from launch.child import clean_environment
 
 UPBIT = ["KRW-BTC", "KRW-ETH", "KRW-XRP"]
@@ -52,15 +52,7 @@ async def books_of(provider: RedisMarketDataProvider) -> dict[tuple[str, str], O
 
 async def equal_to_truth(provider: RedisMarketDataProvider, sim: ExchangeSimulator) -> bool:
     truth = sim.last_sent
-    for key, book in (await books_of(provider)).items():
-        want = truth.get(key)
-        if (
-            book is None
-            or want is None
-            or (book.xid, book.bids, book.asks) != (want.xid, want.bids, want.asks)
-        ):
-            return False
-    return True
+    return all(same_book(book, truth.get(key)) for key, book in (await books_of(provider)).items())
 
 
 async def providers(**settings: Any) -> list[RedisMarketDataProvider]:
