@@ -73,14 +73,14 @@ from client.models import BookState, OrderBookSnapshot, SnapshotStatus
 from client.resolver import SymbolResolver, Target, ambiguous, guess_exchange
 from client.settings import ClientSettings, load_settings
 from client.topology import async_client, describe, sync_client
-from client.transport import arun_flow, run_flow
+from client.transport import SERVER_AWAY, arun_flow, run_flow
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _DECODED_LIMIT = 100_000  # decoded books remembered for unchanged re-reads
 _UNSET: Any = object()
-_REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+_REDIS_DOWN = (*SERVER_AWAY, OSError)
 
 
 class MarketDataProvider(ABC):

@@ -111,6 +111,15 @@ def run_flow(client: redis.Redis, flow: Flow[T]) -> T:
         return result
 
 
+SERVER_AWAY = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,  # a Cluster without a quorum of masters, or a master without replicas
+    redis.exceptions.TryAgainError,  # a slot being migrated
+)
+"""Errors that mean the server is away for now (no reply of a key's own): callers treat them as an outage."""
+
+
 def _pipeline_round_trip(client: redis.Redis, commands: list[Command]) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     for command in commands:
@@ -121,9 +130,9 @@ def _pipeline_round_trip(client: redis.Redis, commands: list[Command]) -> list[A
 def _no_lost_connections(replies: list[Any]) -> list[Any]:
     """Replies of a redis-py pipeline, except that a lost connection is raised, not returned as a reply: a
     Cluster pipeline returns a dead node's connection error in place of each of its commands' replies, and
-    that is Redis being away (the driver's concern), not an error reply of one key."""
+    that is Redis being away (the driver's concern), not an error reply of one key; so is CLUSTERDOWN."""
     for reply in replies:
-        if isinstance(reply, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        if isinstance(reply, SERVER_AWAY):
             raise reply
     return replies
 

@@ -6,6 +6,7 @@ Feeders run as subprocesses against the simulator; engines read through the prov
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import threading
@@ -62,6 +63,58 @@ async def providers(**settings: Any) -> list[RedisMarketDataProvider]:
         await provider.astart()
         started.append(provider)
     return started
+
+
+class FrozenWatch:
+    """Watches engines while a fault happens: fails when one serves as live a book older than `bound` (the
+    simulator had sent a newer one that long before) — "old but live", the one thing that must never happen."""
+
+    def __init__(
+        self, sim: ExchangeSimulator, engines: list[RedisMarketDataProvider], bound: float = 2.0
+    ) -> None:
+        self.sim, self.engines, self.bound = sim, engines, bound
+        self.sent: dict[tuple[str, str], list[tuple[float, int]]] = {}  # key -> (first seen, xid), in order
+        self.reads = 0
+        self.violations: list[str] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> FrozenWatch:
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def stop(self) -> None:
+        """Stop watching; an error of the watch itself is raised here (it must not hide as "no violation")."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if task.done():
+            task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    def _note_truth(self, now: float) -> None:
+        for key, book in self.sim.last_sent.items():
+            seen = self.sent.setdefault(key, [])
+            if book.xid is not None and (not seen or seen[-1][1] != book.xid):
+                seen.append((now, book.xid))
+
+    async def _watch(self) -> None:
+        while True:
+            self._note_truth(time.monotonic())
+            for engine in self.engines:
+                books = await books_of(engine)
+                now = time.monotonic()
+                self.reads += 1
+                for key, book in books.items():
+                    if book is None or book.xid is None:
+                        continue
+                    newer = [t for t, xid in self.sent.get(key, []) if xid > book.xid]
+                    if newer and now - newer[0] > self.bound:
+                        self.violations.append(
+                            f"{engine.mode}: {key} xid {book.xid} live {now - newer[0]:.2f}s late"
+                        )
+            await asyncio.sleep(0.05)
 
 
 # ------------------------------------------------------------------------------------------------- replica
@@ -132,6 +185,7 @@ async def test_a_sentinel_fail_over_leaves_no_frozen_live_book_and_converges_wit
         engines = await providers(**settings)
         try:
             await poll(lambda: _every_live(engines), 20, f"books not live\n{feeder.log()[-2000:]}")
+            watch = FrozenWatch(sim, engines).start()
             old_port = topo.master_port()
             promoted = threading.Event()
             failing_over = asyncio.create_task(asyncio.to_thread(topo.failover, 30, promoted.set))
@@ -166,6 +220,8 @@ async def test_a_sentinel_fail_over_leaves_no_frozen_live_book_and_converges_wit
                     lambda e=engine: equal_to_truth(e, sim), 5, f"{engine.mode}: frozen after fail-over"
                 )
             assert "fail-over" in feeder.log()
+            await watch.stop()
+            assert watch.reads > 20 and watch.violations == [], watch.violations[:5]
         finally:
             for engine in engines:
                 await engine.astop()
@@ -244,6 +300,7 @@ async def test_feeder_and_engines_on_a_3_master_cluster_and_a_node_restart(redis
             )
             owners = {cluster.node_of(f"md:{x}:{s}") for x, s in fed}
             assert len(owners) == 3, f"the books did not spread over the three masters: {owners}"
+            watch = FrozenWatch(sim, engines).start()
             victim = cluster.node_of(f"md:upbit:{upbit[0]}")
             await asyncio.to_thread(cluster.restart_node, victim)
             restarted = time.monotonic()
@@ -253,6 +310,8 @@ async def test_feeder_and_engines_on_a_3_master_cluster_and_a_node_restart(redis
             )
             took = time.monotonic() - restarted
             assert took < 2.0, f"converged {took:.2f}s after the node came back"
+            await watch.stop()
+            assert watch.reads > 20 and watch.violations == [], watch.violations[:5]
             assert "Traceback" not in feeder.log(), feeder.log()[-3000:]
             for command in (["status"], ["symbols"], ["get", upbit[0]]):  # md on the Cluster (SCAN per node)
                 done = await asyncio.to_thread(
