@@ -4,9 +4,9 @@ whole-feed subscriber.
 Two feeders (``MD_SHARD=1/2`` and ``2/2``) write every book of 400 symbols at the offered rate, first to one
 redis-server, then to a 3-master Cluster (``MD_REDIS_CLUSTER=true``). Measured over a window: books written per
 second (the feeders' ``written`` counters), and the CPU the redis-server processes used (``/proc``) per book
-written, with no subscriber and then with `SUBSCRIBERS` ``redis-cli PSUBSCRIBE md:*:*`` processes reading the
-whole feed (what a mirror-mode engine costs Redis). On a Cluster the scripts ``PUBLISH``, which Redis
-broadcasts over the cluster bus to every node: the per-book CPU is summed over the three nodes.
+written, with no subscriber and then with `SUBSCRIBERS` subscriber processes reading the whole feed (what a
+mirror-mode engine costs Redis): ``PSUBSCRIBE md:*:*`` on one Redis, ``SSUBSCRIBE`` to every book's shard
+channel on the Cluster, where the scripts ``SPUBLISH``. The Cluster's per-book CPU is summed over its nodes.
 
 All of it shares the machine's cores with the simulator and the feeders: on 2 cores the Cluster cannot show
 its write scaling; what it shows is the per-book and per-subscriber cost, which is what sizing needs.
@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.cluster
 
 from bench.report import Context, Table
 from bench.rig import FeederProbe, Feeders, cpu_seconds, poll, simulator, symbol_names
@@ -59,16 +62,40 @@ async def _window(probe: FeederProbe, feeders: list[str], pids: list[int], secon
     return Window((after - before) / (t1 - t0), (cpu1 - cpu0) / books * 1e6)
 
 
-def _subscribers(ports: list[int], count: int) -> list[subprocess.Popen[bytes]]:
-    """`count` whole-feed subscribers, spread over the nodes (on a Cluster every node carries every message)."""
-    return [
+def subscribe_main(argv: list[str]) -> int:
+    """A whole-feed subscriber process: PSUBSCRIBE md:*:* on one Redis; on a Cluster, SSUBSCRIBE each book's
+    shard channel (SPUBLISH reaches no pattern). Reads until killed; prints "ready" once subscribed."""
+    url, cluster, *keys = argv
+    pubsub: Any
+    if cluster == "1":
+        pubsub = redis.cluster.RedisCluster.from_url(url).pubsub()  # type: ignore[no-untyped-call]
+        pubsub.ssubscribe(*keys)
+        receive = pubsub.get_sharded_message
+    else:
+        pubsub = redis.Redis.from_url(url).pubsub()  # type: ignore[no-untyped-call]
+        pubsub.psubscribe("md:*:*")
+        receive = pubsub.get_message
+    print("ready", flush=True)
+    while True:
+        receive(timeout=1.0)
+
+
+def _subscribers(url: str, cluster: bool, keys: list[str], count: int) -> list[subprocess.Popen[bytes]]:
+    """`count` whole-feed subscriber processes (`subscribe_main`), each subscribed when this returns."""
+    processes = [
         subprocess.Popen(
-            ["redis-cli", "-p", str(ports[i % len(ports)]), "PSUBSCRIBE", "md:*:*"],
-            stdout=subprocess.DEVNULL,
+            [sys.executable, "-m", "bench.topology", "subscribe", url, "1" if cluster else "0", *keys],
+            stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        for i in range(count)
+        for _ in range(count)
     ]
+    for process in processes:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != b"ready":
+            _stop(processes)
+            raise RuntimeError("a subscriber did not start")
+    return processes
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -106,10 +133,8 @@ async def _measure(
 
             await poll(flowing, 60, f"{label}: books not flowing")
             bare = await _window(probe, names, pids, size.seconds)
-            subscribers = _subscribers(ports, SUBSCRIBERS)
-            await asyncio.sleep(
-                0.5
-            )  # let the subscribers connect (their cost is what the next window measures)
+            keys = [f"md:upbit:{x}" for x in upbit] + [f"md:binance:{x}" for x in binance]
+            subscribers = await asyncio.to_thread(_subscribers, url, bool(env), keys, SUBSCRIBERS)
             loaded = await _window(probe, names, pids, size.seconds)
         finally:
             _stop(subscribers)
@@ -154,8 +179,16 @@ def run(ctx: Context) -> list[Table]:
     asyncio.run(_run(ctx, table))
     table.note(
         "redis µs/book: CPU of every redis-server process (summed over the Cluster's nodes) per book written; "
-        f"subs: {SUBSCRIBERS} redis-cli PSUBSCRIBE md:*:* processes reading the whole feed (as mirror engines "
-        "do); per subscriber = the difference / subscribers. On the Cluster, PUBLISH is broadcast to every node "
-        "over the cluster bus. One machine, 2 shared cores: Redis, the simulator and the feeders compete"
+        f"subs: {SUBSCRIBERS} processes reading the whole feed as mirror engines do (PSUBSCRIBE md:*:* on one "
+        "Redis; SSUBSCRIBE to every book on the Cluster, where books are SPUBLISHed on their own shard); per "
+        "subscriber = the difference / subscribers. One machine, 2 shared cores: Redis, the simulator and the "
+        "feeders compete"
     )
     return [table]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "subscribe":
+        sys.exit(subscribe_main(sys.argv[2:]))
+    print("usage: python -m bench.topology subscribe REDIS_URL 0|1 KEY...", file=sys.stderr)
+    sys.exit(2)

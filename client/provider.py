@@ -148,7 +148,7 @@ class RedisMarketDataProvider(MarketDataProvider):
         elif overrides:  # explicit arguments win over the given settings, validated the same way
             settings = load_settings(type(settings), **{**settings.model_dump(), **overrides})
         self.settings = settings
-        self.layout = RedisLayout(settings.prefix)
+        self.layout = RedisLayout(settings.prefix, sharded=settings.redis_cluster)
         self.max_age = settings.max_age
         self.strict = settings.strict
         self.writer_id = writer_id or "client:" + process_writer_id(":")

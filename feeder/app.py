@@ -42,7 +42,7 @@ class Feeder:
     def __init__(self, settings: FeederSettings, client: redis.asyncio.Redis | None = None) -> None:
         self.settings = settings
         self.id = settings.feeder_id
-        self.layout = RedisLayout(settings.prefix)
+        self.layout = RedisLayout(settings.prefix, sharded=settings.redis_cluster)
         self._owns_client = client is None
         self.redis = client or async_client(settings)
         time_ordered = {ex for ex in settings.exchange_list if EXCHANGES[ex].time_ordered_ids}

@@ -22,7 +22,14 @@ from client.errors import MarketDataPermissionError, RedisCommandError
 from client.layout.codec import READ_FIELDS, Command, EncodedBook
 from client.layout.feeder_record import OFFLINE, OFFLINE_KEEP_SECONDS, STATE_FIELD, FeederRecord
 from client.layout.names import RedisLayout
-from client.layout.scripts import HEARTBEAT, MARK_DOWN, SCRIPTS, WRITE_BOOK
+from client.layout.scripts import (
+    HEARTBEAT,
+    MARK_DOWN,
+    MARK_DOWN_SHARDED,
+    SCRIPTS,
+    WRITE_BOOK,
+    WRITE_BOOK_SHARDED,
+)
 
 T = TypeVar("T")
 Flow = Generator[list[Command], list[Any], T]
@@ -121,7 +128,8 @@ def write_flow(
     the index update: a feeder remembers what it already indexed since Redis last came back. An error of an
     index command (a wrong-typed index key) costs the index only.
     """
-    sha = WRITE_BOOK.sha
+    script = WRITE_BOOK_SHARDED if layout.sharded else WRITE_BOOK
+    sha = script.sha
     commands: list[Command] = [("EVALSHA", sha, 1, book.key, *book.args) for book in books]
     last: dict[str, str] = {}
     new_exchanges: set[str] = set()
@@ -150,7 +158,7 @@ def write_flow(
         # Redis restarted (or SCRIPT FLUSH): NOSCRIPT means nothing ran, so running it again is safe. EVAL with
         # the source, not SCRIPT LOAD first: it is routed by the book's key (on Cluster, to the node that
         # answered NOSCRIPT) and caches the script there for the next EVALSHA.
-        again = [_eval(books[i].script_command(), WRITE_BOOK.source) for i in retry]
+        again = [_eval(commands[i], script.source) for i in retry]
         replies = yield again
         _raise_wide_errors(replies, again)
         for i, reply in zip(retry, replies, strict=True):
@@ -161,15 +169,16 @@ def write_flow(
 def mark_down_flow(layout: RedisLayout, writer: str, books: Iterable[tuple[str, str]]) -> Flow[int]:
     """The writer's connection for these (exchange, symbol) books dropped: it stops holding them (a book no
     feeder holds reads as not live). Returns how many it held. A wrong-typed key costs that key only."""
+    script = MARK_DOWN_SHARDED if layout.sharded else MARK_DOWN
     commands: list[Command] = []
     for exchange, symbol in books:
         middle = orjson.dumps({"exchange": exchange, "symbol": symbol, "feeder": writer})[1:-1]
-        commands.append(("EVALSHA", MARK_DOWN.sha, 1, layout.book_key(exchange, symbol), writer, middle))
+        commands.append(("EVALSHA", script.sha, 1, layout.book_key(exchange, symbol), writer, middle))
     if not commands:
         return 0
     replies = yield commands
     if any(isinstance(r, NoScriptError) for r in replies):
-        replies = yield [_eval(c, MARK_DOWN.source) for c in commands]
+        replies = yield [_eval(c, script.source) for c in commands]
     _raise_wide_errors(replies, commands)
     return sum(int(r) for r in replies if not isinstance(r, Exception))
 

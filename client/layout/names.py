@@ -97,11 +97,14 @@ class RedisLayout:
     Names are validated once and remembered: engines ask for the same few books in a hot loop.
     """
 
-    __slots__ = ("_keys", "_parsed", "prefix")
+    __slots__ = ("_keys", "_parsed", "prefix", "sharded")
     _MEMO_LIMIT = 100_000
 
-    def __init__(self, prefix: str = "md") -> None:
+    def __init__(self, prefix: str = "md", *, sharded: bool = False) -> None:
+        """`sharded`: Redis Cluster: books are announced with SPUBLISH on their own (shard) channel and mirrors
+        SSUBSCRIBE to each book's channel; otherwise PUBLISH, so that ``PSUBSCRIBE md:*`` sees every book."""
         self.prefix = validate_prefix(prefix)
+        self.sharded = sharded
         self._keys: dict[tuple[str, str], str] = {}
         self._parsed: dict[str, tuple[str, str]] = {}
 

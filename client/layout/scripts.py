@@ -168,5 +168,17 @@ return 2
 )
 
 
-SCRIPTS = {script.sha: script.name for script in (WRITE_BOOK, MARK_DOWN, HEARTBEAT)}
+def sharded(script: LuaScript) -> LuaScript:
+    """The same script announcing with SPUBLISH on the book's own shard channel (Redis Cluster): a classic
+    PUBLISH is broadcast over the cluster bus to every node, SPUBLISH stays on the node of the book's slot."""
+    return LuaScript(f"{script.name}", script.source.replace("'PUBLISH'", "'SPUBLISH'"))
+
+
+WRITE_BOOK_SHARDED = sharded(WRITE_BOOK)
+MARK_DOWN_SHARDED = sharded(MARK_DOWN)
+
+SCRIPTS = {
+    script.sha: script.name
+    for script in (WRITE_BOOK, MARK_DOWN, HEARTBEAT, WRITE_BOOK_SHARDED, MARK_DOWN_SHARDED)
+}
 """Script names by SHA, for error messages."""

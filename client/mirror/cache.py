@@ -221,14 +221,20 @@ class MirrorPlan:
             return False
         return not self.exchanges or self.layout.exchange_of(key) in self.exchanges
 
-    def load_flow(self, cache: BookCache) -> Flow[None]:
-        """Read every mirrored book and the state of their feeders."""
+    def wanted_flow(self) -> Flow[set[str]]:
+        """The keys of every book this plan mirrors that Redis has now: the explicit keys, and the indexed books
+        of the mirrored exchanges."""
         keys = set(self.keys)
         if self.exchanges is not None:
             pairs = yield from indexed_books_flow(self.layout, self.exchanges or None)
             for exchange, symbol in pairs:
                 with contextlib.suppress(InvalidSymbolError):
                     keys.add(self.layout.book_key(exchange, symbol))
+        return keys
+
+    def load_flow(self, cache: BookCache) -> Flow[None]:
+        """Read every mirrored book and the state of their feeders."""
+        keys = yield from self.wanted_flow()
         keys.update(cache.books)  # a book Redis no longer holds (an empty restart) must leave the cache too
         yield from cache.reload_flow(keys)
         cache.reloads += 1

@@ -37,6 +37,7 @@ log = logging.getLogger("client.mirror")
 
 FEEDER_REFRESH = 0.5  # seconds between feeder-state refreshes
 POLL = 0.1  # how long one receive waits; bounds the stop latency of the thread
+DISCOVER_INTERVAL = 1.0  # sharded (Cluster): seconds between reads of the indexes for new books to subscribe
 HEALTH_INTERVAL = 0.25  # seconds between pings on the pub/sub connection
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 
@@ -46,6 +47,7 @@ REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 class Subscribe:
     channels: list[str]
     patterns: list[str]
+    sharded: bool = False  # SSUBSCRIBE the channels (Redis Cluster: books are announced with SPUBLISH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +96,24 @@ class SubscriberCore:
     def session(self) -> Session:
         """One connection's life: subscribe, load, then apply messages until the connection fails."""
         plan, cache = self.plan, self.cache
+        sharded = plan.layout.sharded
         self._take_added()
         channels, patterns = plan.channels(), plan.patterns()
-        if channels or patterns:
+        subscribed = set(channels)
+        if sharded:
+            # no pattern subscriptions for shard channels: each book's own, learnt from the indexes
+            if channels:
+                yield Subscribe(channels, [], sharded=True)
+        elif channels or patterns:
             yield Subscribe(channels, patterns)
         yield RunFlow(plan.load_flow(cache))
+        if sharded:
+            found = set(cache.books) - subscribed
+            if found:  # subscribed after the load: re-read them, so that no write in between is missed
+                yield Subscribe(sorted(found), [], sharded=True)
+                yield RunFlow(cache.reload_flow(found))
+                subscribed |= found
+        discovered = time.monotonic()
         cache.connected = True
         cache.heard = time.monotonic()
         yield Synced()
@@ -106,14 +121,19 @@ class SubscriberCore:
         refreshed = pinged = time.monotonic()
         while True:
             added = self._take_added()
+            if sharded and plan.exchanges is not None and time.monotonic() - discovered > DISCOVER_INTERVAL:
+                wanted: set[str] = yield RunFlow(plan.wanted_flow())
+                added |= wanted - subscribed
+                discovered = time.monotonic()
             if added:
-                yield Subscribe(sorted(added), [])
+                yield Subscribe(sorted(added), [], sharded=sharded)
                 yield RunFlow(cache.reload_flow(added))
+                subscribed |= added
             message = yield Receive(POLL)
             gaps: set[str] = set()
             while message is not None:
                 cache.heard = time.monotonic()  # a message, or the pong of a ping: Redis answers
-                if message["type"] in ("message", "pmessage"):
+                if message["type"] in ("message", "pmessage", "smessage"):
                     gap = cache.apply(message["channel"], message["data"])
                     if gap:
                         gaps.add(gap)
@@ -125,7 +145,8 @@ class SubscriberCore:
                 yield RunFlow(cache.feeder_refresh_flow())
                 refreshed = time.monotonic()
                 cache.heard = refreshed
-            if now - pinged >= HEALTH_INTERVAL:
+            if now - pinged >= HEALTH_INTERVAL and not sharded:
+                # (sharded: the shard connections carry no pong; the feeder refreshes above are the answers)
                 yield Ping()
                 pinged = now
             if now - cache.heard > HEALTH_TIMEOUT:
@@ -165,6 +186,7 @@ class ThreadSubscriber:
         self.core = SubscriberCore(plan, cache)
         self.plan = plan
         self._redis = client
+        self._sharded = plan.layout.sharded
         self._stop = threading.Event()
         self._loaded = threading.Event()
         self._thread = threading.Thread(target=self._run, name="md-mirror", daemon=True)
@@ -208,13 +230,20 @@ class ThreadSubscriber:
             operation = session.send(result)
             result = None
             if type(operation) is Receive:
-                result = pubsub.get_message(timeout=operation.timeout)
+                if self._sharded:
+                    result = pubsub.get_sharded_message(
+                        ignore_subscribe_messages=True, timeout=operation.timeout
+                    )
+                else:
+                    result = pubsub.get_message(timeout=operation.timeout)
             elif type(operation) is RunFlow:
-                run_flow(self._redis, operation.flow)
+                result = run_flow(self._redis, operation.flow)
             elif type(operation) is Ping:
                 pubsub.ping()
             elif type(operation) is Subscribe:
-                if operation.channels:
+                if operation.channels and operation.sharded:
+                    pubsub.ssubscribe(*operation.channels)
+                elif operation.channels:
                     pubsub.subscribe(*operation.channels)
                 if operation.patterns:
                     pubsub.psubscribe(*operation.patterns)
@@ -230,6 +259,7 @@ class TaskSubscriber:
         self.core = SubscriberCore(plan, cache)
         self.plan = plan
         self._redis = client
+        self._sharded = plan.layout.sharded
         self._loaded = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -278,13 +308,22 @@ class TaskSubscriber:
             operation = session.send(result)
             result = None
             if type(operation) is Receive:
-                result = await pubsub.get_message(ignore_subscribe_messages=True, timeout=operation.timeout)
+                if self._sharded:
+                    result = await pubsub.get_sharded_message(
+                        ignore_subscribe_messages=True, timeout=operation.timeout
+                    )
+                else:
+                    result = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=operation.timeout
+                    )
             elif type(operation) is RunFlow:
-                await arun_flow(self._redis, operation.flow)
+                result = await arun_flow(self._redis, operation.flow)
             elif type(operation) is Ping:
                 await pubsub.ping()
             elif type(operation) is Subscribe:
-                if operation.channels:
+                if operation.channels and operation.sharded:
+                    await pubsub.ssubscribe(*operation.channels)
+                elif operation.channels:
                     await pubsub.subscribe(*operation.channels)
                 if operation.patterns:
                     await pubsub.psubscribe(*operation.patterns)

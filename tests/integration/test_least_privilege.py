@@ -27,14 +27,14 @@ from launch.child import clean_environment
 FEEDER_ACL = (
     "resetkeys ~md:* resetchannels &md:* -@all "
     "+evalsha +eval +hgetall +sadd +set "  # what the feeder sends (EVAL after NOSCRIPT)
-    "+hmget +hget +hset +time +publish +pexpire"  # what its scripts run (Redis checks those too)
+    "+hmget +hget +hset +time +publish +spublish +pexpire"  # what its scripts run (Redis checks them too)
 )
 # A PSUBSCRIBE pattern must equal one of the user's channel patterns: the mirror's is md:*:* (md:<exchange>:*
 # for MD_MIRROR_EXCHANGES, which then needs &md:<exchange>:* as well); md:*:* also admits SUBSCRIBE md:upbit:X.
 ENGINE_ACL = (
     "resetkeys %R~md:* resetchannels &md:*:* -@all "
     "+hmget +hget +time +smembers +sismember +get +ping "
-    "+subscribe +psubscribe +unsubscribe +punsubscribe"
+    "+subscribe +psubscribe +unsubscribe +punsubscribe +ssubscribe +sunsubscribe"  # s*: Cluster mirrors
 )
 OPERATOR_ACL = ENGINE_ACL + " +scan +hgetall +pttl"
 USERS = {"md-feeder": FEEDER_ACL, "md-engine": ENGINE_ACL, "md-operator": OPERATOR_ACL}

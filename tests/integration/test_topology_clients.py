@@ -312,6 +312,13 @@ async def test_feeder_and_engines_on_a_3_master_cluster_and_a_node_restart(redis
             assert took < 2.0, f"converged {took:.2f}s after the node came back"
             await watch.stop()
             assert watch.reads > 20 and watch.violations == [], watch.violations[:5]
+            # books are announced on their own shard (SPUBLISH): nothing is broadcast over the cluster bus
+            published = 0
+            for node in cluster.nodes:
+                info = redis.Redis(port=node.port).execute_command("CLUSTER", "INFO").decode()
+                stats = dict(line.split(":", 1) for line in info.split() if ":" in line)
+                published += int(stats.get("cluster_stats_messages_publish_sent", 0))
+            assert published == 0, f"{published} PUBLISH messages crossed the cluster bus"
             assert "Traceback" not in feeder.log(), feeder.log()[-3000:]
             for command in (["status"], ["symbols"], ["get", upbit[0]]):  # md on the Cluster (SCAN per node)
                 done = await asyncio.to_thread(
