@@ -54,9 +54,9 @@ class RedisCommandError(MarketDataError, redis.exceptions.ResponseError):
     catching it.
     """
 
-    def __init__(self, command: str, key: str | None, error: BaseException) -> None:
+    def __init__(self, command: str, key: str | None, error: BaseException, hint: str = "") -> None:
         where = f" on {key!r}" if key else ""
-        super().__init__(f"Redis refused {command}{where}: {error}")
+        super().__init__(f"Redis refused {command}{where}: {error}{f' ({hint})' if hint else ''}")
         self.command = command
         self.key = key
         self.error = error

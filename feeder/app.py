@@ -212,6 +212,10 @@ class Feeder:
         try:
             await self.status.claim(self.settings.heartbeat_interval)
         except REDIS_ERRORS as exc:
+            if isinstance(getattr(exc, "error", exc), redis.exceptions.MovedError):
+                raise FeederOnReplicaError(
+                    f"feeder {self.id}: {describe(self.settings)} is a Redis Cluster node: set MD_REDIS_CLUSTER=true"
+                ) from None
             if _read_only(exc):
                 raise FeederOnReplicaError(
                     f"feeder {self.id}: {describe(self.settings)} is a read-only replica: a feeder writes, so "
@@ -279,7 +283,8 @@ class Feeder:
 
 
 class FeederOnReplicaError(RuntimeError):
-    """The feeder's Redis is a read-only replica: nothing it writes would land."""
+    """The feeder's Redis is a read-only replica, or a Cluster node addressed as a single server: nothing it
+    writes would land."""
 
 
 def _read_only(exc: BaseException) -> bool:

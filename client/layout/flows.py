@@ -16,7 +16,7 @@ from collections.abc import Container, Generator, Iterable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 import orjson
-from redis.exceptions import AuthenticationError, NoPermissionError, NoScriptError
+from redis.exceptions import AskError, AuthenticationError, MovedError, NoPermissionError, NoScriptError
 
 from client.errors import MarketDataPermissionError, RedisCommandError
 from client.layout.codec import READ_FIELDS, Command, EncodedBook
@@ -83,7 +83,10 @@ def command_error(command: Command, error: BaseException) -> RedisCommandError:
         key = command[1]
     refused = isinstance(error, NoPermissionError) or any(p in str(error) for p in _ACL_PHRASES)
     kind = MarketDataPermissionError if refused else RedisCommandError
-    return kind(name, key if isinstance(key, str) else None, error)
+    hint = ""
+    if isinstance(error, MovedError | AskError):
+        hint = f"MOVED to {error.host}:{error.port}: this Redis is a Cluster node, set MD_REDIS_CLUSTER=true"
+    return kind(name, key if isinstance(key, str) else None, error, hint)
 
 
 def _raise_errors(replies: Sequence[Any], commands: Sequence[Command]) -> None:

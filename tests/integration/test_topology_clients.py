@@ -19,9 +19,11 @@ from support.feeder_process import FeederProcess
 from support.feeder_rig import poll
 
 from client import (
+    BookState,
     ClientSettings,
     MarketDataUnavailableError,
     OrderBookSnapshot,
+    RedisCommandError,
     RedisMarketDataProvider,
     load_settings,
 )
@@ -151,7 +153,11 @@ async def _all_live(provider: RedisMarketDataProvider) -> bool:
 
 
 def test_a_feeder_pointed_at_a_replica_stops_at_start_with_a_clear_error(replicated_redis: Any) -> None:
-    feeder = FeederProcess({"MD_REDIS_URL": replicated_redis.replica.url, "MD_FEEDER_ID": "on-replica"})
+    # exchange URLs that lead nowhere: it must stop before connecting anyway (tests talk only to 127.0.0.1)
+    nowhere = {"MD_UPBIT_URL": "ws://127.0.0.1:1/websocket/v1", "MD_BINANCE_URL": "ws://127.0.0.1:1"}
+    feeder = FeederProcess(
+        {"MD_REDIS_URL": replicated_redis.replica.url, "MD_FEEDER_ID": "on-replica", **nowhere}
+    )
     try:
         assert feeder.wait(30) == 2
         log = feeder.log()
@@ -335,3 +341,51 @@ async def test_feeder_and_engines_on_a_3_master_cluster_and_a_node_restart(redis
 
 async def _all(engines: list[RedisMarketDataProvider], check: Any) -> bool:
     return all([await check(e) for e in engines])
+
+
+async def test_a_cluster_node_addressed_as_one_redis_gives_clear_errors_and_no_silent_death(
+    redis_cluster: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Was: MOVED replies treated as values (AmbiguousSymbolError, TypeError), the mirror thread dead for good,
+    the feeder retrying forever. Now every call names the fix; the mirror keeps retrying, its books unavailable."""
+    cluster = redis_cluster
+    good = RedisMarketDataProvider(
+        settings=load_settings(ClientSettings, redis_url=cluster.url, redis_cluster=True)
+    )
+    symbols = [f"KRW-M{i}" for i in range(6)]
+    for symbol in symbols:
+        assert good.write_snapshot(
+            OrderBookSnapshot(symbol, time.time(), [(1.0, 1.0)], [(2.0, 1.0)]), "upbit"
+        )
+    good.stop()
+    plain = RedisMarketDataProvider(settings=load_settings(ClientSettings, redis_url=cluster.url))
+    with pytest.raises(RedisCommandError, match="set MD_REDIS_CLUSTER=true"):  # some keys live elsewhere
+        plain.get_latest_snapshots(symbols, exchange="upbit")
+    plain.stop()
+    mirror = RedisMarketDataProvider(
+        settings=load_settings(ClientSettings, redis_url=cluster.url, mode="mirror")
+    )
+    await asyncio.to_thread(mirror.start)
+    try:
+        assert mirror.snapshot_status(symbols[0], "upbit").state is BookState.UNAVAILABLE
+        subscriber = mirror._subscriber
+        assert subscriber is not None and subscriber._thread.is_alive(), "the mirror thread died"
+    finally:
+        mirror.stop()
+    assert "MD_REDIS_CLUSTER=true" in caplog.text
+    async with ExchangeSimulator(rate=10.0) as sim:
+        await asyncio.to_thread(_feeder_names_the_cluster_setting, sim, cluster.url)
+
+
+def _feeder_names_the_cluster_setting(sim: ExchangeSimulator, url: str) -> None:
+    feeder = FeederProcess(feeder_env(sim, MD_REDIS_URL=url, MD_FEEDER_ID="plain-on-cluster"))
+    try:
+        # it stops at start (exit 2) when its record's key lives elsewhere; else its first writes fail with the
+        # same hint in the log (and no heartbeat: its books are never live)
+        deadline = time.monotonic() + 30
+        while feeder.alive() and "MD_REDIS_CLUSTER=true" not in feeder.log():
+            assert time.monotonic() < deadline, feeder.log()[-2000:]
+            time.sleep(0.05)
+        assert "MD_REDIS_CLUSTER=true" in feeder.log(), feeder.log()[-2000:]
+    finally:
+        feeder.cleanup()

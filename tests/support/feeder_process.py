@@ -18,6 +18,9 @@ FAST = {
     "MD_RECONNECT_MAX_DELAY": "0.5",
     "MD_SUMMARY_INTERVAL": "5",
     "MD_LOG_LEVEL": "INFO",
+    # a test that forgets the simulator's URLs must not reach the real exchanges: tests talk only to 127.0.0.1
+    "MD_UPBIT_URL": "ws://127.0.0.1:1/websocket/v1",
+    "MD_BINANCE_URL": "ws://127.0.0.1:1",
 }
 
 
