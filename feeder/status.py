@@ -152,7 +152,7 @@ class FeederStatus:
             await arun_flow(self._redis, offline_flow(self._layout, self._id, self._record(OFFLINE)))
         except REDIS_ERRORS as exc:
             log.warning(
-                "could not mark the feeder offline (%s); its books go stale when the heartbeat expires", exc
+                "could not mark the feeder offline (%r); its books go stale when the heartbeat expires", exc
             )
             return False
         return True
