@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import redis
+from support.acl_users import USERS
 from support.feeder_process import FeederProcess
 from support.feeder_rig import poll
 
@@ -23,21 +24,6 @@ from client import load_settings as load
 from exchange_sim import ExchangeSimulator
 from launch.child import clean_environment
 
-# The lines of docs/operations.md ("Least-privilege ACL users"), with a password added. Keep them in step.
-FEEDER_ACL = (
-    "resetkeys ~md:* resetchannels &md:* -@all "
-    "+evalsha +eval +hgetall +sadd +set "  # what the feeder sends (EVAL after NOSCRIPT)
-    "+hmget +hget +hset +time +publish +spublish +pexpire"  # what its scripts run (Redis checks them too)
-)
-# A PSUBSCRIBE pattern must equal one of the user's channel patterns: the mirror's is md:*:* (md:<exchange>:*
-# for MD_MIRROR_EXCHANGES, which then needs &md:<exchange>:* as well); md:*:* also admits SUBSCRIBE md:upbit:X.
-ENGINE_ACL = (
-    "resetkeys %R~md:* resetchannels &md:*:* -@all "
-    "+hmget +hget +time +smembers +sismember +get +ping "
-    "+subscribe +psubscribe +unsubscribe +punsubscribe +ssubscribe +sunsubscribe"  # s*: Cluster mirrors
-)
-OPERATOR_ACL = ENGINE_ACL + " +scan +hgetall +pttl"
-USERS = {"md-feeder": FEEDER_ACL, "md-engine": ENGINE_ACL, "md-operator": OPERATOR_ACL}
 UPBIT = ["KRW-BTC", "KRW-ETH"]
 BINANCE = ["BTCUSDT", "ETHUSDT"]
 
