@@ -7,8 +7,10 @@ redis-server, and shows what happens now.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -225,38 +227,36 @@ def test_an_oversized_stored_book_is_corrupt_without_decoding_it(backend: Backen
     assert len(values[0]) > 256 * 1024
 
 
+@contextlib.contextmanager
+def provider_without(backend: Backend, command: str) -> Iterator[RedisMarketDataProvider]:
+    """A provider logged in as a user that may run everything but `command` (removed when done)."""
+    user = f"no{command}"
+    backend.sync.acl_setuser(user, enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                             commands=["+@all", f"-{command}"])  # fmt: skip
+    assert backend.url is not None
+    client = redis.Redis.from_url(backend.url.replace("redis://", f"redis://{user}:pw@"))
+    try:
+        yield RedisMarketDataProvider(redis=client)
+    finally:
+        client.close()
+        backend.sync.acl_deluser(user)
+
+
 def test_a_permission_error_is_a_market_data_error_naming_the_command(real_backend: Backend) -> None:
     """Was: a raw ``NoPermissionError``."""
-    client = real_backend.sync
-    client.acl_setuser("nohmget", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
-                       commands=["+@all", "-hmget"])  # fmt: skip
-    try:
-        assert real_backend.url is not None
-        url = real_backend.url.replace("redis://", "redis://nohmget:pw@")
-        provider = RedisMarketDataProvider(redis=redis.Redis.from_url(url))
+    with provider_without(real_backend, "hmget") as provider:
         with pytest.raises(MarketDataPermissionError, match="HMGET") as caught:
             provider.get_latest_snapshot("KRW-BTC", "upbit")
-        assert "md:upbit:KRW-BTC" in str(caught.value) and isinstance(caught.value, MarketDataError)
-    finally:
-        client.acl_deluser("nohmget")
+    assert "md:upbit:KRW-BTC" in str(caught.value) and isinstance(caught.value, MarketDataError)
 
 
 def test_a_command_refused_inside_a_script_is_a_permission_error_too(real_backend: Backend) -> None:
     """Redis reports an ACL refusal inside a script as a script error (no NOPERM code): a client's write
     refused that way is a MarketDataPermissionError naming the script and key, not a generic error."""
-    client = real_backend.sync
-    client.acl_setuser("nopublish", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
-                       commands=["+@all", "-publish"])  # fmt: skip
-    try:
-        assert real_backend.url is not None
-        url = real_backend.url.replace("redis://", "redis://nopublish:pw@")
-        provider = RedisMarketDataProvider(redis=redis.Redis.from_url(url))
+    with provider_without(real_backend, "publish") as provider:
         with pytest.raises(MarketDataPermissionError, match="write_book") as caught:
             provider.write_snapshot(book(xid=1), "upbit")
-        assert "md:upbit:KRW-BTC" in str(caught.value)
-        provider.stop()
-    finally:
-        client.acl_deluser("nopublish")
+    assert "md:upbit:KRW-BTC" in str(caught.value)
 
 
 # ------------------------------------------------------------------------------------------------- the mirror
