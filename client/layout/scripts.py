@@ -171,7 +171,7 @@ return 2
 def sharded(script: LuaScript) -> LuaScript:
     """The same script announcing with SPUBLISH on the book's own shard channel (Redis Cluster): a classic
     PUBLISH is broadcast over the cluster bus to every node, SPUBLISH stays on the node of the book's slot."""
-    return LuaScript(f"{script.name}", script.source.replace("'PUBLISH'", "'SPUBLISH'"))
+    return LuaScript(script.name, script.source.replace("'PUBLISH'", "'SPUBLISH'"))
 
 
 WRITE_BOOK_SHARDED = sharded(WRITE_BOOK)
