@@ -4,8 +4,8 @@ replica for an engine's reads; TLS. Every Redis client of the product (provider,
 redis-py's own `Sentinel` does the fail-over work: its connection pool asks the Sentinels for the primary on
 every new connection and drops a connection that answers READONLY (its server was demoted). What it does not
 do is notice a fail-over while an old connection still works, nor tell the feeder that the server behind its
-connections changed: `follow_primary` and `server_identity_flow` (a round trip of the layout) do, from the
-feeder's heartbeat.
+connections changed: `follow_primary` does, and each heartbeat asks its server for its run id
+(`heartbeat_flow(identify=True)`), which also catches a server changed behind one address without Sentinel.
 """
 
 from __future__ import annotations

@@ -61,9 +61,8 @@ class Feeder:
             self._status_fields,
             ttl=settings.heartbeat_ttl,
             writing=lambda: self.writer.redis_ok,
-            on_loss=lambda: self.writer.rewrite_all(
-                "Redis lost this feeder's record (restart, flush or fail-over)"
-            ),
+            on_loss=self.writer.rewrite_all,
+            identify=not settings.redis_cluster,
         )
         self.connections = self._build_connections()
         self.exit_code = 0  # 2 when the feeder stopped because another process uses its id

@@ -30,6 +30,7 @@ from client.layout import (
     RECREATED,
     RUNNING,
     TAKEN_OVER,
+    Beat,
     FeederRecord,
     RedisLayout,
     feeder_record_flow,
@@ -63,14 +64,18 @@ class FeederStatus:
         *,
         ttl: float,
         writing: Callable[[], bool] = lambda: True,
-        on_loss: Callable[[], None] = lambda: None,
+        on_loss: Callable[[str], None] = lambda why: None,
+        identify: bool = True,
     ) -> None:
         self._redis = client
         self._layout = layout
         self._id = feeder_id
         self._fields = fields
         self._writing = writing  # do the writer's round trips succeed?
-        self._on_loss = on_loss  # Redis lost this record: it lost the books as well
+        self._on_loss = on_loss  # Redis lost this record, or is another server: it lost the books as well
+        self._identify = identify  # ask each heartbeat's server for its run id (not on Cluster: one per node)
+        self._server: str | None = None  # the run id of the server that took the last heartbeat
+        self._identified = True  # False once INFO was refused (logged once)
         self._ttl_ms = int(ttl * 1000)
         self._started = time.time()
         self.instance = secrets.token_hex(8)
@@ -105,10 +110,14 @@ class FeederStatus:
                         "give this one another MD_FEEDER_ID"
                     )
             log.info("feeder %s: taking over the record of a predecessor that stopped beating", self._id)
-        await arun_flow(
+        beat = await arun_flow(
             self._redis,
-            heartbeat_flow(self._layout, self._id, self._record(RUNNING), self._ttl_ms, take_over=True),
-        )
+            heartbeat_flow(
+                self._layout, self._id, self._record(RUNNING), self._ttl_ms, take_over=True,
+                identify=self._identify,
+            ),
+        )  # fmt: skip
+        self._note_server(beat)
         self._beaten = True
 
     async def beat(self, state: str = RUNNING) -> bool:
@@ -130,21 +139,45 @@ class FeederStatus:
             log.info("feeder %s: writes succeed again, heartbeat resumes", self._id)
             self._vouching = True
         try:
-            result = await arun_flow(
-                self._redis, heartbeat_flow(self._layout, self._id, self._record(state), self._ttl_ms)
+            beat = await arun_flow(
+                self._redis,
+                heartbeat_flow(
+                    self._layout, self._id, self._record(state), self._ttl_ms, identify=self._identify
+                ),
             )
         except REDIS_ERRORS as exc:
             if self._ok:
                 log.warning("heartbeat to Redis failed (%s); will keep trying", exc)
             self._ok = False
             return False
-        if result == TAKEN_OVER:
+        if beat.code == TAKEN_OVER:
             raise FeederIdInUseError(f"another feeder process took over the feeder id {self._id!r}")
-        if result == RECREATED and self._beaten:
-            self._on_loss()  # the record vanished before its expiry: so did the books
+        changed = self._note_server(beat)
+        if changed is not None:
+            self._on_loss(changed)
+        elif beat.code == RECREATED and self._beaten:
+            self._on_loss("Redis lost this feeder's record (restart, flush or fail-over)")
         self._beaten = True
         self._ok = True
         return True
+
+    def _note_server(self, beat: Beat) -> str | None:
+        """Remember the run id of the server that took a heartbeat; why the books must be rewritten when it is
+        another server than the last one (its data is a replica's, or nothing), else None."""
+        run_id = beat.run_id
+        if run_id is None:
+            if beat.unidentified is not None and self._identified:
+                log.warning(
+                    "feeder %s: Redis does not tell its run id (%s; a feeder's ACL needs +info), so a different "
+                    "server behind the same address goes unnoticed; one that lost this feeder's record does not",
+                    self._id, beat.unidentified,
+                )  # fmt: skip
+                self._identified = False
+            return None
+        previous, self._server = self._server, run_id
+        if previous is None or previous == run_id:
+            return None
+        return f"Redis at the same address is a different server now (run id {previous[:8]}… → {run_id[:8]}…)"
 
     async def go_offline(self) -> bool:
         """Mark this feeder offline now: its books stop being served as live at once."""

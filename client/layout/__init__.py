@@ -41,6 +41,7 @@ from client.layout.feeder_record import (
     split_record,
 )
 from client.layout.flows import (
+    Beat,
     BooksRead,
     Flow,
     carriers_flow,
@@ -59,6 +60,7 @@ from client.layout.flows import (
     redis_time,
     refuses_all,
     scan_flow,
+    server_run_id,
     write_flow,
 )
 from client.layout.names import (
@@ -108,6 +110,7 @@ __all__ = [
     "TIME_ID_LEAD_MS",
     "UNCHANGED",
     "WRITE_BOOK",
+    "Beat",
     "BooksRead",
     "Command",
     "EncodedBook",
@@ -143,6 +146,7 @@ __all__ = [
     "redis_time",
     "refuses_all",
     "scan_flow",
+    "server_run_id",
     "split_record",
     "split_target",
     "validate_exchange",

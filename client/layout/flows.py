@@ -280,24 +280,61 @@ def feeder_states_flow(layout: RedisLayout, feeders: Sequence[str]) -> Flow[tupl
     return dict(zip(feeders, replies[:-1], strict=True)), redis_time(replies[-1])
 
 
+class Beat(NamedTuple):
+    """What a heartbeat found: `code` (`BEAT`, `RECREATED` or `TAKEN_OVER`) and the run id of the server that
+    took it: None when not asked, or when INFO failed (an ACL without ``+info``; fakeredis), `unidentified`
+    then says how."""
+
+    code: int
+    run_id: str | None = None
+    unidentified: str | None = None
+
+
 def heartbeat_flow(
-    layout: RedisLayout, feeder_id: str, record: FeederRecord, ttl_ms: int, *, take_over: bool = False
-) -> Flow[int]:
+    layout: RedisLayout,
+    feeder_id: str,
+    record: FeederRecord,
+    ttl_ms: int,
+    *,
+    take_over: bool = False,
+    identify: bool = False,
+) -> Flow[Beat]:
     """Write a feeder's record and push its expiry `ttl_ms` out, in one atomic step: `BEAT`; `RECREATED` when
     the record was gone (Redis lost it); `TAKEN_OVER` (nothing written) when another process holds it.
-    `take_over` claims it (at start, once the previous owner is known to be gone)."""
+    `take_over` claims it (at start, once the previous owner is known to be gone). `identify` asks, in the same
+    round trip and so of the same server, for its run id: a server that changed behind the same address (a
+    replica promoted behind a virtual IP) holds the replicated record, so only its run id tells."""
     key = layout.feeder_key(feeder_id)
     command: Command = (
         "EVALSHA", HEARTBEAT.sha, 1, key, record.instance, ttl_ms, "1" if take_over else "0", *record.flat()
     )  # fmt: skip
-    replies = yield [command]
+    commands = [command, ("INFO", "server")] if identify else [command]
+    replies = yield commands
     if isinstance(replies[0], NoScriptError):
-        replies = yield [_eval(command, HEARTBEAT.source)]
-    _raise_errors(replies, [command])
-    return int(replies[0])
+        replies = yield [_eval(command, HEARTBEAT.source), *commands[1:]]
+    _raise_errors(replies[:1], [command])
+    if not identify:
+        return Beat(int(replies[0]))
+    run_id = server_run_id(replies[1])
+    if run_id is None:
+        return Beat(int(replies[0]), unidentified=f"INFO server: {replies[1]!r:.200}")
+    return Beat(int(replies[0]), run_id)
 
 
-def offline_flow(layout: RedisLayout, feeder_id: str, record: FeederRecord) -> Flow[int]:
+def server_run_id(reply: Any) -> str | None:
+    """The ``run_id`` of an ``INFO server`` reply (parsed by redis-py into a dict, or raw text); None for an
+    error reply or a reply without one."""
+    if isinstance(reply, dict):
+        run_id = reply.get("run_id")
+        return None if run_id is None else _text(run_id) if isinstance(run_id, bytes | str) else str(run_id)
+    if isinstance(reply, bytes | str):
+        for line in _text(reply).splitlines():
+            if line.startswith("run_id:"):
+                return line.removeprefix("run_id:").strip()
+    return None
+
+
+def offline_flow(layout: RedisLayout, feeder_id: str, record: FeederRecord) -> Flow[Beat]:
     """Write a feeder's last record, ``state`` offline, kept `OFFLINE_KEEP_SECONDS` for operators to read."""
     assert record.state == OFFLINE
     return (yield from heartbeat_flow(layout, feeder_id, record, OFFLINE_KEEP_SECONDS * 1000))

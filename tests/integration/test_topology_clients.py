@@ -18,6 +18,7 @@ import redis
 from support.acl_users import CLUSTER_ACL, USERS
 from support.feeder_process import FeederProcess
 from support.feeder_rig import poll
+from support.tcp_proxy import TcpProxy
 
 from client import (
     BookState,
@@ -233,6 +234,71 @@ async def test_a_sentinel_fail_over_leaves_no_frozen_live_book_and_converges_wit
             for engine in engines:
                 await engine.astop()
             feeder.cleanup()
+
+
+# ------------------------------------------------------------------------------------------- virtual IP
+async def test_a_replica_promoted_behind_the_same_address_gets_every_book_rewritten(
+    replicated_redis: Any,
+) -> None:
+    """No Sentinel: the feeder's address is a virtual IP that moves to the replica once it is promoted. The
+    replica holds the replicated feeder record (nothing looks lost) but not what the old primary took after the
+    promotion; only its run id tells the feeder that it is another server, and every book is rewritten."""
+    topo = replicated_redis
+    primary = redis.Redis(port=topo.primary.port)
+    replica = redis.Redis(port=topo.replica.port)
+    fed = [("upbit", s) for s in UPBIT] + [("binance", s) for s in BINANCE]
+
+    def xids(server: redis.Redis) -> dict[tuple[str, str], int | None]:
+        stored = {key: server.hget(f"md:{key[0]}:{key[1]}", "xid") for key in fed}
+        return {key: None if xid is None else int(xid) for key, xid in stored.items()}
+
+    with TcpProxy(topo.primary.port) as vip:
+        url = f"redis://127.0.0.1:{vip.port}/0"
+        async with ExchangeSimulator(rate=5.0) as sim:  # quiet books: only a rewrite repairs a lost write
+            feeder = FeederProcess(feeder_env(sim, MD_REDIS_URL=url, MD_FEEDER_ID="vip-test"))
+            engines = await providers(redis_url=url)
+            try:
+                await poll(lambda: _every_live(engines), 20, f"books not live\n{feeder.log()[-2000:]}")
+                topo.wait_synced()
+                replica.execute_command("REPLICAOF", "NO", "ONE")  # promoted; the old primary takes writes on
+                before = xids(replica)
+                await poll(lambda: _true(xids(primary) != before), 10, "the primary took no write after it")
+                sim.set_rate(0.0)  # the last books sent are the truth
+
+                async def primary_holds_truth() -> bool:
+                    return xids(primary) == {key: sim.last_sent[key].xid for key in fed}
+
+                await poll(primary_holds_truth, 5, "the primary does not hold the latest books")
+                assert xids(replica) != xids(
+                    primary
+                ), "the fault was not injected: the replica holds the latest"
+                assert primary.info("server")["run_id"] != replica.info("server")["run_id"]
+                accepted = vip.accepted
+                vip.switch(topo.replica.port)
+                moved = time.monotonic()
+
+                async def replica_holds_truth() -> bool:
+                    return xids(replica) == xids(primary)
+
+                await poll(
+                    replica_holds_truth, 10, f"the promoted replica lacks books\n{feeder.log()[-3000:]}"
+                )
+                took = time.monotonic() - moved
+                assert (
+                    took < 2.0
+                ), f"books on the promoted replica equal the feeder's latest after {took:.2f}s"
+                assert vip.accepted > accepted  # the feeder did reconnect through the moved address
+                assert "different server" in feeder.log()
+                for engine in engines:  # both modes reload from the server now behind the address
+                    await poll(
+                        lambda e=engine: equal_to_truth(e, sim), 5, f"{engine.mode}: frozen after move"
+                    )
+            finally:
+                for engine in engines:
+                    await engine.astop()
+                feeder.cleanup()
+                primary.close()
+                replica.close()
 
 
 async def _true(value: bool) -> bool:

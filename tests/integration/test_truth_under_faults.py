@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
+import redis.asyncio
 from support.backends import Backend
 from support.book_helpers import LAYOUT, book, feeder_write, set_feeder_state
 
@@ -30,7 +31,7 @@ from client import (
     RedisMarketDataProvider,
 )
 from client.errors import MarketDataPermissionError
-from client.layout import JOINED, encode_book, mark_down_flow, write_flow
+from client.layout import JOINED, encode_book, mark_down_flow, server_run_id, write_flow
 from client.mirror import BookCache
 from client.transport import run_flow
 from feeder.status import FeederIdInUseError, FeederStatus
@@ -350,7 +351,7 @@ async def test_books_lost_by_redis_are_rewritten_at_the_next_heartbeat(
 ) -> None:
     """Quiet books lost in an empty restart (or a flush) were never rewritten: the feeder rewrites them."""
     writer = SnapshotWriter(aclient, LAYOUT, "f1")
-    status = FeederStatus(aclient, LAYOUT, "f1", dict, ttl=5.0, on_loss=lambda: writer.rewrite_all("test"))
+    status = FeederStatus(aclient, LAYOUT, "f1", dict, ttl=5.0, on_loss=writer.rewrite_all)
     task = asyncio.create_task(writer.run())
     try:
         await status.claim(0.2)
@@ -366,6 +367,63 @@ async def test_books_lost_by_redis_are_rewritten_at_the_next_heartbeat(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_feeder_refused_info_says_so_once_and_beats_on(
+    real_backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A feeder ACL without +info (the lines before the run-id check) costs the detection of a different server
+    behind the same address, not the heartbeat: said once in the log."""
+    real_backend.sync.acl_setuser(
+        "no-info", enabled=True, passwords=["+pw"], keys=["md:*"], channels=["md:*"],
+        commands=["-@all", "+evalsha", "+eval", "+hget", "+hgetall", "+hset", "+pexpire"],
+    )  # fmt: skip
+    client = redis.asyncio.Redis.from_url(real_backend.url.replace("redis://", "redis://no-info:pw@"))
+    try:
+        status = FeederStatus(client, LAYOUT, "no-info-1", dict, ttl=2.0)
+        with caplog.at_level(logging.WARNING, logger="feeder.status"):
+            await status.claim(0.2)
+            assert await status.beat() and await status.beat()
+        said = [r for r in caplog.records if "does not tell its run id" in r.getMessage()]
+        assert len(said) == 1 and "+info" in said[0].getMessage(), caplog.text
+        assert real_backend.sync.pttl("md:feeder:no-info-1") > 0
+    finally:
+        await client.aclose()
+        real_backend.sync.acl_deluser("no-info")
+        real_backend.sync.delete("md:feeder:no-info-1")
+
+
+def test_the_run_id_is_read_from_parsed_and_raw_info_replies() -> None:
+    run_id = "3f1c0c7bdc1f4a5e9a3e1e8f0d2b4c6a8e0f1a2b"
+    assert server_run_id({"redis_version": "7.2.4", "run_id": run_id}) == run_id
+    assert server_run_id(f"# Server\r\nredis_version:7.2.4\r\nrun_id:{run_id}\r\n".encode()) == run_id
+    assert server_run_id(redis.exceptions.NoPermissionError("NOPERM info")) is None
+    assert server_run_id({"redis_version": "7.2.4"}) is None
+
+
+async def test_a_different_server_behind_the_address_gets_every_book_rewritten(
+    real_backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The run id that answers the heartbeat changes (a replica promoted behind a virtual IP holds the record,
+    so nothing looks lost): every book is rewritten, once."""
+    aclient = real_backend.new_async()
+    writer = SnapshotWriter(aclient, LAYOUT, "f1")
+    status = FeederStatus(aclient, LAYOUT, "f1", dict, ttl=5.0, on_loss=writer.rewrite_all)
+    task = asyncio.create_task(writer.run())
+    try:
+        await status.claim(0.2)
+        writer.submit("upbit", book("KRW-Q1", xid=7))
+        assert await writer.flush(5)
+        assert await status.beat() and writer.stats.rewrites == 0  # the same server: nothing to do
+        status._server = "0" * 40  # as if the last heartbeat had reached another server
+        with caplog.at_level(logging.WARNING):
+            assert await status.beat()
+        assert writer.stats.rewrites == 1 and "different server" in caplog.text
+        assert await status.beat() and writer.stats.rewrites == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await aclient.aclose()
 
 
 async def test_a_second_process_with_a_live_feeder_id_is_refused(backend: Backend, aclient: Any) -> None:

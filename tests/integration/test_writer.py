@@ -213,3 +213,29 @@ async def test_a_cancelled_writer_ends_even_when_the_client_swallows_the_cancell
         done, _ = await asyncio.wait({task}, timeout=2)
         assert done, f"round {round_}: the writer did not end after cancel()"
         assert task.cancelled()
+
+
+async def test_a_writer_cancelled_at_any_point_of_a_write_ends(real_backend: Backend) -> None:
+    """Was: cancelled while its connection was being opened, redis-py returned normally and the writer went on
+    waiting for work, so a feeder's shutdown (which cancels it) could wait forever. Cancelled at each step of
+    its first write on a fresh connection, the writer ends every time."""
+    client = real_backend.new_async()
+    stuck = []
+    try:
+        for i in range(48):
+            await client.connection_pool.disconnect()  # the write opens a connection, as after an outage
+            writer = SnapshotWriter(client, RedisLayout("md"), "f1")
+            task = asyncio.create_task(writer.run())
+            writer.submit("upbit", book("KRW-BTC", i))
+            for _ in range(i % 12):
+                await asyncio.sleep(0)  # let the write get that far
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=2)
+            if not done:
+                stuck.append(i % 12)
+                task.cancel()  # a second cancel ends it, so that the test leaves nothing behind
+                await asyncio.wait({task}, timeout=2)
+            assert task.done()
+    finally:
+        await client.aclose()
+    assert stuck == [], f"cancelled after these many loop steps, the writer went on: {stuck}"

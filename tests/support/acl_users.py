@@ -5,7 +5,7 @@ from __future__ import annotations
 # The lines of docs/operations.md ("Least-privilege ACL users"), with a password added. Keep them in step.
 FEEDER_ACL = (
     "resetkeys ~md:* resetchannels &md:* -@all "
-    "+evalsha +eval +hgetall +sadd +set "  # what the feeder sends (EVAL after NOSCRIPT)
+    "+evalsha +eval +hgetall +sadd +set +info "  # what the feeder sends (EVAL after NOSCRIPT)
     "+hmget +hget +hset +time +publish +spublish +pexpire"  # what its scripts run (Redis checks them too)
 )
 # A PSUBSCRIBE pattern must equal one of the user's channel patterns: the mirror's is md:*:* (md:<exchange>:*

@@ -71,3 +71,18 @@ def test_env_example_lists_every_setting_with_its_default() -> None:
             continue  # computed per host
         shown = "" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
         assert listed[var] == shown, f"{var}: .env.example says {listed[var]!r}, the default is {shown!r}"
+
+
+def test_operations_doc_gives_exactly_the_acl_lines_the_tests_use() -> None:
+    """docs/operations.md's least-privilege lines are the ones tests/support/acl_users.py creates, so the tested
+    lines and the documented ones cannot drift apart."""
+    from tests.support.acl_users import USERS
+
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    documented = {}
+    for line in doc.splitlines():
+        words = line.split()
+        if words[:2] == ["ACL", "SETUSER"]:
+            assert words[3:6] == ["reset", "on", ">PASSWORD"], line
+            documented[words[2]] = " ".join(words[6:])
+    assert documented == USERS
