@@ -9,10 +9,13 @@ for.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -471,6 +474,19 @@ class RedisCluster3(_Topology):
                 host, port = entry[2][:2]
                 found.add((str(host), int(port)))
         return sorted(found, key=lambda hp: hp[1])
+
+    @contextlib.contextmanager
+    def paused_node(self, i: int) -> Iterator[None]:
+        """Node `i` frozen (SIGSTOP to its PID) inside the block: its connections stay open and say nothing, as
+        behind a network partition; resumed (SIGCONT) on leaving. Keep it shorter than the node timeout, or
+        the Cluster marks the node failed."""
+        process = self.nodes[i].process
+        assert process is not None and process.poll() is None, f"node {i} is not running"
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
 
     def restart_node(self, i: int, timeout: float = 30.0) -> None:
         """SIGKILL node `i`, start it again on the same port and directory (so it keeps its ``nodes.conf``: same

@@ -69,7 +69,9 @@ class Synced:
 
 @dataclass(frozen=True, slots=True)
 class Ping:
-    """A PING on the pub/sub connection: its pong (a message) shows that Redis still answers."""
+    """A PING on the pub/sub connection: its pong (a message) shows that Redis still answers. Sharded, one
+    ``PING <node>`` on each node's shard connection, its pong carrying the node's name back; the driver
+    replies with the names it pinged."""
 
 
 Operation = Subscribe | RunFlow | Receive | Synced | Ping
@@ -114,6 +116,7 @@ class SubscriberCore:
                 yield RunFlow(cache.reload_flow(found))
                 subscribed |= found
         discovered = time.monotonic()
+        node_heard: dict[str, float] = {}  # sharded: the last pong of each node's shard connection
         cache.connected = True
         cache.heard = time.monotonic()
         yield Synced()
@@ -132,7 +135,12 @@ class SubscriberCore:
             message = yield Receive(POLL)
             gaps: set[str] = set()
             while message is not None:
-                cache.heard = time.monotonic()  # a message, or the pong of a ping: Redis answers
+                if not sharded:
+                    cache.heard = time.monotonic()  # a message, or the pong of a ping: Redis answers
+                elif message["type"] == "pong":
+                    node = _text(message["data"])
+                    if node in node_heard:
+                        node_heard[node] = time.monotonic()
                 if message["type"] in ("message", "pmessage", "smessage"):
                     gap = cache.apply(message["channel"], message["data"])
                     if gap:
@@ -145,13 +153,21 @@ class SubscriberCore:
                 yield RunFlow(cache.feeder_refresh_flow())
                 refreshed = time.monotonic()
                 cache.heard = refreshed
-            if now - pinged >= HEALTH_INTERVAL and not sharded:
-                # (sharded: the shard connections carry no pong; the feeder refreshes above are the answers)
-                yield Ping()
+            if now - pinged >= HEALTH_INTERVAL:
                 pinged = now
+                names = yield Ping()
+                if sharded:
+                    _track(node_heard, names or (), now)
+            if node_heard:
+                # a message does not say which node sent it, and a round trip of the feeder refresh proves only
+                # the nodes of the feeder records: the mirror has heard from Redis as recently as from the
+                # node it heard from least recently (a silent node would otherwise leave its books frozen)
+                cache.heard = min(node_heard.values())
             if now - cache.heard > HEALTH_TIMEOUT:
+                silent = sorted(n for n, t in node_heard.items() if now - t > HEALTH_TIMEOUT)
+                where = f"the shard connection of {', '.join(silent)}" if silent else "the pub/sub connection"
                 raise redis.exceptions.ConnectionError(
-                    f"Redis answered nothing for {HEALTH_TIMEOUT:g}s on the pub/sub connection"
+                    f"Redis answered nothing for {HEALTH_TIMEOUT:g}s on {where}"
                 )
 
     def lost(self, exc: BaseException, failures: int) -> float:
@@ -176,6 +192,19 @@ class SubscriberCore:
             added, self._added = self._added, set()
         self.plan.keys |= added
         return added
+
+
+def _track(node_heard: dict[str, float], names: Iterable[str], now: float) -> None:
+    """The nodes just pinged are the ones to hear from: a new one is given until `HEALTH_TIMEOUT` from now."""
+    pinged = set(names)
+    for gone in node_heard.keys() - pinged:
+        del node_heard[gone]
+    for new in pinged - node_heard.keys():
+        node_heard[new] = now
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 # --------------------------------------------------------------------------------------------- drivers
@@ -239,7 +268,12 @@ class ThreadSubscriber:
             elif type(operation) is RunFlow:
                 result = run_flow(self._redis, operation.flow)
             elif type(operation) is Ping:
-                pubsub.ping()
+                if self._sharded:
+                    result = list(pubsub.node_pubsub_mapping)
+                    for node, node_pubsub in list(pubsub.node_pubsub_mapping.items()):
+                        node_pubsub.ping(node)
+                else:
+                    pubsub.ping()
             elif type(operation) is Subscribe:
                 if operation.channels and operation.sharded:
                     pubsub.ssubscribe(*operation.channels)
@@ -319,7 +353,12 @@ class TaskSubscriber:
             elif type(operation) is RunFlow:
                 result = await arun_flow(self._redis, operation.flow)
             elif type(operation) is Ping:
-                await pubsub.ping()
+                if self._sharded:  # as in ThreadSubscriber
+                    result = list(pubsub.node_pubsub_mapping)
+                    for node, node_pubsub in list(pubsub.node_pubsub_mapping.items()):
+                        await node_pubsub.ping(node)
+                else:
+                    await pubsub.ping()
             elif type(operation) is Subscribe:
                 if operation.channels and operation.sharded:
                     await pubsub.ssubscribe(*operation.channels)

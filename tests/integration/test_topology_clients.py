@@ -419,6 +419,80 @@ async def test_feeder_and_engines_on_a_3_master_cluster_and_a_node_restart(redis
             feeder.cleanup()
 
 
+async def test_a_silent_cluster_node_makes_mirrors_unavailable_within_a_second(redis_cluster: Any) -> None:
+    """A master that stops answering but keeps its connections open (a partition; here SIGSTOP) sends its
+    books' updates no more. The feeder records live on another node, so they still read as alive: only the
+    pings on each shard connection show the silence. Both mirror drivers (thread and task) stop serving
+    within about a second, and serve the truth again once the node is back."""
+    cluster = redis_cluster
+    upbit = [f"KRW-C{i:02d}" for i in range(12)]
+    async with ExchangeSimulator(rate=5.0) as sim:
+        feeder = FeederProcess(
+            {
+                **feeder_env(
+                    sim, MD_REDIS_URL=cluster.url, MD_REDIS_CLUSTER="true", MD_FEEDER_ID="quiet-node"
+                ),
+                "MD_UPBIT_SYMBOLS": ",".join(upbit),
+                "MD_BINANCE_SYMBOLS": "",
+            }
+        )
+        settings = load_settings(ClientSettings, mode="mirror", redis_url=cluster.url, redis_cluster=True)
+        task_mirror = RedisMarketDataProvider(settings=settings)
+        thread_mirror = RedisMarketDataProvider(settings=settings)
+        try:
+            await task_mirror.astart()
+            await asyncio.to_thread(thread_mirror.start)
+            record_node = cluster.node_of("md:feeder:quiet-node")
+            victims = [s for s in upbit if cluster.node_of(f"md:upbit:{s}") != record_node]
+            assert victims, "every book is on the node of the feeder record"
+            victim = cluster.node_of(f"md:upbit:{victims[0]}")
+            silent = [s for s in upbit if cluster.node_of(f"md:upbit:{s}") == victim]
+
+            async def states() -> list[BookState]:
+                found = [(await task_mirror.asnapshot_status(s, "upbit")).state for s in silent]
+                return found + [thread_mirror.snapshot_status(s, "upbit").state for s in silent]
+
+            async def serving() -> bool:
+                return all(state is BookState.LIVE for state in await states())
+
+            async def not_serving() -> bool:
+                return all(state is not BookState.LIVE for state in await states())
+
+            await poll(serving, 30, f"books not live on the cluster\n{feeder.log()[-3000:]}")
+            process = cluster.nodes[victim].process
+            with cluster.paused_node(victim):  # under the node timeout (2 s): the Cluster does not fail it
+                stopped = time.monotonic()
+                assert _process_state(process.pid) == "T", "the fault was not injected: the node runs"
+                await poll(not_serving, 1.7, "a silent node's books are still served")
+                took = time.monotonic() - stopped
+                assert set(await states()) == {BookState.UNAVAILABLE}  # Redis is away, not a dead feeder
+            await poll(serving, 15, f"books not live again after the node resumed\n{feeder.log()[-3000:]}")
+            sim.set_rate(0.0)
+
+            async def equal() -> bool:
+                truth = sim.last_sent
+                for mirror in (task_mirror, thread_mirror):
+                    books = mirror.get_latest_snapshots(upbit, exchange="upbit")
+                    for symbol, book in books.items():
+                        want = truth.get(("upbit", symbol))
+                        if book is None or want is None or book.xid != want.xid:
+                            return False
+                return True
+
+            await poll(equal, 10, "the mirrors do not hold the latest books after the node resumed")
+            assert took < 1.7
+        finally:
+            await task_mirror.astop()
+            await asyncio.to_thread(thread_mirror.stop)
+            feeder.cleanup()
+
+
+def _process_state(pid: int) -> str:
+    """The state letter of a process in /proc (``T``: stopped by a signal)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(") ", 1)[1][0]
+
+
 def cluster_acl_users(port: int) -> None:
     """The least-privilege users of docs/operations.md on one Cluster node, with the Cluster's additions."""
     node = redis.Redis(port=port)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+import redis.exceptions
+
 from client.freshness import book_state, judge
 from client.layout import RedisLayout, StoredBook, encode_book
 from client.mirror import BookCache, CallbackConsumer, MirrorPlan, SubscriberCore
-from client.mirror.subscriber import Receive, RunFlow, Subscribe, Synced
+from client.mirror.subscriber import Ping, Receive, RunFlow, Subscribe, Synced
 from client.models import BookState, OrderBookSnapshot
 
 LAYOUT = RedisLayout()
@@ -136,3 +139,67 @@ def test_consumers_register_from_other_threads_while_the_subscriber_publishes() 
         thread.join()
     assert seen == list(range(1, 3001))  # the steady consumer saw every update, in order, once
     assert cache.consumers == (steady,)
+
+
+class ShardDriver:
+    """Drives a sharded session on a fake clock: every Receive(0.1) moves it 0.1 s on; a Ping is answered with
+    the nodes' names and, for the nodes in `answering`, their pongs arrive with the next receive."""
+
+    def __init__(self, monkeypatch: Any, nodes: list[str]) -> None:
+        self.now = 1000.0
+        self.nodes = nodes
+        self.answering = set(nodes)
+        self.inbox: list[dict[str, Any]] = []
+        self.pings = 0
+        monkeypatch.setattr("client.mirror.subscriber.time.monotonic", lambda: self.now)
+        monkeypatch.setattr("client.mirror.cache.time.monotonic", lambda: self.now)
+
+    def run(self, session: Any, seconds: float) -> None:
+        """Carry out operations until the fake clock is `seconds` further on."""
+        until = self.now + seconds
+        result: Any = None
+        while self.now < until:
+            operation = session.send(result)
+            result = None
+            if isinstance(operation, Receive):
+                if operation.timeout:
+                    self.now += operation.timeout
+                if self.inbox:
+                    result = self.inbox.pop(0)
+            elif isinstance(operation, RunFlow):
+                result = run_flow_with_state(operation.flow, b"running")
+            elif isinstance(operation, Ping):
+                self.pings += 1
+                result = list(self.nodes)
+                self.inbox += [
+                    {"type": "pong", "data": n.encode()} for n in self.nodes if n in self.answering
+                ]
+
+
+def run_flow_with_state(flow: Any, state: Any) -> Any:
+    try:
+        commands = next(flow)
+        while True:
+            commands = flow.send([answer(c, state) for c in commands])
+    except StopIteration as stop:
+        return stop.value
+
+
+def test_a_sharded_session_hears_from_every_node_or_ends_naming_the_silent_one(monkeypatch: Any) -> None:
+    """On a Cluster each node's shard connection is pinged with its name: the mirror is only as recent as the
+    node it heard from least recently, so a node that goes silent (its books would freeze) makes the cache
+    unavailable and ends the session within `HEALTH_TIMEOUT`, even while other nodes and the feeder records
+    still answer."""
+    layout = RedisLayout(sharded=True)
+    cache = BookCache(layout)
+    session = SubscriberCore(MirrorPlan(layout, keys={KEY}), cache).session()
+    driver = ShardDriver(monkeypatch, ["127.0.0.1:7001", "127.0.0.1:7002"])
+    assert next(session) == Subscribe([KEY], [], sharded=True)
+    driver.run(session, 3.0)  # both nodes answer: the session goes on
+    assert driver.pings >= 8 and cache.available()
+    driver.answering.discard("127.0.0.1:7002")
+    silenced = driver.now
+    with pytest.raises(redis.exceptions.ConnectionError, match=r"shard connection of 127\.0\.0\.1:7002"):
+        driver.run(session, 5.0)
+    assert driver.now - silenced <= 1.0 + 0.25 + 0.2  # HEALTH_TIMEOUT, a ping interval, two receives
+    assert not cache.available()
