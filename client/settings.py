@@ -90,6 +90,8 @@ class ClientSettings(BaseSettings):
     """The Sentinel service (master name)."""
     redis_sentinel_password: SecretStr | None = None
     """Password of the Sentinels themselves (``requirepass`` of the sentinel processes), if any."""
+    redis_sentinel_tls: bool = False
+    """Reach the Sentinels over TLS too, with the MD_REDIS_TLS_* files (Sentinels with ``tls-port``)."""
     redis_cluster: bool = False
     """Redis Cluster: MD_REDIS_URL names any node; clients learn the others (and follow resharding)."""
     redis_tls_ca_file: str = ""
@@ -139,6 +141,11 @@ class ClientSettings(BaseSettings):
         if self.redis_cluster and self.redis_sentinels:
             raise ValueError(
                 "MD_REDIS_CLUSTER and MD_REDIS_SENTINELS exclude each other: a Cluster fails over itself"
+            )
+        if self.redis_sentinel_tls and not (self.redis_sentinels and self.redis_url.startswith("rediss://")):
+            raise ValueError(
+                "MD_REDIS_SENTINEL_TLS needs MD_REDIS_SENTINELS and a rediss:// MD_REDIS_URL (the servers the "
+                "Sentinels name are reached over TLS as well)"
             )
         if bool(self.redis_tls_cert_file) != bool(self.redis_tls_key_file):
             raise ValueError("MD_REDIS_TLS_CERT_FILE and MD_REDIS_TLS_KEY_FILE go together")

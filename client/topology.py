@@ -31,6 +31,11 @@ _URL_KEEPS = ("username", "password", "db")
 def _tls_options(settings: ClientSettings, url: str) -> dict[str, Any]:
     if not url.startswith("rediss://"):
         return {}
+    return _tls_files(settings)
+
+
+def _tls_files(settings: ClientSettings) -> dict[str, Any]:
+    """redis-py's TLS options from the MD_REDIS_TLS_* settings."""
     insecure = settings.redis_tls_insecure
     options: dict[str, Any] = {
         "ssl_cert_reqs": "none" if insecure else "required",
@@ -71,6 +76,8 @@ def _sentinel_parts(settings: ClientSettings, asyncio: bool) -> tuple[Any, dict[
     sentinel_kwargs: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     if settings.redis_sentinel_password is not None:
         sentinel_kwargs["password"] = settings.redis_sentinel_password.get_secret_value()
+    if settings.redis_sentinel_tls:
+        sentinel_kwargs.update(ssl=True, **_tls_files(settings))
     kind = redis.asyncio.sentinel.Sentinel if asyncio else redis.sentinel.Sentinel
     manager = kind(settings.sentinel_nodes(), sentinel_kwargs=sentinel_kwargs)
     parsed = parse_url(url)  # type: ignore[no-untyped-call]
@@ -124,9 +131,10 @@ def describe(settings: ClientSettings, *, read: bool = False) -> str:
     if settings.redis_sentinels:
         parts = urlsplit(settings.redis_url)
         db = parts.path.strip("/") or "0"
+        over = ", Sentinels over TLS" if settings.redis_sentinel_tls else ""
         return (
             f"Sentinel service {settings.redis_sentinel_service!r} via {settings.redis_sentinels} "
-            f"({parts.scheme}, db {db})"
+            f"({parts.scheme}, db {db}{over})"
         )
     if settings.redis_cluster:
         return f"{mask_url(settings.redis_url)} (Cluster)"

@@ -20,7 +20,7 @@ import pytest
 import redis
 import redis.asyncio
 from support.backends import Backend
-from support.tls import TlsRedis
+from support.tls import TlsRedis, TlsSentinelRedis
 
 from launch.redis_server import LocalRedisServer as RedisServer
 from launch.redis_topologies import RedisCluster3, ReplicatedRedis, SentinelRedis
@@ -162,3 +162,13 @@ def tls_redis() -> Iterator[TlsRedis]:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture
+def tls_sentinel_redis() -> Iterator[TlsSentinelRedis]:
+    """A TLS-only redis-server and a TLS-only Sentinel that names it (client certificates required by both)."""
+    topology = _start_or_fail("TLS redis-server + TLS Sentinel", TlsSentinelRedis)
+    try:
+        yield topology
+    finally:
+        topology.cleanup()

@@ -343,6 +343,51 @@ async def test_feeder_engines_and_md_over_tls_with_client_certificates(tls_redis
     provider.stop()
 
 
+async def test_feeder_engines_and_md_through_sentinels_over_tls(tls_sentinel_redis: Any) -> None:
+    """Sentinels that speak only TLS (client certificates required), naming a TLS-only server: with
+    MD_REDIS_SENTINEL_TLS the feeder, both modes and md reach both; without it the Sentinels refuse us."""
+    topo = tls_sentinel_redis
+    tls = topo.material
+    env = {
+        "MD_REDIS_URL": "rediss://primary/0",
+        "MD_REDIS_SENTINELS": f"127.0.0.1:{topo.sentinel.port}",
+        "MD_REDIS_SENTINEL_SERVICE": topo.service,
+        "MD_REDIS_SENTINEL_TLS": "true",
+        "MD_REDIS_TLS_CA_FILE": str(tls.ca_cert),
+        "MD_REDIS_TLS_CERT_FILE": str(tls.client_cert),
+        "MD_REDIS_TLS_KEY_FILE": str(tls.client_key),
+    }
+    settings = {k[3:].lower(): v for k, v in env.items()}
+    async with ExchangeSimulator(rate=10.0) as sim:
+        feeder = FeederProcess(feeder_env(sim, MD_FEEDER_ID="sentinel-tls", **env))
+        engines = await providers(**settings)
+        try:
+            await poll(
+                lambda: _every_live(engines), 20, f"books not live via TLS Sentinels\n{feeder.log()[-2000:]}"
+            )
+            for engine in engines:
+                await poll(lambda e=engine: equal_to_truth(e, sim), 5, f"{engine.mode}: not the truth")
+            done = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "md_cli", "status"],
+                env=clean_environment(env), capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert done.returncode == 0 and "sentinel-tls" in done.stdout, done.stdout + done.stderr
+            assert "Sentinels over TLS" in feeder.log()
+        finally:
+            for engine in engines:
+                await engine.astop()
+            feeder.cleanup()
+    # the fault is real: over plain TCP the Sentinels give nothing, and strict mode says so
+    plain = load_settings(
+        ClientSettings, **{**settings, "redis_sentinel_tls": False}, redis_timeout=2, strict=True
+    )
+    provider = RedisMarketDataProvider(settings=plain)
+    with pytest.raises(MarketDataUnavailableError):
+        provider.get_latest_snapshot("KRW-BTC", "upbit")
+    provider.stop()
+
+
 # ------------------------------------------------------------------------------------------------- Cluster
 async def test_feeder_and_engines_on_a_3_master_cluster_and_a_node_restart(redis_cluster: Any) -> None:
     """Books spread over three masters: written by a feeder, read in both modes equal to the truth; a master

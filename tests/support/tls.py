@@ -3,7 +3,8 @@ certificates.
 
 `make_tls_material(dir)` writes a CA, a server certificate for ``127.0.0.1`` / ``localhost`` and a client
 certificate, all EC P-256, valid for two days. `TlsRedis` is a `LocalRedisServer` with ``--port 0`` (no plain
-TCP) and a TLS port, started and polled for readiness over TLS with the client certificate.
+TCP) and a TLS port, started and polled for readiness over TLS with the client certificate. `TlsSentinelRedis`
+adds a TLS-only Sentinel that names it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -19,7 +21,7 @@ from typing import Any, Self
 import redis
 
 from launch.redis_server import LocalRedisServer, free_port
-from launch.redis_topologies import HOST, client_for, start_process
+from launch.redis_topologies import HOST, SentinelServer, client_for, start_process
 
 DAYS = "2"
 
@@ -183,3 +185,78 @@ class TlsRedis(LocalRedisServer):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.cleanup()
+
+
+class TlsSentinel(SentinelServer):
+    """A Sentinel on TLS only (``port 0``, ``tls-port``), client certificates required, watching a TLS server
+    as `service` over TLS (``tls-replication yes``: its own connections to the server present the server
+    certificate, which may also authenticate a client)."""
+
+    def __init__(self, service: str, master: TlsRedis) -> None:
+        super().__init__(service, master.port)
+        m = self.material = master.material
+        plain = self.conf.read_text()
+        self.conf.write_text(
+            plain.replace(
+                f"port {self.port}\n",
+                "\n".join(
+                    [
+                        "port 0",
+                        f"tls-port {self.port}",
+                        f"tls-cert-file {m.server_cert}",
+                        f"tls-key-file {m.server_key}",
+                        f"tls-ca-cert-file {m.ca_cert}",
+                        "tls-auth-clients yes",
+                        "tls-replication yes",
+                        "",
+                    ]
+                ),
+                1,
+            )
+        )
+
+    def client(self, **kwargs: Any) -> redis.Redis:
+        return client_for(self.port, ssl=True, **self.material.client_kwargs(), **kwargs)
+
+    def start(self, timeout: float = 10.0) -> None:
+        def ready() -> bool:
+            with self.client(socket_timeout=0.5, socket_connect_timeout=0.5) as client:
+                return bool(client.ping())
+
+        self.process = start_process(
+            [self.binary, str(self.conf), "--sentinel"],
+            self.log,
+            ready,
+            timeout,
+            f"TLS sentinel on :{self.port}",
+        )
+
+
+class TlsSentinelRedis:
+    """A TLS-only server and a TLS-only Sentinel naming it as `service`; `cleanup()` stops both (by PID)."""
+
+    def __init__(self, service: str = "mymaster") -> None:
+        self.service = service
+        self.server = TlsRedis.launch()
+        try:
+            self.sentinel = TlsSentinel(service, self.server)
+            self.sentinel.start()
+            with self.sentinel.client() as client:
+                deadline = time.monotonic() + 10
+                while client.sentinel_get_master_addr_by_name(service) is None:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the TLS Sentinel names no master for {service}")
+                    time.sleep(0.05)
+        except BaseException:
+            self.cleanup()
+            raise
+
+    @property
+    def material(self) -> TlsMaterial:
+        return self.server.material
+
+    def cleanup(self) -> None:
+        sentinel = getattr(self, "sentinel", None)
+        if sentinel is not None:
+            sentinel.cleanup()
+        self.server.cleanup()

@@ -70,3 +70,56 @@ def test_tls_and_acl_urls_build_matching_clients(monkeypatch: pytest.MonkeyPatch
     assert (kwargs["username"], kwargs["password"], kwargs["db"]) == ("engine", "s3cret", 2)
     assert "s3cret" not in mask_url(p.settings.redis_url)
     assert "s3cret" not in repr(p)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"MD_REDIS_SENTINELS": "s1:26379,nohost"}, "MD_REDIS_SENTINELS"),
+        (
+            {"MD_REDIS_SENTINELS": "s1:26379", "MD_REDIS_CLUSTER": "true"},
+            "MD_REDIS_CLUSTER and MD_REDIS_SENTINELS",
+        ),
+        ({"MD_REDIS_SENTINEL_TLS": "true"}, "MD_REDIS_SENTINEL_TLS needs MD_REDIS_SENTINELS"),
+        (
+            {
+                "MD_REDIS_SENTINEL_TLS": "true",
+                "MD_REDIS_SENTINELS": "s1:26379",
+                "MD_REDIS_URL": "redis://p/0",
+            },
+            "rediss://",
+        ),
+        ({"MD_REDIS_TLS_CA_FILE": "/no/such/ca.crt", "MD_REDIS_URL": "rediss://p/0"}, "MD_REDIS_TLS_CA_FILE"),
+        ({"MD_REDIS_READ_URL": "http://replica:6379"}, "MD_REDIS_READ_URL"),
+    ],
+)
+def test_bad_topology_settings_stop_start_up_naming_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str], named: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    with pytest.raises(SettingsError, match=named):
+        load_settings(ClientSettings)
+
+
+def test_sentinel_tls_reaches_the_sentinels_with_the_tls_files(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The Sentinels' own connections get TLS and the same files as the servers, only when asked for."""
+    from client.topology import sync_client
+
+    monkeypatch.chdir(tmp_path)
+    ca = tmp_path / "ca.crt"
+    ca.write_text("not parsed until a connection is made")
+    base = {"redis_url": "rediss://primary/0", "redis_sentinels": "127.0.0.1:1", "redis_tls_ca_file": str(ca)}
+    for tls in (True, False):
+        client = sync_client(load_settings(ClientSettings, **base, redis_sentinel_tls=tls))
+        pool = client.connection_pool  # the primary's: TLS in both cases
+        assert pool.connection_class.__name__ == "SentinelManagedSSLConnection", pool.connection_class
+        assert pool.connection_kwargs["ssl_ca_certs"] == str(ca)
+        manager = client.connection_pool.sentinel_manager
+        kwargs = manager.sentinels[0].connection_pool.connection_kwargs
+        assert (manager.sentinels[0].connection_pool.connection_class.__name__ == "SSLConnection") is tls
+        assert (kwargs.get("ssl_ca_certs") == str(ca)) is tls
+        client.close()
