@@ -83,6 +83,8 @@ def test_sentinel_fails_over_and_a_sentinel_client_follows(sentinel_redis: Senti
     master = sentinel.master_for(s.service, socket_timeout=2.0, decode_responses=True)
     try:
         master.set("before", "1")
+        # replication is asynchronous: a fail-over right after the write could lose it (that is no test here)
+        assert master.execute_command("WAIT", 1, 5000) == 1
 
         started = time.monotonic()
         new_port = s.failover(timeout=30.0)
