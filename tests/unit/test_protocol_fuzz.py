@@ -43,6 +43,8 @@ def _frame_texts() -> list[tuple[str, str]]:
     texts: list[tuple[str, str]] = []
     for path in sorted((DATA / "frames").iterdir()):
         exchange = path.name.split("-", 1)[0]
+        if exchange not in ("upbit", "binance"):
+            continue  # frames of exchanges with no protocol yet (issue 12)
         text = path.read_text().strip()
         texts += [(exchange, line) for line in (text.splitlines() if path.suffix == ".txt" else [text])]
     for exchange, name in (("upbit", "upbit-2021-04-17.ws.txt"), ("binance", "binance-2021-10-12.ws.txt")):
