@@ -310,6 +310,41 @@ async def _every_live(engines: list[RedisMarketDataProvider]) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------- TLS
+async def _feed_read_and_status(
+    env: dict[str, str], feeder_id: str, where: str, *, to_truth: bool = False
+) -> str:
+    """A feeder and an engine of each mode with `env`: every book live (and, with `to_truth`, equal to the
+    simulator's), then `md status` naming the feeder. Returns the feeder's log."""
+    settings = {k[3:].lower(): v for k, v in env.items()}
+    async with ExchangeSimulator(rate=10.0) as sim:
+        feeder = FeederProcess(feeder_env(sim, MD_FEEDER_ID=feeder_id, **env))
+        engines = await providers(**settings)
+        try:
+            await poll(lambda: _every_live(engines), 20, f"books not live {where}\n{feeder.log()[-2000:]}")
+            for engine in engines if to_truth else []:
+                await poll(lambda e=engine: equal_to_truth(e, sim), 5, f"{engine.mode}: not the truth")
+            done = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "md_cli", "status"],
+                env=clean_environment(env), capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert done.returncode == 0 and feeder_id in done.stdout, done.stdout + done.stderr
+            return feeder.log()
+        finally:
+            for engine in engines:
+                await engine.astop()
+            feeder.cleanup()
+
+
+def _unavailable_in_strict_mode(settings: dict[str, Any], match: str | None = None) -> None:
+    provider = RedisMarketDataProvider(
+        settings=load_settings(ClientSettings, **settings, redis_timeout=2, strict=True)
+    )
+    with pytest.raises(MarketDataUnavailableError, match=match):
+        provider.get_latest_snapshot("KRW-BTC", "upbit")
+    provider.stop()
+
+
 async def test_feeder_engines_and_md_over_tls_with_client_certificates(tls_redis: Any) -> None:
     tls = tls_redis.material
     env = {
@@ -318,29 +353,10 @@ async def test_feeder_engines_and_md_over_tls_with_client_certificates(tls_redis
         "MD_REDIS_TLS_CERT_FILE": str(tls.client_cert),
         "MD_REDIS_TLS_KEY_FILE": str(tls.client_key),
     }
-    settings = {k[3:].lower(): v for k, v in env.items()}
-    async with ExchangeSimulator(rate=10.0) as sim:
-        feeder = FeederProcess(feeder_env(sim, MD_FEEDER_ID="tls-test", **env))
-        engines = await providers(**settings)
-        try:
-            await poll(lambda: _every_live(engines), 20, f"books not live over TLS\n{feeder.log()[-2000:]}")
-            done = await asyncio.to_thread(
-                subprocess.run,
-                [sys.executable, "-m", "md_cli", "status"],
-                env=clean_environment(env), capture_output=True, text=True, timeout=60,
-            )  # fmt: skip
-            assert done.returncode == 0 and "tls-test" in done.stdout, done.stdout + done.stderr
-        finally:
-            for engine in engines:
-                await engine.astop()
-            feeder.cleanup()
+    await _feed_read_and_status(env, "tls-test", "over TLS")
     # the server requires client certificates: without one, nothing is served, and strict mode says why
-    without_cert = {k: v for k, v in settings.items() if k in ("redis_url", "redis_tls_ca_file")}
-    strict = load_settings(ClientSettings, **without_cert, redis_timeout=2, strict=True)
-    provider = RedisMarketDataProvider(settings=strict)
-    with pytest.raises(MarketDataUnavailableError, match="(?i)certificate|ssl|EOF"):  # TLS 1.3: either
-        provider.get_latest_snapshot("KRW-BTC", "upbit")
-    provider.stop()
+    without_cert = {"redis_url": tls_redis.url, "redis_tls_ca_file": str(tls.ca_cert)}
+    _unavailable_in_strict_mode(without_cert, "(?i)certificate|ssl|EOF")  # TLS 1.3: either
 
 
 async def test_feeder_engines_and_md_through_sentinels_over_tls(tls_sentinel_redis: Any) -> None:
@@ -357,35 +373,11 @@ async def test_feeder_engines_and_md_through_sentinels_over_tls(tls_sentinel_red
         "MD_REDIS_TLS_CERT_FILE": str(tls.client_cert),
         "MD_REDIS_TLS_KEY_FILE": str(tls.client_key),
     }
-    settings = {k[3:].lower(): v for k, v in env.items()}
-    async with ExchangeSimulator(rate=10.0) as sim:
-        feeder = FeederProcess(feeder_env(sim, MD_FEEDER_ID="sentinel-tls", **env))
-        engines = await providers(**settings)
-        try:
-            await poll(
-                lambda: _every_live(engines), 20, f"books not live via TLS Sentinels\n{feeder.log()[-2000:]}"
-            )
-            for engine in engines:
-                await poll(lambda e=engine: equal_to_truth(e, sim), 5, f"{engine.mode}: not the truth")
-            done = await asyncio.to_thread(
-                subprocess.run,
-                [sys.executable, "-m", "md_cli", "status"],
-                env=clean_environment(env), capture_output=True, text=True, timeout=60,
-            )  # fmt: skip
-            assert done.returncode == 0 and "sentinel-tls" in done.stdout, done.stdout + done.stderr
-            assert "Sentinels over TLS" in feeder.log()
-        finally:
-            for engine in engines:
-                await engine.astop()
-            feeder.cleanup()
+    log = await _feed_read_and_status(env, "sentinel-tls", "via TLS Sentinels", to_truth=True)
+    assert "Sentinels over TLS" in log
     # the fault is real: over plain TCP the Sentinels give nothing, and strict mode says so
-    plain = load_settings(
-        ClientSettings, **{**settings, "redis_sentinel_tls": False}, redis_timeout=2, strict=True
-    )
-    provider = RedisMarketDataProvider(settings=plain)
-    with pytest.raises(MarketDataUnavailableError):
-        provider.get_latest_snapshot("KRW-BTC", "upbit")
-    provider.stop()
+    settings = {k[3:].lower(): v for k, v in env.items()}
+    _unavailable_in_strict_mode({**settings, "redis_sentinel_tls": False})
 
 
 # ------------------------------------------------------------------------------------------------- Cluster
