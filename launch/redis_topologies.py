@@ -484,6 +484,13 @@ class RedisCluster3(_Topology):
         assert process is not None and process.poll() is None, f"node {i} is not running"
         os.kill(process.pid, signal.SIGSTOP)
         try:
+            deadline = (
+                time.monotonic() + 5.0
+            )  # the signal is delivered asynchronously: wait until it took hold
+            while process_state(process.pid) != "T":
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"node {i} (pid {process.pid}) did not stop on SIGSTOP")
+                time.sleep(0.005)
             yield
         finally:
             os.kill(process.pid, signal.SIGCONT)
@@ -495,3 +502,9 @@ class RedisCluster3(_Topology):
         node.kill()
         node.start()
         self.wait_ok(timeout)
+
+
+def process_state(pid: int) -> str:
+    """The state letter of a process in /proc (``T``: stopped by a signal, ``R``/``S``: running)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(") ", 1)[1][0]

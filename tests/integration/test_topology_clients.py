@@ -31,6 +31,7 @@ from client import (
 )
 from exchange_sim import ExchangeSimulator, same_book
 from launch.child import clean_environment
+from launch.redis_topologies import process_state
 
 UPBIT = ["KRW-BTC", "KRW-ETH", "KRW-XRP"]
 BINANCE = ["BTCUSDT", "ETHUSDT"]
@@ -427,6 +428,12 @@ async def test_feeder_and_engines_on_a_3_master_cluster_and_a_node_restart(redis
             )
             took = time.monotonic() - restarted
             assert took < 2.0, f"converged {took:.2f}s after the node came back"
+            # reads stall while the node is away (socket timeouts): let the watch read a few more times
+
+            async def watched() -> bool:
+                return watch.reads >= 3 * len(engines)
+
+            await poll(watched, 15, "the watch did not get to read")
             await watch.stop()
             assert watch.reads >= 3 and watch.violations == []  # it did watch, watch.violations[:5]
             # books are announced on their own shard (SPUBLISH): nothing is broadcast over the cluster bus
@@ -499,7 +506,7 @@ async def test_a_silent_cluster_node_makes_mirrors_unavailable_within_a_second(r
             process = cluster.nodes[victim].process
             with cluster.paused_node(victim):  # under the node timeout (2 s): the Cluster does not fail it
                 stopped = time.monotonic()
-                assert _process_state(process.pid) == "T", "the fault was not injected: the node runs"
+                assert process_state(process.pid) == "T", "the fault was not injected: the node runs"
                 await poll(not_serving, 1.7, "a silent node's books are still served")
                 took = time.monotonic() - stopped
                 assert set(await states()) == {BookState.UNAVAILABLE}  # Redis is away, not a dead feeder
@@ -522,12 +529,6 @@ async def test_a_silent_cluster_node_makes_mirrors_unavailable_within_a_second(r
             await task_mirror.astop()
             await asyncio.to_thread(thread_mirror.stop)
             feeder.cleanup()
-
-
-def _process_state(pid: int) -> str:
-    """The state letter of a process in /proc (``T``: stopped by a signal)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().rsplit(") ", 1)[1][0]
 
 
 def cluster_acl_users(port: int) -> None:
