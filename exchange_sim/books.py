@@ -41,14 +41,21 @@ _BINANCE_QUOTES = ("FDUSD", "USDT", "USDC", "BUSD", "BTC", "ETH", "BNB", "EUR", 
 
 _SIZE_POOL = 64
 
-# A book this deep is generated for every symbol: enough for Upbit's CODE.30 and Binance's depth20.
-MIN_DEPTH = {"upbit": 30, "binance": 20}
+# A book this deep is generated for every symbol: enough for the deepest stream the simulator serves
+# (Upbit's CODE.30, Binance's depth20, Bybit's orderbook.200, OKX's 400-level books).
+MIN_DEPTH = {"upbit": 30, "binance": 20, "bithumb": 30, "coinone": 30, "bybit": 200, "okx": 400}
+_QUOTE_FIRST = frozenset({"upbit", "bithumb", "coinone"})  # KRW-BTC
+_BASE_FIRST = frozenset({"okx"})  # BTC-USDT
 
 
 def split_symbol(exchange: str, symbol: str) -> tuple[str, str]:
-    """(base, quote) of an Upbit code (``KRW-BTC``: quote first) or a Binance symbol (``BTCUSDT``)."""
-    if exchange == "upbit":
+    """(base, quote) of a symbol in the exchange's spelling: quote first on the Korean exchanges
+    (``KRW-BTC``), base first on OKX (``BTC-USDT``), glued on Binance and Bybit (``BTCUSDT``)."""
+    if exchange in _QUOTE_FIRST:
         quote, _, base = symbol.partition("-")
+        return base, quote
+    if exchange in _BASE_FIRST:
+        base, _, quote = symbol.partition("-")
         return base, quote
     for quote in _BINANCE_QUOTES:
         if symbol.endswith(quote) and len(symbol) > len(quote):
@@ -96,9 +103,9 @@ def initial_price_and_tick(exchange: str, symbol: str, rng: random.Random) -> tu
     else:
         quote_usd = _usd_price(quote, rng)
     price = usd / quote_usd
-    if exchange == "upbit" and quote == "KRW":
+    if exchange in _QUOTE_FIRST and quote == "KRW":
         return price, _krw_tick(price), usd
-    if exchange == "upbit" and quote == "BTC":
+    if exchange in _QUOTE_FIRST and quote == "BTC":
         return price, 1e-8, usd
     return price, _decimal_tick(price), usd
 

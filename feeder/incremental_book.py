@@ -14,7 +14,10 @@ one symbol's copy and refuses to vouch for it the moment the chain breaks:
   snapshot arrives.
 
 A snapshot that starts a new sequence (Bybit's ``u=1`` after a service restart, OKX resetting ``seqId`` at
-maintenance) is simply a snapshot: it replaces the copy whatever its ordering id.
+maintenance) is simply a snapshot: it replaces the copy whatever its ordering id. Whenever an applied update's
+id is below the highest this book ever applied (a new snapshot's, or an OKX reset update's, whose link still
+holds), `restarted` is set: the stored book's id in Redis must then stop guarding (the protocol emits
+`SequenceRestart` before the book).
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ class IncrementalBook:
         self._checksum = checksum
         self.live = False
         self.seq: int | None = None
+        self.restarted = False  # the last update applied went below `_high`: the exchange restarted its ids
+        self._high: int | None = None  # the highest id ever applied (kept across resets)
         self._prev: int | None = None  # LINKED: the prev_seq of the last update applied
         self._bids = _Side(descending=True)
         self._asks = _Side(descending=False)
@@ -87,6 +92,7 @@ class IncrementalBook:
     def apply(self, update: BookUpdate) -> OrderBookSnapshot | Resync | None:
         """Apply one update: the verified book's top `depth` levels, `Resync` when the chain or a check
         failed (the book is not live from now), or None (ignored: a duplicate, or waiting for a snapshot)."""
+        self.restarted = False
         try:
             if update.snapshot:
                 self._bids.replace(update.bids)
@@ -130,6 +136,12 @@ class IncrementalBook:
         return None if (update.seq, update.prev_seq) == (last, self._prev) else False
 
     def _verified(self, update: BookUpdate) -> OrderBookSnapshot | Resync:
+        high = self._high
+        if high is None or update.seq >= high:
+            self._high = update.seq
+        else:
+            self.restarted = True
+            self._high = update.seq
         if self._checksum is not None and update.checksum:
             got = self._checksum(self._bids.raw(25), self._asks.raw(25))
             if got != update.checksum:

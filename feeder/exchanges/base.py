@@ -6,7 +6,11 @@ An exchange protocol is pure code (no I/O, no clock): it says where to connect (
 - `OrderBookSnapshot`: a whole book;
 - `Ack`: a reply to one of our requests (a subscription confirmed, a keep-alive answered);
 - `ErrorReply`: the exchange answered with an error;
-- `ShutdownNotice`: the server announced that it will close this connection soon.
+- `ShutdownNotice`: the server announced that it will close this connection soon;
+- `Resync` (incremental books only, `feeder.incremental_book`): the local copy of one symbol's book broke its
+  chain or failed a check: the book is not live until a verified snapshot arrives (`resync_frames` asks for one);
+- `SequenceRestart`: the exchange restarted a book's ordering id (Bybit ``u=1``, an OKX ``seqId`` reset): the
+  stored book's id must stop guarding against the new, lower ids (the snapshot follows in the same events).
 
 `parse` raises only `BadFrame` (the frame is malformed: not JSON, wrong types, non-finite numbers, an invalid
 symbol...); the connection layer counts it and carries on, since one garbage frame must not take a connection
@@ -31,6 +35,7 @@ from pydantic import AfterValidator
 from client.errors import InvalidSymbolError
 from client.layout import validate_symbol
 from client.models import OrderBookSnapshot
+from feeder.incremental_book import Resync
 
 if TYPE_CHECKING:
     from feeder.settings import FeederSettings
@@ -74,7 +79,15 @@ class ShutdownNotice:
     event_time: float | None = None  # epoch seconds of the announcement, when the event carried one
 
 
-Event = OrderBookSnapshot | Ack | ErrorReply | ShutdownNotice
+@dataclass(frozen=True, slots=True)
+class SequenceRestart:
+    """A verified snapshot of `symbol` starts a new sequence (its id is below the last one applied)."""
+
+    symbol: str
+    reason: str
+
+
+Event = OrderBookSnapshot | Ack | ErrorReply | ShutdownNotice | Resync | SequenceRestart
 
 
 # --------------------------------------------------------------------------------------------- protocol
@@ -99,13 +112,27 @@ class ExchangeProtocol(Protocol):
         """Decode one received frame into events; raise `BadFrame` (nothing else) when it is malformed."""
         ...
 
+    ping_frame: str | None
+    """A keep-alive message the exchange expects from clients (Bybit ``{"op":"ping"}``, OKX ``ping``), sent
+    every keep-alive interval; None: WebSocket pings only."""
+
+    def resync_frames(self, symbol: str) -> list[str | bytes]:
+        """Frames that make the exchange send a new snapshot of `symbol` on the open connection (after a
+        `Resync`); empty: the connection is replaced instead (every symbol gets a new snapshot)."""
+        ...
+
+    def forget(self, symbols: Sequence[str]) -> None:
+        """The connection of these symbols ended: drop any state kept per symbol (an incremental book)."""
+        ...
+
     def book_symbol(self, frame: bytes) -> str | None:
         """The symbol of the book `frame` carries, judged from its head alone (cheap), or None.
 
         None means "parse it now": a control frame, an error, a stream seen for the first time, anything of
         an unusual shape. A symbol lets the connection hand the frame over undecoded (the writer decodes it
         with `parse` only if no newer frame of that symbol replaced it first), and says nothing about the
-        rest of the frame: `parse` still decides whether it is a valid book.
+        rest of the frame: `parse` still decides whether it is a valid book. A protocol of incremental books
+        always returns None: each of its frames must be applied, in order.
         """
         ...
 
@@ -171,6 +198,19 @@ class ExchangeDescriptor:
 
 
 # --------------------------------------------------------------------------------------------- helpers
+class WholeBooks:
+    """The keep-alive and resync members of a protocol whose every book frame is a whole book (Upbit,
+    Binance...): no client keep-alive message, nothing to resynchronise, no state per symbol."""
+
+    ping_frame: str | None = None
+
+    def resync_frames(self, symbol: str) -> list[str | bytes]:
+        return []
+
+    def forget(self, symbols: Sequence[str]) -> None:
+        return None
+
+
 def load_json(frame: bytes | str) -> Any:
     """The JSON value of a frame; BadFrame when it is not JSON."""
     try:

@@ -47,6 +47,7 @@ from feeder.exchanges.base import (
     StallRule,
     SymbolList,
     WebSocketUrl,
+    WholeBooks,
     check_levels,
     frame_bytes,
     load_json,
@@ -188,7 +189,7 @@ def _error_name(code: object) -> str | None:
     return None
 
 
-class BinanceProtocol:
+class BinanceProtocol(WholeBooks):
     """Binance spot partial-book subscription (combined streams) and decoding.
 
     `depth` (5, 10, 20) and `speed` ("100ms", "1000ms") choose the stream: ``btcusdt@depth20@100ms``, or

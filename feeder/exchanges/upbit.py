@@ -45,6 +45,7 @@ from feeder.exchanges.base import (
     StallRule,
     SymbolList,
     WebSocketUrl,
+    WholeBooks,
     check_levels,
     frame_bytes,
     load_json,
@@ -189,7 +190,7 @@ def _number(unit: dict[str, Any], key: str, index: int) -> float:
     return number
 
 
-class UpbitProtocol:
+class UpbitProtocol(WholeBooks):
     """Upbit order-book subscription and decoding.
 
     `levels` (1, 5, 15 or 30) asks Upbit for that many units per book through the ``CODE.N`` suffix;
