@@ -29,6 +29,8 @@ from websockets.frames import Frame
 
 from client.models import OrderBookSnapshot
 from feeder.exchanges import BadFrame, ErrorReply, Event, ExchangeProtocol, ShutdownNotice
+from feeder.exchanges.base import SequenceRestart
+from feeder.incremental_book import Resync
 from feeder.websocket_queue import received_frames
 from feeder.writer import SnapshotWriter
 
@@ -37,6 +39,9 @@ log = logging.getLogger(__name__)
 _WINDOW = 10.0  # seconds of arrivals the adaptive stall rule averages over
 _WARM_UP = 2.0  # at most this long after the first frame, arrivals are the subscription's snapshots
 _MIN_FRAMES = 20  # arrivals enough to trust a mean gap (else: half a window of them)
+_RESYNC_WINDOW = 60.0  # seconds over which the resyncs of one connection are counted
+_RESYNC_BUDGET = 20  # more resyncs than this in the window: the connection is replaced instead
+_STABLE = 30.0  # a connection that delivered for this long dropped by chance: the first retry is immediate
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,8 @@ class ConnectionStats:
         0  # frames identical to the symbol's previous one (Binance's unchanged pushes): not written
     )
     exchange_errors: int = 0
+    resyncs: int = 0  # incremental books that broke their chain or a check: marked down, snapshot asked for
+    restarts: int = 0  # books whose exchange restarted its ordering ids
     reconnects: int = 0
     rotations: int = 0
     last_error: str = ""
@@ -146,6 +153,7 @@ class _Session:
     first_frame: asyncio.Event = field(default_factory=asyncio.Event)
     shutdown_announced: asyncio.Event = field(default_factory=asyncio.Event)
     retiring: bool = False
+    keepalive: asyncio.Task[None] | None = None  # the exchange's own ping messages, when it wants them
     last_frame: float = 0.0  # time.time() of the last frame received (the read loop stamps it)
 
 
@@ -176,6 +184,7 @@ class ExchangeConnection:
         self.stats = ConnectionStats()
         self.up = False
         self._bad_logged = 0.0
+        self._resync_times: deque[float] = deque()
 
     def __repr__(self) -> str:
         return f"<ExchangeConnection {self.name} {len(self.symbols)} symbols up={self.up}>"
@@ -213,7 +222,10 @@ class ExchangeConnection:
                 continue
             reason = await self._serve(session)
             self._went_down(reason)
-            failures = 1 if session.first_frame.is_set() else failures + 1
+            # only a connection that delivered for a while earns an immediate retry: one that keeps dropping
+            # soon after delivering backs off like one that never delivers (exchanges ban such IPs)
+            stable = session.first_frame.is_set() and time.monotonic() - session.opened >= _STABLE
+            failures = 1 if stable else failures + 1
             delay = self._backoff(failures)
             log.warning("%s: connection lost (%s); reconnecting in %.2fs", self.name, reason, delay)
             self.stats.reconnects += 1
@@ -249,7 +261,27 @@ class ExchangeConnection:
         except BaseException:
             await ws.close()
             raise
-        return _Session(ws)
+        session = _Session(ws)
+        ping = self.protocol.ping_frame
+        if ping is not None:
+            session.keepalive = asyncio.create_task(self._keepalive(ws, ping), name=f"{self.name}-ping")
+        return session
+
+    async def _keepalive(self, ws: ClientConnection, frame: str) -> None:
+        """Send the exchange's keep-alive message every ping interval (Bybit ``{"op":"ping"}``, OKX ``ping``);
+        its answer is read as an ack. A connection that stopped answering is found by the WebSocket pings
+        and the stall rule; this only keeps the exchange from closing a quiet one."""
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await asyncio.sleep(self.settings.ping_interval)
+                await ws.send(frame)
+
+    async def _close(self, session: _Session) -> None:
+        if session.keepalive is not None:
+            session.keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await session.keepalive
+        await session.ws.close()
 
     async def _serve(self, session: _Session) -> str:
         """Read from `session` (and its planned successors) until a connection ends unplanned; say why."""
@@ -291,7 +323,7 @@ class ExchangeConnection:
                 # a stalled server reads nothing: a closing handshake would only delay the reconnect by
                 # close_timeout, so the TCP connection is dropped at once
                 session.ws.transport.abort()
-            await session.ws.close()
+            await self._close(session)
 
     async def _watch(self, session: _Session) -> str:
         """Return (a reason) once `session` is stalled: open, but silent for longer than its `StallPolicy` allows.
@@ -367,7 +399,7 @@ class ExchangeConnection:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(new.first_frame.wait(), self.settings.handover_timeout)
         old.retiring = True
-        await old.ws.close()
+        await self._close(old)
         self.stats.rotations += 1
         log.info("%s: replacement done", self.name)
         return new, reader
@@ -440,6 +472,12 @@ class ExchangeConnection:
                             continue
                         submit(exchange, event)
                         stats.books += 1
+                    elif type(event) is Resync:
+                        receiving = False
+                        if not await self._resync(session, event):
+                            return f"resync of {event.symbol}: replacing the connection"
+                    elif type(event) is SequenceRestart:
+                        self._restarted(event)
                     elif not self._on_event(session, event):
                         receiving = False
                 if first and receiving:
@@ -449,6 +487,43 @@ class ExchangeConnection:
             if session.retiring:
                 return "retired"
             return _describe(exc)
+
+    async def _resync(self, session: _Session, event: Resync) -> bool:
+        """An incremental book broke its chain or failed a check: it is not live from now (marked down at
+        once) and a new snapshot is asked for on this connection. False: replace the connection instead (the
+        protocol cannot resubscribe one symbol, or this connection resynchronised too often: the exchange
+        limits requests per connection, and a fresh connection gives every symbol a new snapshot)."""
+        self.stats.resyncs += 1
+        self.writer.mark_down(self.exchange, [event.symbol])
+        self._last_raw.pop(event.symbol, None)
+        now = time.monotonic()
+        recent = self._resync_times
+        recent.append(now)
+        while recent and now - recent[0] > _RESYNC_WINDOW:
+            recent.popleft()
+        frames = self.protocol.resync_frames(event.symbol) if len(recent) <= _RESYNC_BUDGET else []
+        if self.stats.resyncs == 1 or self.stats.resyncs % 100 == 0 or not frames:
+            log.warning(
+                "%s: %s book not live (%s); %s (%d resyncs so far)",
+                self.name,
+                event.symbol,
+                event.reason,
+                "asking for a new snapshot" if frames else "replacing the connection",
+                self.stats.resyncs,
+            )
+        if not frames:
+            recent.clear()
+            return False
+        for frame in frames:
+            await session.ws.send(frame)
+        return True
+
+    def _restarted(self, event: SequenceRestart) -> None:
+        """The exchange restarted this book's ordering ids: the stored book's id stops guarding (see
+        `SnapshotWriter.mark_down`), so the verified snapshot that follows replaces it."""
+        self.stats.restarts += 1
+        log.warning("%s: %s: %s", self.name, event.symbol, event.reason)
+        self.writer.mark_down(self.exchange, [event.symbol], restart=True)
 
     def _unexpected(self, symbol: str) -> None:
         """A book of a symbol this connection never subscribed: dropped (a flood of them must not fill Redis)."""
@@ -504,6 +579,7 @@ class ExchangeConnection:
     def _went_down(self, reason: str) -> None:
         self.stats.last_error = reason
         self._last_raw.clear()  # after the mark-down, the same book again must be written (it revives it)
+        self.protocol.forget(self.symbols)  # incremental books start again from the next snapshot
         if self.up:
             self.up = False
         # Mark every symbol of this connection not live, even those that had no frame yet on this session.

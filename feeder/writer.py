@@ -102,7 +102,7 @@ class SnapshotWriter:
         self._batch = batch
         self._max_backoff = max_backoff
         self._pending: dict[BookId, OrderBookSnapshot | Deferred] = {}
-        self._down: dict[BookId, None] = {}
+        self._down: dict[BookId, bool] = {}  # books to mark down -> the exchange restarted its ids
         self._indexed: set[str] = set()
         self._time_ordered = time_ordered  # exchanges whose ordering id is a time (Upbit's timestamp)
         self._simulated = simulated  # the books come from the exchange simulator: marked so
@@ -138,23 +138,24 @@ class SnapshotWriter:
             self.stats.coalesced += 1
         pending[book_id] = item
         self.stats.submitted += 1
-        if self._down:
-            self._down.pop(book_id, None)
         if not self._wake.is_set():
             self._idle.clear()
             self._wake.set()
 
-    def mark_down(self, exchange: str, symbols: Iterable[str]) -> None:
-        """The connection delivering these books dropped: readers must see them as not live at once.
+    def mark_down(self, exchange: str, symbols: Iterable[str], *, restart: bool = False) -> None:
+        """The connection delivering these books dropped (or an incremental book lost its chain): readers
+        must see them as not live at once.
 
         Pending books of those symbols are discarded: written now, they would announce a live book from a
-        connection that no longer exists.
+        connection that no longer exists. `restart`: the exchange restarted the books' ordering ids (Bybit
+        ``u=1``): once no feeder holds a book any more, its stored id stops guarding, so that the first book
+        of the new sequence, queued after this call, is written (docs/redis-layout.md, mark-down).
         """
         for symbol in symbols:
             book_id = (exchange, symbol)
             self._pending.pop(book_id, None)
             self._last.pop(book_id, None)  # not ours to rewrite any more
-            self._down[book_id] = None
+            self._down[book_id] = restart or self._down.get(book_id, False)
         self._idle.clear()
         self._wake.set()
 
@@ -207,15 +208,19 @@ class SnapshotWriter:
             self._idle.set()
 
     async def _write_some(self) -> None:
-        downs = list(self._down)
+        downs = dict(self._down)
         self._down.clear()
         if downs:
+            # mark-downs run before the books queued after them: a book Redis then refuses (older) must not
+            # leave the version it could not replace live
+            restarts = {book_id for book_id, restart in downs.items() if restart}
             try:
-                marked = await self._run_flow(mark_down_flow(self._layout, self._feeder_id, downs))
+                marked = await self._run_flow(
+                    mark_down_flow(self._layout, self._feeder_id, list(downs), restarts)
+                )
             except BaseException:
-                for book_id in downs:
-                    if book_id not in self._pending:
-                        self._down[book_id] = None
+                for book_id, restart in downs.items():
+                    self._down[book_id] = restart or self._down.get(book_id, False)
                 raise
             self.stats.marked_down += marked
         if not self._pending:

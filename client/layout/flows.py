@@ -169,14 +169,26 @@ def write_flow(
     return results
 
 
-def mark_down_flow(layout: RedisLayout, writer: str, books: Iterable[tuple[str, str]]) -> Flow[int]:
+def mark_down_flow(
+    layout: RedisLayout,
+    writer: str,
+    books: Iterable[tuple[str, str]],
+    restarts: Container[tuple[str, str]] = (),
+) -> Flow[int]:
     """The writer's connection for these (exchange, symbol) books dropped: it stops holding them (a book no
-    feeder holds reads as not live). Returns how many it held. A wrong-typed key costs that key only."""
+    feeder holds reads as not live). Returns how many it held. A wrong-typed key costs that key only.
+
+    Books in `restarts` belong to an exchange that restarted their ordering ids: once no feeder holds one, its
+    stored ``xid`` is set to -1, so that the new sequence's first book is taken (docs/redis-layout.md)."""
     script = MARK_DOWN_SHARDED if layout.sharded else MARK_DOWN
     commands: list[Command] = []
-    for exchange, symbol in books:
+    for book in books:
+        exchange, symbol = book
         middle = orjson.dumps({"exchange": exchange, "symbol": symbol, "feeder": writer})[1:-1]
-        commands.append(("EVALSHA", script.sha, 1, layout.book_key(exchange, symbol), writer, middle))
+        restart = "1" if book in restarts else "0"
+        commands.append(
+            ("EVALSHA", script.sha, 1, layout.book_key(exchange, symbol), writer, middle, restart)
+        )
     if not commands:
         return 0
     replies = yield commands

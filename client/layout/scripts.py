@@ -119,17 +119,24 @@ return seq
 )
 
 
-# KEYS[1] book key. ARGV[1] writer id, ARGV[2] the status message's middle ('"exchange":…,"feeder":…').
+# KEYS[1] book key. ARGV[1] writer id, ARGV[2] the status message's middle ('"exchange":…,"feeder":…'),
+# ARGV[3] '1' when the exchange restarted the book's ordering ids.
 # The writer's connection for this book dropped: it stops being a holder. When no holder is left the book is
 # marked not live. The new holders (and whether the book is live) are announced on the channel either way.
+# A restart, once no holder is left (whether or not this writer was one), sets `xid` to -1: the ids of the new
+# sequence are lower than the stored one and would be refused as older; -1 is below any id.
 MARK_DOWN = LuaScript(
     "mark_down",
     """
 local cur = redis.call('HMGET', KEYS[1], 'holders', 'seq', 'hb', 'feeder')
 local holders = cur[1] or ((cur[3] == '1' and cur[4]) or '')
+local restart = ARGV[3] == '1'
 local list = ',' .. holders .. ','
 local s, e = string.find(list, ',' .. ARGV[1] .. ',', 1, true)
 if not s or holders == '' then
+  if restart and holders == '' and cur[2] then
+    redis.call('HSET', KEYS[1], 'xid', '-1')
+  end
   return 0
 end
 holders = string.sub(string.sub(list, 1, s) .. string.sub(list, e + 1), 2, -2)
@@ -137,6 +144,9 @@ local live = holders ~= ''
 local listed = '[]'
 if live then listed = '["' .. string.gsub(holders, ',', '","') .. '"]' end
 redis.call('HSET', KEYS[1], 'holders', holders, 'live', live and '1' or '0')
+if restart and not live then
+  redis.call('HSET', KEYS[1], 'xid', '-1')
+end
 redis.call('PUBLISH', KEYS[1], '{"seq":' .. (tonumber(cur[2]) or 0) .. ',' .. ARGV[2] .. ',"live":' ..
   (live and 'true' or 'false') .. ',"holders":' .. listed .. '}')
 return 1

@@ -111,6 +111,47 @@ async def test_mark_down_discards_pending_books_and_fresh_data_revives(
     assert p.get_latest_snapshot("KRW-BTC") == book("KRW-BTC", 3)
 
 
+async def test_a_restarted_sequence_replaces_the_book_and_a_stale_one_does_not(
+    backend: Backend, aclient: Any
+) -> None:
+    """Bybit's ``u=1`` after a service restart: without the restart mark-down the new, lower id is refused
+    (the book would stay frozen behind the old id); with it, the first book of the new sequence replaces it.
+    While another feeder still holds the book, a restart does not lift the guard."""
+    writer = SnapshotWriter(aclient, RedisLayout(), "w1")
+    backend.sync.hset("md:feeder:w1", "state", "running")
+    task = await run_writer(writer)
+    p = RedisMarketDataProvider(redis=backend.sync)
+    writer.submit("bybit", book("BTCUSDT", 5000))
+    assert await writer.flush(5)
+    writer.mark_down("bybit", ["BTCUSDT"])  # a plain resync: the guard stays
+    writer.submit("bybit", book("BTCUSDT", 1))
+    assert await writer.flush(5)
+    assert backend.sync.hget("md:bybit:BTCUSDT", "xid") == b"5000"  # the fault is real: refused as older
+    assert p.get_latest_snapshot("BTCUSDT", exchange="bybit") is None  # and not live: right or None
+    writer.mark_down("bybit", ["BTCUSDT"], restart=True)
+    writer.submit("bybit", book("BTCUSDT", 1))  # queued at once after: the restart still runs first
+    assert await writer.flush(5)
+    assert p.get_latest_snapshot("BTCUSDT", exchange="bybit") == book("BTCUSDT", 1)
+    writer.submit("bybit", book("BTCUSDT", 2))
+    assert await writer.flush(5)
+    assert p.get_latest_snapshot("BTCUSDT", exchange="bybit") == book("BTCUSDT", 2)
+    # a twin (w2) holds the book too: w1's restart leaves the guard to the twin until it lets go
+    backend.sync.hset("md:feeder:w2", "state", "running")
+    twin = SnapshotWriter(aclient, RedisLayout(), "w2")
+    twin_task = await run_writer(twin)
+    twin.submit("bybit", book("BTCUSDT", 2))  # JOINED
+    assert await twin.flush(5)
+    writer.mark_down("bybit", ["BTCUSDT"], restart=True)
+    assert await writer.flush(5)
+    assert backend.sync.hget("md:bybit:BTCUSDT", "xid") == b"2"
+    twin.mark_down("bybit", ["BTCUSDT"], restart=True)
+    assert await twin.flush(5)
+    assert backend.sync.hget("md:bybit:BTCUSDT", "xid") == b"-1"
+    assert p.get_latest_snapshot("BTCUSDT", exchange="bybit") is None
+    await stop(twin_task)
+    await stop(task)
+
+
 class FrameSourceStub:
     """A connection as the writer sees it: decodes deferred frames (``b"<i>"`` -> book i, ``b"bad"`` -> None)."""
 
