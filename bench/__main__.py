@@ -12,7 +12,18 @@ from pathlib import Path
 
 from bench.report import Context, Table, machine
 
-BENCHMARKS = ["parse", "write", "read", "e2e", "latency", "reconnect", "faults", "scale", "topology"]
+BENCHMARKS = [
+    "parse",
+    "delta_apply",
+    "write",
+    "read",
+    "e2e",
+    "latency",
+    "reconnect",
+    "faults",
+    "scale",
+    "topology",
+]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,9 +15,10 @@ import redis.exceptions
 
 from client.layout import RedisLayout
 from client.topology import async_client, describe, follow_primary
-from feeder.connection import ConnectionSettings, ExchangeConnection, OpenRateLimiter, StallPolicy
+from feeder.connection import ConnectionSettings, ExchangeConnection, StallPolicy
 from feeder.exchanges.base import StallRule
 from feeder.exchanges.registry import EXCHANGES
+from feeder.pacing import OpenRateLimiter, SharedOpenLimiter
 from feeder.settings import FeederSettings
 from feeder.sharding import split_for_connections, take_shard
 from feeder.status import REDIS_ERRORS, FeederIdInUseError, FeederStatus, StatusFields
@@ -86,7 +87,13 @@ class Feeder:
                 )
             protocol = descriptor.build(s)
             symbols = take_shard(descriptor.symbols(s), k, n)
-            limiter = OpenRateLimiter(descriptor.pacing.open_rate, descriptor.pacing.open_burst)
+            limiter = SharedOpenLimiter(
+                self.redis,
+                self.layout,
+                exchange,
+                s.pacing_host,
+                OpenRateLimiter(descriptor.pacing.open_rate, descriptor.pacing.open_burst),
+            )
             conn_settings = ConnectionSettings(
                 connect_timeout=s.connect_timeout,
                 ping_interval=s.ping_interval or descriptor.keepalive.ping_interval,
@@ -95,6 +102,7 @@ class Feeder:
                 reconnect_max_delay=s.reconnect_max_delay,
                 max_lifetime=descriptor.max_lifetime(s),
                 subscribe_interval=descriptor.pacing.subscribe_interval,
+                missing_after=s.missing_after,
             )
             chunks = split_for_connections(symbols, protocol.max_symbols_per_connection)
             for i, chunk in enumerate(chunks, 1):
@@ -131,6 +139,9 @@ class Feeder:
             "exchange_errors": sum(c.stats.exchange_errors for c in conns),
             "reconnects": sum(c.stats.reconnects for c in conns),
             "rotations": sum(c.stats.rotations for c in conns),
+            "resyncs": sum(c.stats.resyncs for c in conns),
+            "restarts": sum(c.stats.restarts for c in conns),
+            "missing": _missing_field([s for c in conns for s in c.missing]),
             "pending": self.writer.pending,
             "redis_errors": w.redis_errors,
             "last_error": self._last_error(),
@@ -279,6 +290,12 @@ class Feeder:
             f"rejected {f['rejected']}, bad {f['bad']}, reconnects {f['reconnects']}, "
             f"redis {'ok' if self.writer.redis_ok else 'DOWN'}, pending {f['pending']}"
         )
+
+
+def _missing_field(symbols: list[str], most: int = 50) -> str:
+    """The missing symbols for the status record: comma-separated, at most `most` of them and a count."""
+    shown = ",".join(symbols[:most])
+    return shown if len(symbols) <= most else f"{shown},+{len(symbols) - most} more"
 
 
 class FeederOnReplicaError(RuntimeError):

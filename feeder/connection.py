@@ -31,6 +31,7 @@ from client.models import OrderBookSnapshot
 from feeder.exchanges import BadFrame, ErrorReply, Event, ExchangeProtocol, ShutdownNotice
 from feeder.exchanges.base import SequenceRestart
 from feeder.incremental_book import Resync
+from feeder.pacing import OpenLimiter
 from feeder.websocket_queue import received_frames
 from feeder.writer import SnapshotWriter
 
@@ -68,32 +69,7 @@ class ConnectionSettings:
     max_lifetime: float | None = None  # planned replacement after this many seconds (Binance: < 24 h)
     subscribe_interval: float = 0.25  # pause between subscribe frames (exchange message-rate limits)
     handover_timeout: float = 10.0  # how long a replacement may take to deliver its first frame
-
-
-class OpenRateLimiter:
-    """Token bucket for new connections of one exchange (Upbit 5/s; Binance 300 per 5 min).
-
-    A burst lets a feeder open its connections and reconnect a dropped one at once; the rate keeps a storm of
-    reconnects from getting the IP banned.
-    """
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self._rate = rate
-        self._burst = float(burst)
-        self._tokens = float(burst)
-        self._stamp = time.monotonic()
-        self._lock = asyncio.Lock()
-
-    async def acquire(self) -> None:
-        async with self._lock:
-            while True:
-                now = time.monotonic()
-                self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
-                self._stamp = now
-                if self._tokens >= 1.0:
-                    self._tokens -= 1.0
-                    return
-                await asyncio.sleep((1.0 - self._tokens) / self._rate)
+    missing_after: float = 30.0  # a symbol with no book this long after the first subscription is missing
 
 
 class ArrivalWindow:
@@ -166,7 +142,7 @@ class ExchangeConnection:
         symbols: Sequence[str],
         writer: SnapshotWriter,
         settings: ConnectionSettings,
-        limiter: OpenRateLimiter,
+        limiter: OpenLimiter,
         *,
         name: str,
     ) -> None:
@@ -185,6 +161,9 @@ class ExchangeConnection:
         self.up = False
         self._bad_logged = 0.0
         self._resync_times: deque[float] = deque()
+        self._delivered: set[str] = set()  # symbols that delivered a book on any session of this connection
+        self._since: float | None = None  # monotonic time of the first subscription
+        self._reported: frozenset[str] = frozenset()  # the missing symbols last logged
 
     def __repr__(self) -> str:
         return f"<ExchangeConnection {self.name} {len(self.symbols)} symbols up={self.up}>"
@@ -199,10 +178,43 @@ class ExchangeConnection:
 
     # ------------------------------------------------------------------------------------------ main loop
     async def run(self) -> None:
+        reporter = asyncio.create_task(self._report_missing(), name=f"{self.name}-missing")
         try:
             await self._run()
         finally:
             self.up = False
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+
+    @property
+    def missing(self) -> list[str]:
+        """Subscribed symbols with no book yet, `missing_after` seconds after the first subscription: a
+        mistyped or delisted symbol (Upbit and Binance send nothing for an unknown one). Empty before."""
+        since = self._since
+        if since is None or time.monotonic() - since < self.settings.missing_after:
+            return []
+        delivered = self._delivered
+        return [s for s in self.symbols if s not in delivered]
+
+    async def _report_missing(self) -> None:
+        """Log the missing symbols when they change (the feeder status and ``md status`` show them too)."""
+        while True:
+            await asyncio.sleep(1.0)
+            missing = frozenset(self.missing)
+            if missing == self._reported:
+                continue
+            arrived = sorted(self._reported - missing)
+            if arrived:
+                log.info("%s: books arrived for %s, no longer missing", self.name, _listed(arrived))
+            new = [s for s in self.symbols if s in missing and s not in self._reported]
+            if new:
+                log.warning(
+                    "%s: no book for %s %.0fs after subscribing: unknown or delisted on %s? "
+                    "(the other symbols are unaffected)",
+                    self.name, _listed(new), self.settings.missing_after, self.exchange,
+                )  # fmt: skip
+            self._reported = missing
 
     async def _run(self) -> None:
         failures = 0
@@ -241,6 +253,8 @@ class ExchangeConnection:
     async def _open(self) -> _Session:
         await self.limiter.acquire()
         s = self.settings
+        if self._since is None:
+            self._since = time.monotonic()
         log.info("%s: connecting to %s (%d symbols)", self.name, _short(self.url), len(self.symbols))
         ws = await connect(
             self.url,
@@ -428,6 +442,7 @@ class ExchangeConnection:
         submit_frame = self.writer.submit_frame
         wanted = self._wanted
         last_raw = self._last_raw
+        delivered = self._delivered
         exchange = self.exchange
         stats = self.stats
         now = time.time
@@ -452,6 +467,8 @@ class ExchangeConnection:
                         stats.repeats += 1
                         continue
                     last_raw[symbol] = frame
+                    if symbol not in delivered:
+                        delivered.add(symbol)
                     submit_frame(exchange, symbol, frame, received, self)
                     stats.books += 1
                     if first:
@@ -472,6 +489,7 @@ class ExchangeConnection:
                             continue
                         submit(exchange, event)
                         stats.books += 1
+                        delivered.add(event.symbol)
                     elif type(event) is Resync:
                         receiving = False
                         if not await self._resync(session, event):
@@ -618,6 +636,11 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, InvalidURI | InvalidHandshake):
         return f"handshake failed: {exc}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _listed(symbols: Sequence[str], most: int = 20) -> str:
+    shown = ", ".join(symbols[:most])
+    return shown if len(symbols) <= most else f"{shown} and {len(symbols) - most} more"
 
 
 def _short(url: str) -> str:

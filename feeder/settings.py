@@ -46,6 +46,13 @@ class FeederSettings(ClientSettings, ExchangeSettings):
     silence_timeout: NonNegativeSeconds = 0.0
     """Replace a connection that delivered no frame for this long, on every exchange (0: each exchange's own
     rule: Binance after 3 missed pushes, at least 0.5 s; Upbit after 20 mean gaps, at least 1 s)."""
+    pacing_host: str = ""
+    """The name under which this host's feeders share their connection budget per exchange in Redis
+    (``md:pacing:<exchange>:<host>``; exchanges count per IP). Empty: this machine's host name. Feeders behind
+    one NAT address should share one name."""
+    missing_after: PositiveSeconds = 30.0
+    """A subscribed symbol with no book this many seconds after its connection first subscribed is reported
+    missing (log, feeder status, ``md status``): a mistyped or delisted symbol gets no frame and no error."""
     reconnect_max_delay: PositiveSeconds = 30.0
     """Cap of the exponential reconnect backoff (first retry immediately, then 0.25 s doubling, with jitter)."""
     heartbeat_interval: PositiveSeconds = 1.0
@@ -64,6 +71,11 @@ class FeederSettings(ClientSettings, ExchangeSettings):
     @classmethod
     def _check_feeder_id(cls, value: str) -> str:
         return validate_writer_id(value) if value else ""
+
+    @field_validator("pacing_host")
+    @classmethod
+    def _check_pacing_host(cls, value: str) -> str:
+        return validate_writer_id(value) if value else host_writer_id()
 
     @field_validator("exchanges")
     @classmethod

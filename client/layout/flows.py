@@ -26,6 +26,7 @@ from client.layout.scripts import (
     HEARTBEAT,
     MARK_DOWN,
     MARK_DOWN_SHARDED,
+    PACE,
     SCRIPTS,
     WRITE_BOOK,
     WRITE_BOOK_SHARDED,
@@ -331,6 +332,21 @@ def heartbeat_flow(
     if run_id is None:
         return Beat(int(replies[0]), unidentified=f"INFO server: {replies[1]!r:.200}")
     return Beat(int(replies[0]), run_id)
+
+
+def pace_flow(
+    layout: RedisLayout, exchange: str, host: str, limit: int, window_ms: int, token: str
+) -> Flow[tuple[int, int]]:
+    """One connection open to `exchange` by a feeder of `host`, if the host's opens of the last `window_ms`
+    are fewer than `limit`: ``(0, now_ms)``, logged; else ``(wait_ms, now_ms)``: try again that much later.
+    ``now_ms`` is Redis's clock."""
+    command: Command = ("EVALSHA", PACE.sha, 1, layout.pacing_key(exchange, host), limit, window_ms, token)
+    replies = yield [command]
+    if isinstance(replies[0], NoScriptError):
+        replies = yield [_eval(command, PACE.source)]
+    _raise_errors(replies, [command])
+    wait, now = replies[0]
+    return int(wait), int(now)
 
 
 def server_run_id(reply: Any) -> str | None:

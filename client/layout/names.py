@@ -158,6 +158,11 @@ class RedisLayout:
             raise InvalidSymbolError(f"{text!r} is not a feeder key under prefix {self.prefix!r}")
         return validate_writer_id(text[len(head) :])
 
+    def pacing_key(self, exchange: str, host: str) -> str:
+        """The log of recent connection opens to `exchange` by the feeders of one host (one IP, as the
+        exchanges count), shared through Redis so that together they stay under the exchange's limit."""
+        return f"{self.prefix}:pacing:{validate_exchange(exchange)}:{validate_writer_id(host)}"
+
     def symbols_key(self, exchange: str) -> str:
         return f"{self.prefix}:symbols:{validate_exchange(exchange)}"
 

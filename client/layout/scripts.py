@@ -178,6 +178,30 @@ return 2
 )
 
 
+# KEYS[1] the pacing log of one exchange on one host (`RedisLayout.pacing_key`). ARGV[1] most connection
+# opens in any window, ARGV[2] the window in ms, ARGV[3] a unique token for this open.
+# A sliding-window log on Redis's clock: the opens of the last window, as a sorted set scored by time. Under the
+# limit the open is logged and 0 returned; at it, nothing is logged and the ms until the oldest open leaves the
+# window is returned, so that no window, wherever it starts, ever holds more than the limit, whichever of the
+# feeders on this host (one IP, as the exchanges count) asks.
+PACE = LuaScript(
+    "pace",
+    """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return {0, now}
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {tonumber(oldest[2]) + window - now + 1, now}
+""",
+)
+
+
 def sharded(script: LuaScript) -> LuaScript:
     """The same script announcing with SPUBLISH on the book's own shard channel (Redis Cluster): a classic
     PUBLISH is broadcast over the cluster bus to every node, SPUBLISH stays on the node of the book's slot."""
@@ -189,6 +213,6 @@ MARK_DOWN_SHARDED = sharded(MARK_DOWN)
 
 SCRIPTS = {
     script.sha: script.name
-    for script in (WRITE_BOOK, MARK_DOWN, HEARTBEAT, WRITE_BOOK_SHARDED, MARK_DOWN_SHARDED)
+    for script in (WRITE_BOOK, MARK_DOWN, HEARTBEAT, PACE, WRITE_BOOK_SHARDED, MARK_DOWN_SHARDED)
 }
 """Script names by SHA, for error messages."""

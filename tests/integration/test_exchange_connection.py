@@ -21,8 +21,9 @@ from websockets.asyncio.client import ClientConnection
 from client import BookState, RedisMarketDataProvider
 from client.layout import RedisLayout
 from exchange_sim import ExchangeSimulator
-from feeder.connection import ConnectionSettings, ExchangeConnection, OpenRateLimiter, StallPolicy
+from feeder.connection import ConnectionSettings, ExchangeConnection, StallPolicy
 from feeder.exchanges import BinanceProtocol, ExchangeProtocol, UpbitProtocol
+from feeder.pacing import OpenRateLimiter
 from feeder.status import FeederStatus
 from feeder.writer import SnapshotWriter
 

@@ -11,8 +11,9 @@ from support.backends import Backend
 
 from client import OrderBookSnapshot, RedisMarketDataProvider
 from client.layout import RedisLayout
-from feeder.connection import ConnectionSettings, ExchangeConnection, OpenRateLimiter
+from feeder.connection import ConnectionSettings, ExchangeConnection
 from feeder.exchanges import BinanceProtocol
+from feeder.pacing import OpenRateLimiter
 from feeder.writer import SnapshotWriter
 
 SYMBOLS = [f"KRW-C{i:04d}" for i in range(2000)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 FEEDER_ACL = (
     "resetkeys ~md:* resetchannels &md:* -@all "
     "+evalsha +eval +hgetall +sadd +set +info "  # what the feeder sends (EVAL after NOSCRIPT)
-    "+hmget +hget +hset +time +publish +spublish +pexpire"  # what its scripts run (Redis checks them too)
+    "+hmget +hget +hset +time +publish +spublish +pexpire +zadd +zcard +zrange +zremrangebyscore"  # what its scripts run (Redis checks them too)
 )
 # A PSUBSCRIBE pattern must equal one of the user's channel patterns: the mirror's is md:*:* (md:<exchange>:*
 # for MD_MIRROR_EXCHANGES, which then needs &md:<exchange>:* as well); md:*:* also admits SUBSCRIBE md:upbit:X.
