@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,7 +33,9 @@ class FeederProcess(ChildProcess):
         super().__init__(
             feeder_command(*(args or [])),
             log_path,
-            env=clean_environment({**FAST, **env}),
+            # each test feeder paces its connections as a host of its own: tests share one Redis, and one
+            # test's reconnects must not eat the next one's budget (tests/integration/test_pacing.py shares)
+            env=clean_environment({**FAST, "MD_PACING_HOST": f"test-{uuid.uuid4().hex[:12]}", **env}),
             cwd=tempfile.gettempdir(),
         )
 
