@@ -16,7 +16,7 @@ API
         upbit_port=0,               # 0: the OS picks a free port; None: no Upbit server
         binance_port=0,
         rate=10.0,                  # updates per second per subscribed symbol; 0: only the initial book
-        levels=15,                  # Upbit units per frame without a CODE.N suffix (books hold >= 30 levels)
+        levels=30,                  # Upbit units per frame without a CODE.N suffix (Upbit's default since 2025-05)
         seed=0,                     # same seed, same walk per symbol (independent of other symbols)
         ping_interval=20.0,         # Binance server pings; None: none
         ping_timeout=60.0,          # Binance drops a client silent for this long

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rate", type=float, default=10.0, help="updates/s per subscribed symbol (default 10)"
     )
     parser.add_argument(
-        "--levels", type=int, default=15, help="Upbit units per frame by default (default 15)"
+        "--levels", type=int, default=30, help="Upbit units per frame by default (default 30)"
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(

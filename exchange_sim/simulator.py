@@ -1,4 +1,4 @@
-"""`ExchangeSimulator`: both exchanges' servers behind one object, with faults, truth and HTTP control."""
+"""`ExchangeSimulator`: the exchanges' servers behind one object, with faults, truth and HTTP control."""
 
 from __future__ import annotations
 
@@ -13,18 +13,26 @@ from websockets.http11 import Request, Response
 from client.models import OrderBookSnapshot
 from exchange_sim import control
 from exchange_sim.binance import MAX_STREAMS, BinanceServer
+from exchange_sim.bithumb import BithumbServer
+from exchange_sim.coinone import CoinoneServer
 from exchange_sim.replay import CapturedFrame, load_capture
 from exchange_sim.server import ExchangeServer
 from exchange_sim.upbit import UpbitServer
 
-EXCHANGES = ("upbit", "binance")
+EXCHANGES = ("upbit", "binance", "bithumb", "coinone", "bybit", "okx")
+_MORE_SERVERS: dict[str, type[ExchangeServer[Any]]] = {
+    "bithumb": BithumbServer,
+    "coinone": CoinoneServer,
+}
 ReplaySource = str | Path | list[CapturedFrame]
 
 
 class ExchangeSimulator:
-    """A local Upbit + Binance market-data server for tests, benchmarks and the offline demo.
+    """A local market-data server of every exchange the feeder speaks, for tests, benchmarks and the demo.
 
-    A port of ``None`` leaves that exchange out; ``0`` lets the OS choose (read it back from the URLs).
+    A port of ``None`` leaves that exchange out; ``0`` lets the OS choose (read it back from the URLs). Upbit
+    and Binance run unless told otherwise; Bithumb, Coinone, Bybit and OKX only when given a port.
+    `options` passes an exchange's own server options (``{"okx": {"checksum": True}}``).
     See the package docstring (`exchange_sim`) for the full API and protocol notes.
     """
 
@@ -35,7 +43,7 @@ class ExchangeSimulator:
         binance_port: int | None = 0,
         *,
         rate: float = 10.0,
-        levels: int = 15,
+        levels: int = 30,
         seed: int = 0,
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 60.0,
@@ -51,6 +59,11 @@ class ExchangeSimulator:
         replay_loop: bool = False,
         http_control: bool = True,
         binance_cadence: bool = True,
+        bithumb_port: int | None = None,
+        coinone_port: int | None = None,
+        bybit_port: int | None = None,
+        okx_port: int | None = None,
+        options: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         common: dict[str, Any] = {
             "host": host,
@@ -76,6 +89,11 @@ class ExchangeSimulator:
                 repeat_unchanged=binance_cadence,
                 **common,
             )
+        more = {"bithumb": bithumb_port, "coinone": coinone_port, "bybit": bybit_port, "okx": okx_port}
+        for exchange, port in more.items():
+            if port is not None:
+                own = (options or {}).get(exchange, {})
+                self.servers[exchange] = _MORE_SERVERS[exchange](port=port, **{**common, **own})
         if not self.servers:
             raise ValueError("at least one exchange needs a port")
         for exchange, source in (("upbit", replay_upbit), ("binance", replay_binance)):
@@ -137,6 +155,10 @@ class ExchangeSimulator:
     def binance_url(self) -> str:
         """``ws://host:port``: append ``/stream?streams=…`` (or ``/ws``) as for ``wss://stream.binance.com:9443``."""
         return self.server("binance").url
+
+    def url(self, exchange: str) -> str:
+        """The WebSocket URL a client of that exchange connects to (its ``MD_<EXCHANGE>_URL``)."""
+        return self.server(exchange).url
 
     def control_url(self, exchange: str) -> str:
         """``http://host:port/_sim``: the HTTP control base on that exchange's own port."""

@@ -6,7 +6,9 @@ What the server does, following Upbit's documentation and the captures in ``test
 - the client sends a JSON array ``[{"ticket":…},{"type":"orderbook","codes":[…]},{"format":…}]`` (text or
   binary); a new request **replaces** the connection's subscription and every code starts again with a
   SNAPSHOT frame;
-- ``CODE.N`` asks for N units (1, 5, 15 or 30); without it the simulator sends ``levels`` units (default 15);
+- ``CODE.N`` asks for N units: 1, 5, 15 or 30 (since 2025-07-02); any other number gets 30 units, as Upbit
+  answers it (no error); without a suffix the simulator sends ``levels`` units (default 30, Upbit's default
+  since 2025-05-07);
 - frames are **binary** WebSocket messages of UTF-8 JSON, in the DEFAULT, SIMPLE, JSON_LIST or SIMPLE_LIST
   shape; the first frame per code is a SNAPSHOT, later ones REALTIME; ``is_only_snapshot`` /
   ``is_only_realtime`` (or the camelCase spelling seen in captures) are honoured;
@@ -75,8 +77,19 @@ def _flag(obj: dict[str, Any], snake: str, camel: str) -> bool:
     return value
 
 
-def parse_request(data: str | bytes, *, default_units: int = 15) -> UpbitRequest:
-    """Validate one Upbit request; raise UpbitRequestError with the name Upbit would use."""
+def parse_request(
+    data: str | bytes,
+    *,
+    default_units: int = 15,
+    formats: Iterable[str] = FORMATS,
+    unit_choices: Iterable[int] = UNIT_CHOICES,
+    unit_fallback: int | None = None,
+) -> UpbitRequest:
+    """Validate one Upbit request; raise UpbitRequestError with the name Upbit would use.
+
+    `formats` and `unit_choices` (the ``CODE.N`` suffixes accepted) differ on Bithumb. `unit_fallback`: the
+    units sent for a numeric suffix outside `unit_choices` (Upbit: 30); None: such a suffix is an error.
+    """
     try:
         message = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -90,7 +103,7 @@ def parse_request(data: str | bytes, *, default_units: int = 15) -> UpbitRequest
         if "ticket" in obj:
             ticket = obj["ticket"]
         elif "format" in obj:
-            if obj["format"] not in FORMATS:
+            if obj["format"] not in formats:
                 raise UpbitRequestError("WRONG_FORMAT", "Format 이 맞지 않습니다.")
             fmt = obj["format"]
         elif "type" in obj:
@@ -124,9 +137,12 @@ def parse_request(data: str | bytes, *, default_units: int = 15) -> UpbitRequest
             code, dot, suffix = name.partition(".")
             units = default_units
             if dot:
-                if not suffix.isdigit() or int(suffix) not in UNIT_CHOICES:
+                if suffix.isdigit() and int(suffix) in unit_choices:
+                    units = int(suffix)
+                elif suffix.isdigit() and unit_fallback is not None:
+                    units = unit_fallback
+                else:
                     raise UpbitRequestError("INVALID_PARAM", f"{name} 은 지원하지 않는 호가 개수입니다.")
-                units = int(suffix)
             subs[code] = UpbitSubscription(
                 name=code,
                 symbol=code,
@@ -153,12 +169,23 @@ def encode_orderbook(
     fmt: str,
     level: int | float,
     snapshot: bool,
+    timestamp_last: bool = False,
+    integer_prices: bool = False,
 ) -> tuple[bytes, list[tuple[float, float]], list[tuple[float, float]]]:
-    """One orderbook frame in the requested format, plus the (bids, asks) it carries."""
+    """One orderbook frame in the requested format, plus the (bids, asks) it carries.
+
+    Bithumb's documented order puts ``level``, ``timestamp`` and ``stream_type`` after the units
+    (`timestamp_last`), and writes whole prices as integers (`integer_prices`: ``478800``, not ``478800.0``).
+    """
     bids, asks = book.bids[:units], book.asks[:units]
     total_ask = round(sum(a[1] for a in asks), 8)
     total_bid = round(sum(b[1] for b in bids), 8)
     stream_type = "SNAPSHOT" if snapshot else "REALTIME"
+    if integer_prices:
+        asks_out = [(int(p) if p.is_integer() else p, q) for p, q in asks]
+        bids_out = [(int(p) if p.is_integer() else p, q) for p, q in bids]
+    else:
+        asks_out, bids_out = asks, bids
     obj: dict[str, Any]
     if fmt in ("SIMPLE", "SIMPLE_LIST"):
         obj = {
@@ -168,7 +195,8 @@ def encode_orderbook(
             "tas": total_ask,
             "tbs": total_bid,
             "obu": [
-                {"ap": a[0], "bp": b[0], "as": a[1], "bs": b[1]} for a, b in zip(asks, bids, strict=True)
+                {"ap": a[0], "bp": b[0], "as": a[1], "bs": b[1]}
+                for a, b in zip(asks_out, bids_out, strict=True)
             ],
             "st": stream_type,
             "lv": level,
@@ -182,11 +210,17 @@ def encode_orderbook(
             "total_bid_size": total_bid,
             "orderbook_units": [
                 {"ask_price": a[0], "bid_price": b[0], "ask_size": a[1], "bid_size": b[1]}
-                for a, b in zip(asks, bids, strict=True)
+                for a, b in zip(asks_out, bids_out, strict=True)
             ],
             "stream_type": stream_type,
             "level": level,
         }
+    if timestamp_last:
+        ts_key = "tms" if "tms" in obj else "timestamp"
+        level_key, type_key = ("lv", "st") if "lv" in obj else ("level", "stream_type")
+        obj[level_key] = obj.pop(level_key)
+        obj[ts_key] = obj.pop(ts_key)
+        obj[type_key] = obj.pop(type_key)
     payload = orjson.dumps([obj] if fmt.endswith("LIST") else obj)
     return payload, bids, asks
 
@@ -229,6 +263,12 @@ class UpbitServer(ExchangeServer[UpbitSubscription]):
     ws_path = PATH
     bytes_as_text = False
     server_pings = False
+    formats: tuple[str, ...] = FORMATS
+    unit_choices: tuple[int, ...] = UNIT_CHOICES
+    default_units: int | None = None  # units without a CODE.N suffix; None: the server's `levels`
+    unit_fallback: int | None = 30  # Upbit answers any other count with 30 units (since 2025-07-02)
+    timestamp_last = False  # Bithumb's field order
+    integer_prices = False  # Bithumb writes whole prices as integers
 
     def check_handshake(self, ws: SimConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
@@ -244,7 +284,13 @@ class UpbitServer(ExchangeServer[UpbitSubscription]):
                 session.enqueue(PING_REPLY)
                 continue
             try:
-                request = parse_request(message, default_units=self.levels)
+                request = parse_request(
+                    message,
+                    default_units=self.default_units or self.levels,
+                    formats=self.formats,
+                    unit_choices=self.unit_choices,
+                    unit_fallback=self.unit_fallback,
+                )
             except UpbitRequestError as exc:
                 self.unsubscribe_all(session)
                 session.enqueue(error_frame(exc.name, exc.message))
@@ -265,7 +311,14 @@ class UpbitServer(ExchangeServer[UpbitSubscription]):
         self, session: Session[UpbitSubscription], sub: UpbitSubscription, book: RandomWalkBook, initial: bool
     ) -> bytes:
         payload, bids, asks = encode_orderbook(
-            sub.symbol, book, units=sub.units, fmt=sub.format, level=sub.level, snapshot=initial
+            sub.symbol,
+            book,
+            units=sub.units,
+            fmt=sub.format,
+            level=sub.level,
+            snapshot=initial,
+            timestamp_last=self.timestamp_last,
+            integer_prices=self.integer_prices,
         )
         self.record(sub.symbol, bids, asks, book.timestamp_ms, book.timestamp_ms / 1000.0)
         return payload

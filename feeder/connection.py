@@ -156,7 +156,8 @@ class ExchangeConnection:
         self.settings = settings
         self.limiter = limiter
         self.name = name
-        self.url = protocol.url(self.symbols)
+        self.urls = [protocol.url(self.symbols), *protocol.fallback_urls(self.symbols)]
+        self.url = self.urls[0]  # the endpoint in use; the next one is tried after two failed connects
         self.stats = ConnectionStats()
         self.up = False
         self._bad_logged = 0.0
@@ -226,6 +227,8 @@ class ExchangeConnection:
             except Exception as exc:
                 failures += 1
                 self.stats.last_error = _describe(exc)
+                if failures % 2 == 0 and len(self.urls) > 1:
+                    self._next_url()
                 delay = self._backoff(failures)
                 log.warning(
                     "%s: connect failed (%s); retry %d in %.2fs", self.name, _describe(exc), failures, delay
@@ -242,6 +245,12 @@ class ExchangeConnection:
             log.warning("%s: connection lost (%s); reconnecting in %.2fs", self.name, reason, delay)
             self.stats.reconnects += 1
             await asyncio.sleep(delay)
+
+    def _next_url(self) -> None:
+        """Move on to the exchange's next endpoint (Binance: port 443, then data-stream.binance.vision)."""
+        current = self.urls.index(self.url)
+        self.url = self.urls[(current + 1) % len(self.urls)]
+        log.warning("%s: trying the next endpoint, %s", self.name, _short(self.url))
 
     def _backoff(self, failures: int) -> float:
         """0 for the first retry, then 0.25 s doubling up to the cap, with jitter (half to full)."""

@@ -116,6 +116,10 @@ class ExchangeProtocol(Protocol):
     """A keep-alive message the exchange expects from clients (Bybit ``{"op":"ping"}``, OKX ``ping``), sent
     every keep-alive interval; None: WebSocket pings only."""
 
+    def fallback_urls(self, symbols: Sequence[str]) -> list[str]:
+        """Other endpoints serving the same streams, tried in turn when `url` keeps failing to connect."""
+        ...
+
     def resync_frames(self, symbol: str) -> list[str | bytes]:
         """Frames that make the exchange send a new snapshot of `symbol` on the open connection (after a
         `Resync`); empty: the connection is replaced instead (every symbol gets a new snapshot)."""
@@ -203,6 +207,9 @@ class WholeBooks:
     Binance...): no client keep-alive message, nothing to resynchronise, no state per symbol."""
 
     ping_frame: str | None = None
+
+    def fallback_urls(self, symbols: Sequence[str]) -> list[str]:
+        return []
 
     def resync_frames(self, symbol: str) -> list[str | bytes]:
         return []
@@ -293,6 +300,11 @@ def _websocket_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _websocket_urls(value: str) -> str:
+    """A comma-separated list of ws:// or wss:// URLs (settings validators); may be empty."""
+    return ",".join(_websocket_url(u.strip()) for u in value.split(",") if u.strip())
+
+
 def books_in(events: Iterable[Event]) -> list[OrderBookSnapshot]:
     """The books among `events` (tests, benchmarks and tools that want the books of a frame only)."""
     return [event for event in events if type(event) is OrderBookSnapshot]
@@ -303,3 +315,5 @@ SymbolList = Annotated[str, AfterValidator(_symbol_list)]
 """Comma-separated symbols: upper-cased, validated, duplicates dropped."""
 WebSocketUrl = Annotated[str, AfterValidator(_websocket_url)]
 """A ws:// or wss:// URL, without a trailing slash."""
+WebSocketUrls = Annotated[str, AfterValidator(_websocket_urls)]
+"""Comma-separated ws:// or wss:// URLs (may be empty)."""

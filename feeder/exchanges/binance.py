@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from math import isfinite
 from time import time as _now
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
 
 import orjson
 from pydantic import AfterValidator
@@ -47,6 +48,7 @@ from feeder.exchanges.base import (
     StallRule,
     SymbolList,
     WebSocketUrl,
+    WebSocketUrls,
     WholeBooks,
     check_levels,
     frame_bytes,
@@ -60,6 +62,9 @@ if TYPE_CHECKING:
     from feeder.settings import FeederSettings
 
 DEFAULT_URL: Final = "wss://stream.binance.com:9443"
+# The same streams on port 443 (through firewalls that block 9443) and on the market-data-only host
+# (Binance spot "WebSocket Streams" and "Market Data Only URLs" pages, read 2026-12-02).
+FALLBACK_URLS: Final = "wss://stream.binance.com:443,wss://data-stream.binance.vision:443"
 DEPTHS: Final = frozenset({5, 10, 20})
 SPEEDS: Final = frozenset({"100ms", "1000ms"})
 MAX_STREAMS_PER_CONNECTION: Final = 1024  # Binance's limit per connection
@@ -205,6 +210,7 @@ class BinanceProtocol(WholeBooks):
         url: str = DEFAULT_URL,
         max_symbols_per_connection: int = MAX_STREAMS_PER_CONNECTION,
         max_levels: int = MAX_LEVELS,
+        fallbacks: Sequence[str] = (),
     ) -> None:
         if type(depth) is not int or depth not in DEPTHS:
             raise ValueError(f"Binance depth must be one of {sorted(DEPTHS)}, got {depth!r}")
@@ -223,6 +229,7 @@ class BinanceProtocol(WholeBooks):
         self.depth = depth
         self.speed = speed
         self.base_url = url.rstrip("/")
+        self.fallbacks = [u.rstrip("/") for u in fallbacks if u.rstrip("/") != self.base_url]
         self.max_symbols_per_connection = max_symbols_per_connection
         self._suffix = f"@depth{depth}" if speed == "1000ms" else f"@depth{depth}@{speed}"
         self.max_levels = max_levels  # more levels a side is a BadFrame
@@ -246,6 +253,11 @@ class BinanceProtocol(WholeBooks):
     def url(self, symbols: Sequence[str]) -> str:
         """The combined-stream URL that subscribes to every symbol's partial book at connect time."""
         return f"{self.base_url}/stream?streams={'/'.join(self.stream_names(symbols))}"
+
+    def fallback_urls(self, symbols: Sequence[str]) -> list[str]:
+        """The same combined stream on the fallback endpoints (port 443, data-stream.binance.vision)."""
+        path = f"/stream?streams={'/'.join(self.stream_names(symbols))}"
+        return [base + path for base in self.fallbacks]
 
     def subscribe_frames(self, symbols: Sequence[str]) -> list[str | bytes]:
         """Nothing to send: the combined-stream URL from `url` already subscribes.
@@ -427,6 +439,9 @@ class Settings(BaseSettings):
 
     binance_symbols: SymbolList = "BTCUSDT,ETHUSDT"
     binance_url: WebSocketUrl = DEFAULT_URL
+    binance_fallback_urls: WebSocketUrls = FALLBACK_URLS
+    """Endpoints tried in turn when MD_BINANCE_URL keeps failing to connect (empty: none); only used while
+    MD_BINANCE_URL is one of Binance's own hosts."""
     binance_symbols_per_connection: StreamsPerConnection = MAX_STREAMS_PER_CONNECTION
     binance_depth: Literal[5, 10, 20] = 20
     binance_speed: Literal["100ms", "1000ms"] = "100ms"
@@ -441,7 +456,15 @@ def _build(settings: FeederSettings) -> BinanceProtocol:
         url=settings.binance_url,
         max_symbols_per_connection=settings.binance_symbols_per_connection,
         max_levels=settings.max_levels,
+        fallbacks=split_list(settings.binance_fallback_urls) if _official(settings.binance_url) else [],
     )
+
+
+def _official(url: str) -> bool:
+    """MD_BINANCE_URL is one of Binance's own hosts: only then are the fallbacks tried. A URL pointing
+    elsewhere (a proxy, the simulator) means Binance must not be reached directly."""
+    host = (urlsplit(url).hostname or "").lower()
+    return host.endswith((".binance.com", ".binance.vision"))
 
 
 DESCRIPTOR: Final = ExchangeDescriptor(

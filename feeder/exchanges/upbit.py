@@ -22,9 +22,10 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from math import isfinite
 from time import time as _now
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal
 
 import orjson
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -92,32 +93,70 @@ _float = float
 # escapes, list formats) takes the general path, which decides exactly as before: the fast path only ever
 # returns what the general path would (tests/test_protocol_fastpath.py).
 _FAST_NUMBER: Final = rb"(?:0|[1-9][0-9]{0,19})(?:\.[0-9]{1,20})?(?:E[+-]?[0-9]{1,2})?"
-_FAST_HEADS: Final = (
-    re.compile(
-        rb'\{"ty":"orderbook","cd":"([A-Za-z0-9._-]{1,80})","tms":([1-9][0-9]{0,14}),'
-        rb'"tas":' + _FAST_NUMBER + rb',"tbs":' + _FAST_NUMBER + rb',"obu":'
-    ),
-    re.compile(
-        rb'\{"type":"orderbook","code":"([A-Za-z0-9._-]{1,80})","timestamp":([1-9][0-9]{0,14}),'
-        rb'"total_ask_size":' + _FAST_NUMBER + rb',"total_bid_size":' + _FAST_NUMBER + rb',"orderbook_units":'
-    ),
-)
 # What may follow the units: fields the decoder ignores, with plain values (no key that it reads).
-_FAST_TAIL: Final = re.compile(
-    rb'(?:,"(?:st|lv|stream_type|level)":(?:"[A-Za-z_]{0,20}"|0|[1-9][0-9]{0,9}))*\}'
-)
-_FAST_UNIT_KEYS: Final = (
-    b'{"ap":.,"bp":.,"as":.,"bs":.}',
-    b'{"ask_price":.,"bid_price":.,"ask_size":.,"bid_size":.}',
-)
+_FAST_IGNORED_FIELD: Final = rb',"(?:st|lv|stream_type|level)":(?:"[A-Za-z_]{0,20}"|0|[1-9][0-9]{0,9})'
 _FAST_NOT_SHAPE: Final = b"0123456789E+-"  # deleted to get the shape
 # turned into spaces / deleted to get the numbers: ``[{"ap":1.0,...},...]`` becomes ``[  1.0 ,...]``
 _FAST_TO_SPACE: Final = bytes.maketrans(b'{}":', b"    ")
-_FAST_KEY_LETTERS: Final = (b"apbs", b"abcdeiklprsz_")
-# shape of the units (SIMPLE, DEFAULT) -> number of units
-_FAST_SHAPES: Final = tuple(
-    {b"[" + b",".join([unit] * n) + b"]": n for n in range(1, max(UNIT_COUNTS) + 1)}
-    for unit in _FAST_UNIT_KEYS
+_FAST_MAX_UNITS: Final = max(UNIT_COUNTS)
+
+
+@dataclass(frozen=True, slots=True)
+class FastSpelling:
+    """One frame shape the fast path reads (see above): Upbit's SIMPLE and DEFAULT, Bithumb's orders.
+
+    `head` matches everything before the units (group 1: the code), `tail` everything after them; the
+    timestamp is group ``tms`` of one of the two. `integers`: a value may also be written without a decimal
+    point (Bithumb's documented example: ``"ask_price":478800``); the dot is then deleted with the digits
+    to get the shape, and a frame whose dots are fewer than its numbers has them converted to floats.
+    """
+
+    head: re.Pattern[bytes]
+    tail: re.Pattern[bytes]
+    shapes: dict[bytes, int]  # shape of the units -> number of units
+    not_shape: bytes
+    key_letters: bytes
+    integers: bool = False
+    tms_in_head: bool = True
+
+    @classmethod
+    def of(
+        cls, head: bytes, tail: bytes, unit_keys: tuple[str, str, str, str], integers: bool = False
+    ) -> FastSpelling:
+        unit = b"{" + b",".join(b'"%s":.' % key.encode() for key in unit_keys) + b"}"
+        if integers:
+            unit = unit.replace(b".", b"")
+        head_re = re.compile(head)
+        return cls(
+            head=head_re,
+            tail=re.compile(tail),
+            shapes={b"[" + b",".join([unit] * n) + b"]": n for n in range(1, _FAST_MAX_UNITS + 1)},
+            not_shape=_FAST_NOT_SHAPE + b"." if integers else _FAST_NOT_SHAPE,
+            key_letters=bytes(sorted(set("".join(unit_keys).encode()))),
+            integers=integers,
+            tms_in_head="tms" in head_re.groupindex,
+        )
+
+
+_SIMPLE_UNIT_KEYS: Final = ("ap", "bp", "as", "bs")
+_LONG_UNIT_KEYS: Final = ("ask_price", "bid_price", "ask_size", "bid_size")
+_UPBIT_FAST: Final = (
+    FastSpelling.of(
+        rb'\{"ty":"orderbook","cd":"([A-Za-z0-9._-]{1,80})","tms":(?P<tms>[1-9][0-9]{0,14}),'
+        rb'"tas":' + _FAST_NUMBER + rb',"tbs":' + _FAST_NUMBER + rb',"obu":',
+        rb"(?:" + _FAST_IGNORED_FIELD + rb")*\}",
+        _SIMPLE_UNIT_KEYS,
+    ),
+    FastSpelling.of(
+        rb'\{"type":"orderbook","code":"([A-Za-z0-9._-]{1,80})","timestamp":(?P<tms>[1-9][0-9]{0,14}),'
+        rb'"total_ask_size":'
+        + _FAST_NUMBER
+        + rb',"total_bid_size":'
+        + _FAST_NUMBER
+        + rb',"orderbook_units":',
+        rb"(?:" + _FAST_IGNORED_FIELD + rb")*\}",
+        _LONG_UNIT_KEYS,
+    ),
 )
 
 
@@ -190,72 +229,65 @@ def _number(unit: dict[str, Any], key: str, index: int) -> float:
     return number
 
 
-class UpbitProtocol(WholeBooks):
-    """Upbit order-book subscription and decoding.
+class UpbitLikeProtocol(WholeBooks):
+    """Order-book subscription and decoding in Upbit's WebSocket dialect, which Bithumb's public v1 API speaks
+    too (`feeder.exchanges.bithumb`): the exchanges differ in name, URL, formats, field order and depth.
 
-    `levels` (1, 5, 15 or 30) asks Upbit for that many units per book through the ``CODE.N`` suffix;
-    ``None`` leaves Upbit's default (30 units at the time of writing).
-
-    `max_symbols_per_connection` defaults to 100. Upbit documents no limit on codes per request; its limits
-    are on connections (5 new per second per IP) and requests (5/s, 100/min per connection). The bound is
-    ours: it keeps each connection's frame rate and request small, limits how many books go stale together
-    when one connection drops, and still covers all ~700 Upbit markets with a handful of connections that
-    open within the 5-per-second budget.
+    `depth` keeps that many units per side of every book (None: all the frame has); a frame with more than
+    `max_levels` units is still a `BadFrame`.
     """
 
     name: str = "upbit"
+    title: ClassVar[str] = "Upbit"  # in error messages
+    formats: ClassVar[frozenset[str]] = FORMATS
+    fast_spellings: ClassVar[tuple[FastSpelling, ...]] = _UPBIT_FAST
 
     def __init__(
         self,
-        url: str = DEFAULT_URL,
-        format: str = "DEFAULT",
-        levels: int | None = None,
-        max_symbols_per_connection: int = 100,
-        ticket: str | None = None,
-        max_levels: int = MAX_LEVELS,
+        url: str,
+        format: str,
+        max_symbols_per_connection: int,
+        ticket: str | None,
+        max_levels: int,
+        depth: int | None = None,
     ) -> None:
         if not url.startswith(("wss://", "ws://")):
-            raise ValueError(f"Upbit URL must start with wss:// or ws://, got {url!r}")
-        if format not in FORMATS:
-            raise ValueError(f"Upbit format must be one of {sorted(FORMATS)}, got {format!r}")
-        if levels is not None and levels not in UNIT_COUNTS:
-            raise ValueError(f"Upbit levels must be one of {sorted(UNIT_COUNTS)} or None, got {levels!r}")
+            raise ValueError(f"{self.title} URL must start with wss:// or ws://, got {url!r}")
+        if format not in self.formats:
+            raise ValueError(f"{self.title} format must be one of {sorted(self.formats)}, got {format!r}")
         if type(max_symbols_per_connection) is not int or max_symbols_per_connection < 1:
             raise ValueError(
                 f"max_symbols_per_connection must be a positive int, got {max_symbols_per_connection!r}"
             )
         if ticket is not None and not ticket:
             raise ValueError("ticket must be a non-empty string or None")
+        if depth is not None and (type(depth) is not int or depth < 1):
+            raise ValueError(f"{self.title} depth must be a positive int or None, got {depth!r}")
         self.base_url = url
         self.format = format
-        self.levels = levels
         self.max_symbols_per_connection = max_symbols_per_connection
         self.ticket = ticket  # fixed ticket (tests); None draws a fresh uuid4 per request
         self.max_levels = max_levels  # more levels a side is a BadFrame
+        self.depth = depth
         self._symbols: dict[str, str] = {}  # received code -> validated symbol
         self._fast_symbols: dict[bytes, str] = {}  # the same for the fast path, keyed by the raw code
-
-    def __repr__(self) -> str:
-        return f"UpbitProtocol(url={self.base_url!r}, format={self.format!r}, levels={self.levels!r})"
 
     # ---- connecting ----------------------------------------------------------------------------------
 
     def url(self, symbols: Sequence[str]) -> str:
-        """Upbit subscribes through a request frame, not the URL: the URL is the same for every shard."""
+        """Subscriptions go in a request frame, not the URL: the URL is the same for every shard."""
         return self.base_url
 
     def codes(self, symbols: Sequence[str]) -> list[str]:
-        """The request's ``codes``: upper case, validated, duplicates removed, ``.N`` suffix if `levels`."""
-        codes = unique_symbols(symbols)
-        if self.levels is not None:
-            codes = [f"{code}.{self.levels}" for code in codes]
-        return codes
+        """The request's ``codes``: upper case, validated, duplicates removed."""
+        return unique_symbols(symbols)
 
     def subscribe_frames(self, symbols: Sequence[str], *, ticket: str | None = None) -> list[str | bytes]:
         """The one text frame that subscribes this connection to the order books of `symbols`.
 
-        Sent after every (re)connect: Upbit keeps no subscription state across connections. The ticket only
-        identifies the request; a fresh uuid4 is used unless one is given here or to the constructor.
+        Sent after every (re)connect: the exchange keeps no subscription state across connections. The
+        ticket only identifies the request; a fresh uuid4 is used unless one is given here or to the
+        constructor.
         """
         request = [
             {"ticket": ticket or self.ticket or str(uuid.uuid4())},
@@ -320,16 +352,19 @@ class UpbitProtocol(WholeBooks):
         asks = _side(units, ask_price, ask_size, "ask")
         bids = _side(units, bid_price, bid_size, "bid")
         check_levels(bids, asks, self.max_levels)
+        depth = self.depth
+        if depth is not None:
+            del asks[depth:], bids[depth:]
         return OrderBookSnapshot(
-            symbol, tms / 1000, bids, asks, exchange="upbit", xid=int(tms), recv_ts=recv_ts
+            symbol, tms / 1000, bids, asks, exchange=self.name, xid=int(tms), recv_ts=recv_ts
         )
 
     def book_symbol(self, frame: bytes) -> str | None:
         """The book's symbol when `frame` starts like an order book of a code already seen (see the interface)."""
         if type(frame) is not bytes:
             return None
-        for head_re in _FAST_HEADS:
-            head = head_re.match(frame)
+        for spelling in self.fast_spellings:
+            head = spelling.head.match(frame)
             if head is not None:
                 return self._fast_symbols.get(head[1])
         return None
@@ -339,39 +374,47 @@ class UpbitProtocol(WholeBooks):
         raw = frame if type(frame) is bytes else frame_bytes(frame)
         if raw is None:
             return None
-        for spelling, head_re in enumerate(_FAST_HEADS):  # noqa: B007 - used after the loop
-            head = head_re.match(raw)
+        for spelling in self.fast_spellings:
+            head = spelling.head.match(raw)
             if head is not None:
                 break
         else:
             return None
         start = head.end()
         end = raw.rfind(b"}]", start) + 2
-        if end < 2 or _FAST_TAIL.fullmatch(raw, end) is None:
+        if end < 2:
+            return None
+        tail = spelling.tail.fullmatch(raw, end)
+        if tail is None:
             return None
         units = raw[start:end]
-        count = _FAST_SHAPES[spelling].get(units.translate(None, _FAST_NOT_SHAPE))
+        count = spelling.shapes.get(units.translate(None, spelling.not_shape))
         if count is None or count > self.max_levels:
             return None
         try:
-            numbers = orjson.loads(units.translate(_FAST_TO_SPACE, _FAST_KEY_LETTERS[spelling]))
+            numbers = orjson.loads(units.translate(_FAST_TO_SPACE, spelling.key_letters))
         except ValueError:
             return None
         # every value > 0; a minus sign is rare (exponents of small sizes), so min() only then
         if not (min(numbers) > 0.0 if b"-" in units else all(numbers)):
             return None  # a zero (padding of an empty side) or a negative value: for the general path
+        if spelling.integers and (type(numbers[0]) is not _float or units.count(b".") != len(numbers)):
+            numbers = list(map(_float, numbers))  # some written without a decimal point: ints
+        depth = self.depth
+        if depth is not None and count > depth:
+            del numbers[4 * depth :]
         code = head[1]
         symbol = self._fast_symbols.get(code)
         if symbol is None:
             symbol = remember_raw_name(self._fast_symbols, code, self._learn_symbol, _SYMBOL_CACHE_MAX)
-        tms = int(head[2])
+        tms = int((head if spelling.tms_in_head else tail)["tms"])
         # numbers: ask price, bid price, ask size, bid size of each unit in turn, so every other number is
         # ask price, ask size, ask price... (and bid price, bid size, ...): zip pairs them up
         ask_numbers = iter(numbers[0::2])
         bid_numbers = iter(numbers[1::2])
         asks: list[Level] = list(zip(ask_numbers, ask_numbers, strict=False))
         bids: list[Level] = list(zip(bid_numbers, bid_numbers, strict=False))
-        return OrderBookSnapshot(symbol, tms / 1000, bids, asks, exchange="upbit", xid=tms, recv_ts=recv_ts)
+        return OrderBookSnapshot(symbol, tms / 1000, bids, asks, exchange=self.name, xid=tms, recv_ts=recv_ts)
 
     def _learn_symbol(self, code: str) -> str:
         base, dot, count = code.rpartition(".")
@@ -385,8 +428,7 @@ class UpbitProtocol(WholeBooks):
         self._symbols[code] = symbol
         return symbol
 
-    @staticmethod
-    def _control(obj: dict[str, Any]) -> Event:
+    def _control(self, obj: dict[str, Any]) -> Event:
         """A frame without a type: an error reply, the ``{"status":"UP"}`` keep-alive reply, or garbage."""
         error = obj.get("error")
         if error is not None:
@@ -394,12 +436,50 @@ class UpbitProtocol(WholeBooks):
                 name = error.get("name")
                 message = error.get("message", "")
                 if type(name) is str and type(message) is str:
-                    return ErrorReply("upbit", name, message)
+                    return ErrorReply(self.name, name, message)
             raise BadFrame("malformed error frame")
         status = obj.get("status")
         if type(status) is str:
             return Ack(None, status)  # the reply to a text PING
         raise BadFrame("frame has no type, error or status")
+
+
+class UpbitProtocol(UpbitLikeProtocol):
+    """Upbit order-book subscription and decoding.
+
+    `levels` (1, 5, 15 or 30) asks Upbit for that many units per book through the ``CODE.N`` suffix;
+    ``None`` leaves Upbit's default (30 units at the time of writing).
+
+    `max_symbols_per_connection` defaults to 100. Upbit documents no limit on codes per request; its limits
+    are on connections (5 new per second per IP) and requests (5/s, 100/min per connection). The bound is
+    ours: it keeps each connection's frame rate and request small, limits how many books go stale together
+    when one connection drops, and still covers all ~700 Upbit markets with a handful of connections that
+    open within the 5-per-second budget.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        format: str = "DEFAULT",
+        levels: int | None = None,
+        max_symbols_per_connection: int = 100,
+        ticket: str | None = None,
+        max_levels: int = MAX_LEVELS,
+    ) -> None:
+        if levels is not None and levels not in UNIT_COUNTS:
+            raise ValueError(f"Upbit levels must be one of {sorted(UNIT_COUNTS)} or None, got {levels!r}")
+        super().__init__(url, format, max_symbols_per_connection, ticket, max_levels)
+        self.levels = levels
+
+    def __repr__(self) -> str:
+        return f"UpbitProtocol(url={self.base_url!r}, format={self.format!r}, levels={self.levels!r})"
+
+    def codes(self, symbols: Sequence[str]) -> list[str]:
+        """The request's ``codes``: upper case, validated, duplicates removed, ``.N`` suffix if `levels`."""
+        codes = unique_symbols(symbols)
+        if self.levels is not None:
+            codes = [f"{code}.{self.levels}" for code in codes]
+        return codes
 
 
 # ---- the descriptor ----------------------------------------------------------------------------------------
@@ -413,6 +493,9 @@ class Settings(BaseSettings):
     upbit_format: Literal["DEFAULT", "SIMPLE", "JSON_LIST", "SIMPLE_LIST"] = "SIMPLE"
     """SIMPLE sends the same books with shorter keys: fewer bytes to receive and parse."""
     upbit_symbols_per_connection: AtLeastOne = 100
+    upbit_levels: Literal[1, 5, 15, 30] = 30
+    """Units (levels a side) asked for with ``CODE.N``: since 2025-07-02 Upbit accepts only 1, 5, 15 or 30 and
+    answers any other count with 30; its default grew from 15 to 30 on 2025-05-07."""
 
 
 def _build(settings: FeederSettings) -> UpbitProtocol:
@@ -420,6 +503,7 @@ def _build(settings: FeederSettings) -> UpbitProtocol:
         url=settings.upbit_url,
         format=settings.upbit_format,
         max_symbols_per_connection=settings.upbit_symbols_per_connection,
+        levels=settings.upbit_levels,
         max_levels=settings.max_levels,
     )
 

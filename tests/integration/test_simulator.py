@@ -158,7 +158,7 @@ async def test_upbit_default_frames_snapshot_then_realtime_only_requested_codes(
             assert obj["orderbook_units"][0].keys() == reference["orderbook_units"][0].keys()
             book = decode_upbit(payload)
             assert book["code"] in ("KRW-BTC", "KRW-ETH"), "only the requested, well-formed codes"
-            assert len(book["bids"]) == (15 if book["code"] == "KRW-BTC" else 5)
+            assert len(book["bids"]) == (30 if book["code"] == "KRW-BTC" else 5)  # Upbit's default: 30
             assert_sane_book(book["bids"], book["asks"])
             assert obj["total_ask_size"] == pytest.approx(sum(q for _, q in book["asks"]))
             seen.setdefault(book["code"], []).append(book["stream_type"])
@@ -227,7 +227,7 @@ async def test_upbit_ping_gets_status_up(sim: ExchangeSimulator) -> None:
         ('[{"type":"orderbook","codes":["KRW-BTC"]}]', "NO_TICKET"),
         ('[{"ticket":"x"},{"type":"nope","codes":["KRW-BTC"]}]', "INVALID_PARAM"),
         ('[{"ticket":"x"},{"type":"orderbook","codes":["KRW-BTC"]},{"format":"XML"}]', "WRONG_FORMAT"),
-        ('[{"ticket":"x"},{"type":"orderbook","codes":["KRW-BTC.7"]}]', "INVALID_PARAM"),
+        ('[{"ticket":"x"},{"type":"orderbook","codes":["KRW-BTC.x"]}]', "INVALID_PARAM"),
         ('[{"ticket":"x"},{"type":"orderbook"}]', "NO_CODES"),
         ('[{"ticket":"x"}]', "NO_TYPE"),
     ],
@@ -773,3 +773,17 @@ def test_capture_parsing() -> None:
     assert [(f.ts, f.payload) for f in frames] == [(2.0, b'{"a":1}'), (3.0, '{"b":2}')]
     with pytest.raises(CaptureFormatError):
         parse_capture(["garbage line"])
+
+
+@pytest.mark.parametrize(
+    ("code", "units"), [("KRW-BTC.1", 1), ("KRW-BTC.15", 15), ("KRW-BTC.7", 30), ("KRW-BTC.40", 30)]
+)
+async def test_upbit_sends_the_counts_it_accepts_and_30_for_any_other(
+    sim: ExchangeSimulator, code: str, units: int
+) -> None:
+    """Since 2025-07-02 Upbit accepts 1, 5, 15 or 30 units and answers any other count with 30, no error."""
+    ws = await upbit_client(sim, [code])
+    async with asyncio.timeout(5):
+        book = decode_upbit(await ws.recv())
+    assert len(book["bids"]) == len(book["asks"]) == units
+    await ws.close()

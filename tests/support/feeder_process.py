@@ -22,6 +22,11 @@ FAST = {
     # a test that forgets the simulator's URLs must not reach the real exchanges: tests talk only to 127.0.0.1
     "MD_UPBIT_URL": "ws://127.0.0.1:1/websocket/v1",
     "MD_BINANCE_URL": "ws://127.0.0.1:1",
+    "MD_BINANCE_FALLBACK_URLS": "",
+    "MD_BITHUMB_URL": "ws://127.0.0.1:1/websocket/v1",
+    "MD_COINONE_URL": "ws://127.0.0.1:1",
+    "MD_BYBIT_URL": "ws://127.0.0.1:1/v5/public/spot",
+    "MD_OKX_URL": "ws://127.0.0.1:1/ws/v5/public",
 }
 
 
