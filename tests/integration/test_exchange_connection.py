@@ -23,7 +23,9 @@ from client.layout import RedisLayout
 from exchange_sim import ExchangeSimulator
 from feeder.connection import ConnectionSettings, ExchangeConnection, StallPolicy
 from feeder.exchanges import BinanceProtocol, ExchangeProtocol, UpbitProtocol
+from feeder.exchanges.binance import DESCRIPTOR as BINANCE_DESCRIPTOR
 from feeder.pacing import OpenRateLimiter
+from feeder.settings import FeederSettings
 from feeder.status import FeederStatus
 from feeder.writer import SnapshotWriter
 
@@ -298,3 +300,26 @@ async def test_a_pong_later_than_the_ping_timeout_marks_the_books_down_and_recon
     await rig.wait_live("binance", BINANCE)
     assert conn.stats.reconnects == 1
     assert "ping" in conn.stats.last_error.lower(), conn.stats.last_error
+
+
+async def test_a_dead_endpoint_is_left_for_the_next_one(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    """Binance's own URL failing to connect (here: nothing listens): after two failures the connection tries
+    the next endpoint (on Binance: port 443, then data-stream.binance.vision), here the simulator."""
+    protocol = BinanceProtocol(url="ws://127.0.0.1:1", fallbacks=[rig.sim.binance_url])
+    conn = rig.connect(protocol, BINANCE)
+    await rig.wait_live("binance", BINANCE)
+    assert conn.url.startswith(rig.sim.binance_url) and conn.urls[0].startswith("ws://127.0.0.1:1/")
+    assert "trying the next endpoint" in caplog.text
+
+
+def test_binance_fallbacks_apply_only_to_binance_s_own_hosts() -> None:
+    def fallbacks(url: str) -> list[str]:
+        settings = FeederSettings(binance_url=url, binance_symbols="BTCUSDT", redis_url="redis://127.0.0.1:1")
+        return BINANCE_DESCRIPTOR.build(settings).fallback_urls(["BTCUSDT"])
+
+    official = fallbacks("wss://stream.binance.com:9443")
+    assert official == [
+        "wss://stream.binance.com:443/stream?streams=btcusdt@depth20@100ms",
+        "wss://data-stream.binance.vision:443/stream?streams=btcusdt@depth20@100ms",
+    ]
+    assert fallbacks("ws://127.0.0.1:8766") == []  # the simulator, or a proxy: Binance is never reached
