@@ -7,6 +7,8 @@ Cases (every frame is a whole order book, as the feeder receives it):
 - Upbit DEFAULT, 30 units: the same books in the long-key spelling, each extended to 30 units by continuing
   its price ladder with its own tick and reusing its sizes, numbers written the way Upbit's Java serializer
   writes doubles (``127.0``, ``1.16539E8``, ``7.9276E-4``).
+- Bithumb DEFAULT, 15 units and Coinone SHORT/DEFAULT, 15 levels a side: random-walk books encoded by the
+  simulator's servers (`exchange_sim.bithumb`, `exchange_sim.coinone`), byte for byte as they send them.
 - Binance depth20 combined stream: ``{"stream":"<sym>@depth20@100ms","data":{"lastUpdateId":…,"bids":[…],
   "asks":[…]}}`` with 20 levels a side of 8-decimal string numbers, random walks of a few symbols with real
   price magnitudes and ticks (text frames: ``str``, as websockets hands them over).
@@ -30,7 +32,13 @@ import orjson
 
 from bench.report import Context, Table, best_rate
 from client.models import OrderBookSnapshot
+from exchange_sim.books import RandomWalkBook
+from exchange_sim.coinone import encode_orderbook as coinone_encode
+from exchange_sim.coinone import parse_request as coinone_request
+from exchange_sim.upbit import encode_orderbook as upbit_encode
 from feeder.exchanges import BinanceProtocol, Event, UpbitProtocol, books_in
+from feeder.exchanges.bithumb import BithumbProtocol
+from feeder.exchanges.coinone import CoinoneProtocol
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 UPBIT_RECORDING = DATA / "recordings" / "upbit-2021-04-17.ws.txt"
@@ -151,6 +159,41 @@ def binance_depth20_frames(count: int, symbols: Sequence[str] = (), seed: int = 
     return frames
 
 
+KOREAN = ("KRW-BTC", "KRW-ETH", "KRW-XRP", "KRW-SOL")
+
+
+def bithumb_frames(count: int, units: int = 15) -> list[bytes]:
+    """Bithumb DEFAULT frames as its simulator server writes them (documented field order, binary)."""
+    books = [RandomWalkBook("bithumb", code, depth=30, seed=3) for code in KOREAN]
+    frames: list[bytes] = []
+    for n in range(count):
+        book = books[n % len(books)]
+        book.step(1_700_000_000_000 + n)
+        frame, _, _ = upbit_encode(
+            book.symbol, book, units=units, fmt="DEFAULT", level=1, snapshot=False,
+            timestamp_last=True, integer_prices=True,
+        )  # fmt: skip
+        frames.append(frame)
+    return frames
+
+
+def coinone_frames(count: int, fmt: str, levels: int = 15) -> list[str]:
+    """Coinone DATA frames as its simulator server writes them (asks highest first), as text."""
+    books = [RandomWalkBook("coinone", code, depth=30, seed=4) for code in KOREAN]
+    frames: list[str] = []
+    for n in range(count):
+        book = books[n % len(books)]
+        book.step(1_700_000_000_000 + n)
+        quote, _, target = book.symbol.partition("-")
+        request = {"request_type": "SUBSCRIBE", "channel": "ORDERBOOK",
+                   "topic": {"quote_currency": quote, "target_currency": target}, "format": fmt}  # fmt: skip
+        _, sub = coinone_request(orjson.dumps(request))
+        assert sub is not None
+        frame, _, _ = coinone_encode(sub, book, levels, (1_700_000_000_000 + n) * 1000)
+        frames.append(frame.decode())
+    return frames
+
+
 # ------------------------------------------------------------------------------------- reference decoders
 def upbit_reference(frame: bytes | str) -> list[Book]:
     """Upbit books decoded with the json module, independently of feeder.exchanges.upbit."""
@@ -163,6 +206,19 @@ def upbit_reference(frame: bytes | str) -> list[Book]:
     asks = [(float(u[ap]), float(u[az])) for u in units if float(u[az]) > 0]
     bids = [(float(u[bp]), float(u[bz])) for u in units if float(u[bz]) > 0]
     return [(code.split(".")[0], tms / 1000, int(tms), bids, asks)]
+
+
+def coinone_reference(frame: bytes | str) -> list[Book]:
+    """Coinone books decoded with the json module: both spellings, sides sorted best first."""
+    obj = json.loads(frame)
+    short = "r" in obj
+    data = obj["d" if short else "data"]
+    p, q = ("p", "q") if short else ("price", "qty")
+    asks = sorted((float(x[p]), float(x[q])) for x in data["a" if short else "asks"])
+    bids = sorted(((float(x[p]), float(x[q])) for x in data["b" if short else "bids"]), reverse=True)
+    quote, target = (data["qc"], data["tc"]) if short else (data["quote_currency"], data["target_currency"])
+    ts = data["t" if short else "timestamp"]
+    return [(f"{quote}-{target}", ts / 1000, int(data["i" if short else "id"]), bids, asks)]
 
 
 def binance_reference(frame: bytes | str) -> list[Book]:
@@ -210,10 +266,16 @@ def run(ctx: Context) -> list[Table]:
         simple, default = simple[:10], default[:10]
     upbit = UpbitProtocol()
     binance_protocol = BinanceProtocol()
+    count = 8 if ctx.quick else 400
+    bithumb = BithumbProtocol(depth=15)
+    coinone = CoinoneProtocol(depth=15)
     cases: list[tuple[str, Callable[..., list[Event]], Sequence[bytes | str], Any, int]] = [
         ("upbit DEFAULT 30 units", upbit.parse, default, upbit_reference, 30),
         ("upbit SIMPLE 15 units", upbit.parse, simple, upbit_reference, 15),
         ("binance depth20 combined", binance_protocol.parse, binance, binance_reference, 20),
+        ("bithumb DEFAULT 15 units", bithumb.parse, bithumb_frames(count), upbit_reference, 15),
+        ("coinone SHORT 15 levels", coinone.parse, coinone_frames(count, "SHORT"), coinone_reference, 15),
+        ("coinone DEFAULT 15 levels", coinone.parse, coinone_frames(count, "DEFAULT"), coinone_reference, 15),
     ]
     table = Table(
         "parse",

@@ -95,6 +95,10 @@ def main(argv: Sequence[str] | None = None, *, client_factory: ClientFactory | N
         client.close()
 
 
+EXCHANGE_NAMES = ("upbit", "binance", "bithumb", "coinone", "bybit", "okx")
+"""The exchanges the feeders speak, for the help text (a test keeps it in step with the feeder's registry)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     # The global options are accepted after the command too (`md get KRW-BTC --redis-url ...`): the
     # sub-parsers declare them with SUPPRESS so that leaving them out there keeps the main parser's value.
@@ -103,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="md",
         description="Inspect the shared market-data cache in Redis.",
-        epilog="exit codes: 0 ok, 1 nothing to show, 2 bad usage or setting, 3 Redis unreachable",
+        epilog=f"exchanges: {', '.join(EXCHANGE_NAMES)} (md symbols lists those with books; a symbol on "
+        "several of them needs its EXCHANGE). exit codes: 0 ok, 1 nothing to show, 2 bad usage or setting, "
+        "3 Redis unreachable",
     )
     _add_global_options(parser, default=None)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)

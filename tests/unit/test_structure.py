@@ -211,6 +211,17 @@ def test_every_exchange_module_is_registered() -> None:
     assert set(EXCHANGES) == {importlib.import_module(f"feeder.exchanges.{n}").DESCRIPTOR.name for n in found}
 
 
+def test_md_and_the_simulator_name_every_exchange_the_feeder_speaks() -> None:
+    """`md --help` lists the exchange names; the simulator serves each of them (the e2e tests use it)."""
+    from exchange_sim import EXCHANGES as SIMULATED
+    from md_cli.main import EXCHANGE_NAMES, build_parser
+
+    assert set(EXCHANGE_NAMES) == set(EXCHANGES) == set(SIMULATED)
+    help_text = " ".join(build_parser().format_help().split())
+    for name in EXCHANGES:
+        assert name in help_text
+
+
 def test_no_any_alias_stands_in_for_a_type() -> None:
     offenders = []
     for rel, tree in modules():
