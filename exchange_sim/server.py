@@ -56,7 +56,7 @@ class ExchangeServer(Faults[SubT]):
         host: str = "127.0.0.1",
         port: int = 0,
         rate: float = 10.0,
-        levels: int = 15,
+        levels: int = 30,
         seed: int = 0,
         tick_interval: float = 0.01,
         ping_interval: float | None = 20.0,
@@ -123,8 +123,10 @@ class ExchangeServer(Faults[SubT]):
         """Read the client's messages until the connection closes."""
 
     @abstractmethod
-    def encode(self, session: Session[SubT], sub: SubT, book: RandomWalkBook, initial: bool) -> bytes:
-        """One book frame for a subscription; records the truth of what it contains."""
+    def encode(
+        self, session: Session[SubT], sub: SubT, book: RandomWalkBook, initial: bool
+    ) -> bytes | list[bytes]:
+        """One book frame for a subscription (or several, or none: incremental streams); records the truth."""
 
     @abstractmethod
     def replay_truth(self, frame: CapturedFrame) -> tuple[str, Truth] | None:
@@ -326,9 +328,15 @@ class ExchangeServer(Faults[SubT]):
             now = asyncio.get_running_loop().time()
             for sub in added:
                 if sub.generated and not session.closing:
-                    session.enqueue(self.encode(session, sub, self.book(sub.symbol), True))
+                    payload = self.encode(session, sub, self.book(sub.symbol), True)
+                    if isinstance(payload, bytes):
+                        session.enqueue(payload)
+                        self.counters["book_frames"] += 1
+                    else:
+                        for item in payload:
+                            session.enqueue(item)
+                        self.counters["book_frames"] += len(payload)
                     sub.last_push = now
-                    self.counters["book_frames"] += 1
         self.notify()
 
     def unsubscribe(self, session: Session[SubT], names: Iterable[str]) -> None:
@@ -404,7 +412,7 @@ class ExchangeServer(Faults[SubT]):
     ) -> None:
         """Send `book` to its subscribers; `due_only`: only to cadenced ones whose next push is due (the same
         book again, as Binance pushes its partial books every interval whether they changed or not)."""
-        cache: dict[Hashable, bytes] = {}
+        cache: dict[Hashable, bytes | list[bytes]] = {}
         sent = 0
         for session, subs in subscribers.items():
             if session.stalled or session.closing:
@@ -417,9 +425,14 @@ class ExchangeServer(Faults[SubT]):
                 payload = cache.get(sub.variant)
                 if payload is None:
                     payload = cache[sub.variant] = self.encode(session, sub, book, False)
-                session.enqueue(payload)
+                if isinstance(payload, bytes):
+                    session.enqueue(payload)
+                    sent += 1
+                else:  # several frames, or none (an incremental stream's faults, an unchanged book)
+                    for item in payload:
+                        session.enqueue(item)
+                    sent += len(payload)
                 sub.last_push = now
-                sent += 1
         self.counters["book_frames"] += sent
 
     def _push_due(self, now: float) -> None:

@@ -14,7 +14,9 @@ from client.models import OrderBookSnapshot
 from exchange_sim import control
 from exchange_sim.binance import MAX_STREAMS, BinanceServer
 from exchange_sim.bithumb import BithumbServer
+from exchange_sim.bybit import BybitServer
 from exchange_sim.coinone import CoinoneServer
+from exchange_sim.okx import OkxServer
 from exchange_sim.replay import CapturedFrame, load_capture
 from exchange_sim.server import ExchangeServer
 from exchange_sim.upbit import UpbitServer
@@ -23,6 +25,8 @@ EXCHANGES = ("upbit", "binance", "bithumb", "coinone", "bybit", "okx")
 _MORE_SERVERS: dict[str, type[ExchangeServer[Any]]] = {
     "bithumb": BithumbServer,
     "coinone": CoinoneServer,
+    "bybit": BybitServer,
+    "okx": OkxServer,
 }
 ReplaySource = str | Path | list[CapturedFrame]
 

@@ -102,6 +102,7 @@ class Feeder:
                 reconnect_max_delay=s.reconnect_max_delay,
                 max_lifetime=descriptor.max_lifetime(s),
                 subscribe_interval=descriptor.pacing.subscribe_interval,
+                resyncs_per_minute=s.resyncs_per_minute or descriptor.pacing.resyncs_per_minute,
                 missing_after=s.missing_after,
             )
             chunks = split_for_connections(symbols, protocol.max_symbols_per_connection)

@@ -41,7 +41,6 @@ _WINDOW = 10.0  # seconds of arrivals the adaptive stall rule averages over
 _WARM_UP = 2.0  # at most this long after the first frame, arrivals are the subscription's snapshots
 _MIN_FRAMES = 20  # arrivals enough to trust a mean gap (else: half a window of them)
 _RESYNC_WINDOW = 60.0  # seconds over which the resyncs of one connection are counted
-_RESYNC_BUDGET = 20  # more resyncs than this in the window: the connection is replaced instead
 _STABLE = 30.0  # a connection that delivered for this long dropped by chance: the first retry is immediate
 
 
@@ -69,6 +68,7 @@ class ConnectionSettings:
     max_lifetime: float | None = None  # planned replacement after this many seconds (Binance: < 24 h)
     subscribe_interval: float = 0.25  # pause between subscribe frames (exchange message-rate limits)
     handover_timeout: float = 10.0  # how long a replacement may take to deliver its first frame
+    resyncs_per_minute: int = 20  # more resyncs than this: the connection is replaced instead
     missing_after: float = 30.0  # a symbol with no book this long after the first subscription is missing
 
 
@@ -518,8 +518,9 @@ class ExchangeConnection:
     async def _resync(self, session: _Session, event: Resync) -> bool:
         """An incremental book broke its chain or failed a check: it is not live from now (marked down at
         once) and a new snapshot is asked for on this connection. False: replace the connection instead (the
-        protocol cannot resubscribe one symbol, or this connection resynchronised too often: the exchange
-        limits requests per connection, and a fresh connection gives every symbol a new snapshot)."""
+        protocol cannot resubscribe one symbol, or this connection resynchronised more than `resyncs_per_minute`
+        times in a minute: the exchange limits requests per connection, and a fresh connection gives every
+        symbol a new snapshot)."""
         self.stats.resyncs += 1
         self.writer.mark_down(self.exchange, [event.symbol])
         self._last_raw.pop(event.symbol, None)
@@ -528,7 +529,11 @@ class ExchangeConnection:
         recent.append(now)
         while recent and now - recent[0] > _RESYNC_WINDOW:
             recent.popleft()
-        frames = self.protocol.resync_frames(event.symbol) if len(recent) <= _RESYNC_BUDGET else []
+        frames = (
+            self.protocol.resync_frames(event.symbol)
+            if len(recent) <= self.settings.resyncs_per_minute
+            else []
+        )
         if self.stats.resyncs == 1 or self.stats.resyncs % 100 == 0 or not frames:
             log.warning(
                 "%s: %s book not live (%s); %s (%d resyncs so far)",

@@ -50,6 +50,10 @@ class FeederSettings(ClientSettings, ExchangeSettings):
     """The name under which this host's feeders share their connection budget per exchange in Redis
     (``md:pacing:<exchange>:<host>``; exchanges count per IP). Empty: this machine's host name. Feeders behind
     one NAT address should share one name."""
+    resyncs_per_minute: AtLeastOne | None = None
+    """Incremental books (Bybit, OKX): resubscriptions one connection may send a minute after broken chains;
+    past that the connection is replaced. Unset: each exchange's own (Bybit 20; OKX 3, within its 480
+    requests per connection per hour)."""
     missing_after: PositiveSeconds = 30.0
     """A subscribed symbol with no book this many seconds after its connection first subscribed is reported
     missing (log, feeder status, ``md status``): a mistyped or delisted symbol gets no frame and no error."""

@@ -147,8 +147,11 @@ class Pacing:
     """How fast the exchange lets one IP open connections and send requests on one of them."""
 
     open_rate: float  # new connections per second
-    open_burst: int  # that many may open at once
+    open_burst: int  # that many may open at once (in any window of open_burst / open_rate seconds)
     subscribe_interval: float  # seconds between two request frames on one connection
+    resyncs_per_minute: int = 20
+    """Incremental books: how many resubscriptions one connection may send a minute; past that it is replaced
+    (OKX allows 480 subscribe/unsubscribe requests per connection per hour, and a resync costs two)."""
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,24 @@ Declare checked fields with the typed aliases (`SymbolList`, `WebSocketUrl`, ``c
 
 from __future__ import annotations
 
-from feeder.exchanges import binance, bithumb, coinone, upbit
+from feeder.exchanges import binance, bithumb, bybit, coinone, okx, upbit
 from feeder.exchanges.base import ExchangeDescriptor
 
 
-class ExchangeSettings(upbit.Settings, binance.Settings, bithumb.Settings, coinone.Settings):
+class ExchangeSettings(
+    upbit.Settings, binance.Settings, bithumb.Settings, coinone.Settings, bybit.Settings, okx.Settings
+):
     """Every exchange's own settings, as one base of `feeder.settings.FeederSettings`."""
 
 
 EXCHANGES: dict[str, ExchangeDescriptor] = {
-    d.name: d for d in (upbit.DESCRIPTOR, binance.DESCRIPTOR, bithumb.DESCRIPTOR, coinone.DESCRIPTOR)
+    d.name: d
+    for d in (
+        upbit.DESCRIPTOR,
+        binance.DESCRIPTOR,
+        bithumb.DESCRIPTOR,
+        coinone.DESCRIPTOR,
+        bybit.DESCRIPTOR,
+        okx.DESCRIPTOR,
+    )
 }

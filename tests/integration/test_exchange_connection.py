@@ -24,6 +24,7 @@ from exchange_sim import ExchangeSimulator
 from feeder.connection import ConnectionSettings, ExchangeConnection, StallPolicy
 from feeder.exchanges import BinanceProtocol, ExchangeProtocol, UpbitProtocol
 from feeder.exchanges.binance import DESCRIPTOR as BINANCE_DESCRIPTOR
+from feeder.exchanges.bybit import BybitProtocol
 from feeder.pacing import OpenRateLimiter
 from feeder.settings import FeederSettings
 from feeder.status import FeederStatus
@@ -323,3 +324,38 @@ def test_binance_fallbacks_apply_only_to_binance_s_own_hosts() -> None:
         "wss://data-stream.binance.vision:443/stream?streams=btcusdt@depth20@100ms",
     ]
     assert fallbacks("ws://127.0.0.1:8766") == []  # the simulator, or a proxy: Binance is never reached
+
+
+async def test_past_its_resync_budget_a_connection_is_replaced_and_every_book_stays_right(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Broken chains are resynchronised on the open connection up to the budget (OKX: 3 a minute, within its
+    request limit); past it the connection is replaced. Either way, no broken book is served."""
+    layout = RedisLayout()
+    server = fakeredis.FakeServer()
+    client = fakeredis.FakeAsyncRedis(server=server)
+    writer = SnapshotWriter(client, layout, "resync-test")
+    status = FeederStatus(client, layout, "resync-test", dict, ttl=60.0)
+    assert await status.beat()
+    settings = ConnectionSettings(connect_timeout=5.0, reconnect_max_delay=0.2, resyncs_per_minute=2)
+    async with ExchangeSimulator(upbit_port=None, binance_port=None, bybit_port=0, rate=200.0) as sim:
+        bybit: Any = sim.server("bybit")
+        conn = ExchangeConnection(
+            BybitProtocol(url=sim.url("bybit")), ["BTCUSDT"], writer, settings, OpenRateLimiter(100.0, 10),
+            name="bybit-1",
+        )  # fmt: skip
+        tasks = [asyncio.create_task(writer.run()), asyncio.create_task(conn.run())]
+        try:
+            await poll(lambda: _true(conn.stats.books > 5), 10, "no Bybit books")
+            bybit.set_delta_faults(rate=0.2, kinds=("gap",), seed=3)
+            await poll(lambda: _true(conn.stats.reconnects >= 1), 10, "never replaced past the budget")
+            assert conn.stats.resyncs >= 3
+            assert "replacing the connection" in caplog.text
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _true(value: bool) -> bool:
+    return value
