@@ -9,6 +9,10 @@ Cases (every frame is a whole order book, as the feeder receives it):
   writes doubles (``127.0``, ``1.16539E8``, ``7.9276E-4``).
 - Bithumb DEFAULT, 15 units and Coinone SHORT/DEFAULT, 15 levels a side: random-walk books encoded by the
   simulator's servers (`exchange_sim.bithumb`, `exchange_sim.coinone`), byte for byte as they send them.
+- Bybit ``orderbook.50`` and OKX ``books`` (400 levels, CRC-32 checksums on): a snapshot per symbol, then
+  deltas, encoded by the simulator's servers (`exchange_sim.bybit`, `exchange_sim.okx`) from random walks.
+  ``parse`` here includes keeping the local book (`IncrementalBook`: chain, checks, the top 20 levels of
+  every update); correctness: every book equals the server's truth at its id.
 - Binance depth20 combined stream: ``{"stream":"<sym>@depth20@100ms","data":{"lastUpdateId":…,"bids":[…],
   "asks":[…]}}`` with 20 levels a side of 8-decimal string numbers, random walks of a few symbols with real
   price magnitudes and ticks (text frames: ``str``, as websockets hands them over).
@@ -33,12 +37,17 @@ import orjson
 from bench.report import Context, Table, best_rate
 from client.models import OrderBookSnapshot
 from exchange_sim.books import RandomWalkBook
+from exchange_sim.bybit import BybitServer
 from exchange_sim.coinone import encode_orderbook as coinone_encode
 from exchange_sim.coinone import parse_request as coinone_request
+from exchange_sim.deltas import DeltaServer, DeltaSubscription
+from exchange_sim.okx import OkxServer
 from exchange_sim.upbit import encode_orderbook as upbit_encode
 from feeder.exchanges import BinanceProtocol, Event, UpbitProtocol, books_in
 from feeder.exchanges.bithumb import BithumbProtocol
+from feeder.exchanges.bybit import BybitProtocol
 from feeder.exchanges.coinone import CoinoneProtocol
+from feeder.exchanges.okx import OkxProtocol
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 UPBIT_RECORDING = DATA / "recordings" / "upbit-2021-04-17.ws.txt"
@@ -194,6 +203,55 @@ def coinone_frames(count: int, fmt: str, levels: int = 15) -> list[str]:
     return frames
 
 
+def delta_frames(server: DeltaServer, subs: Sequence[DeltaSubscription], count: int) -> list[bytes]:
+    """A snapshot of every subscription, then `count` updates round-robin, as `server` encodes them."""
+    frames: list[bytes] = []
+
+    def add(out: bytes | list[bytes]) -> None:
+        frames.extend([out] if isinstance(out, bytes) else out)
+
+    for sub in subs:
+        add(server.encode(None, sub, server.book(sub.symbol), True))  # type: ignore[arg-type]
+    for n in range(count):
+        sub = subs[n % len(subs)]
+        book = server.book(sub.symbol)
+        book.step(1_700_000_000_000 + n)
+        add(server.encode(None, sub, book, False))  # type: ignore[arg-type]
+    return frames
+
+
+def bybit_frames(count: int) -> tuple[list[bytes], DeltaServer]:
+    server = BybitServer(seed=5)
+    subs = [DeltaSubscription(name=f"orderbook.50.{s}", symbol=s, variant=50, depth=50) for s in BYBIT]
+    return delta_frames(server, subs, count), server
+
+
+def okx_frames(count: int) -> tuple[list[bytes], DeltaServer]:
+    server = OkxServer(seed=6, checksum=True)
+    subs = [DeltaSubscription(name=f"books:{s}", symbol=s, variant=400, depth=400) for s in OKX]
+    return delta_frames(server, subs, count), server
+
+
+BYBIT = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT")
+OKX = ("BTC-USDT", "ETH-USDT", "SOL-USDT", "XRP-USDT")
+
+
+def truth_checker(server: DeltaServer, depth: int) -> Callable[[bytes | str], list[Book]]:
+    """A `reference` for incremental frames: the server's truth at the id of the book the frame gave."""
+    protocol = (BybitProtocol if isinstance(server, BybitServer) else OkxProtocol)(depth=depth)
+
+    def reference(frame: bytes | str) -> list[Book]:
+        out: list[Book] = []
+        for book in books_in(protocol.parse(frame, RECV_TS)):
+            assert book.xid is not None
+            truth = server.truth_at(book.symbol, book.xid)
+            assert truth is not None, f"no truth for {book.symbol} at {book.xid}"
+            out.append((book.symbol, book.timestamp, book.xid, truth.bids[:depth], truth.asks[:depth]))
+        return out
+
+    return reference
+
+
 # ------------------------------------------------------------------------------------- reference decoders
 def upbit_reference(frame: bytes | str) -> list[Book]:
     """Upbit books decoded with the json module, independently of feeder.exchanges.upbit."""
@@ -246,6 +304,24 @@ def exact_floats(snapshots: list[OrderBookSnapshot]) -> bool:
     )
 
 
+class Incremental:
+    """An incremental protocol that parses the same stream again and again: each pass starts from a new
+    protocol (a new local book), as a stream that starts with its snapshots must."""
+
+    def __init__(self, kind: Any, depth: int) -> None:
+        self.kind, self.depth = kind, depth
+        self._protocol = kind(depth=depth)
+        self._first: bytes | str | None = None
+
+    def parse(self, frame: bytes | str, recv_ts: float | None = None) -> list[Event]:
+        if self._first is None:
+            self._first = frame
+        elif frame is self._first:  # the stream starts again
+            self._protocol = self.kind(depth=self.depth)
+        events: list[Event] = self._protocol.parse(frame, recv_ts)
+        return events
+
+
 # ------------------------------------------------------------------------------------------------ timing
 def paired_rates(
     fns: Sequence[Callable[[], None]], items: int, *, rounds: int, min_time: float
@@ -269,6 +345,8 @@ def run(ctx: Context) -> list[Table]:
     count = 8 if ctx.quick else 400
     bithumb = BithumbProtocol(depth=15)
     coinone = CoinoneProtocol(depth=15)
+    bybit_stream, bybit_server = bybit_frames(count * 5)
+    okx_stream, okx_server = okx_frames(count * 5)
     cases: list[tuple[str, Callable[..., list[Event]], Sequence[bytes | str], Any, int]] = [
         ("upbit DEFAULT 30 units", upbit.parse, default, upbit_reference, 30),
         ("upbit SIMPLE 15 units", upbit.parse, simple, upbit_reference, 15),
@@ -276,6 +354,20 @@ def run(ctx: Context) -> list[Table]:
         ("bithumb DEFAULT 15 units", bithumb.parse, bithumb_frames(count), upbit_reference, 15),
         ("coinone SHORT 15 levels", coinone.parse, coinone_frames(count, "SHORT"), coinone_reference, 15),
         ("coinone DEFAULT 15 levels", coinone.parse, coinone_frames(count, "DEFAULT"), coinone_reference, 15),
+        (
+            "bybit orderbook.50 deltas",
+            Incremental(BybitProtocol, 20).parse,
+            bybit_stream,
+            truth_checker(bybit_server, 20),
+            20,
+        ),
+        (
+            "okx books deltas, checksum",
+            Incremental(OkxProtocol, 20).parse,
+            okx_stream,
+            truth_checker(okx_server, 20),
+            20,
+        ),
     ]
     table = Table(
         "parse",
