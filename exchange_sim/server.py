@@ -87,6 +87,7 @@ class ExchangeServer(Faults[SubT]):
         self.control = control
         self.depth = max(levels, MIN_DEPTH[self.name])
         self.sessions: dict[int, Session[SubT]] = {}
+        self.unlisted: set[str] = set()  # symbols the exchange does not list (mistyped, delisted)
         self.books: dict[str, RandomWalkBook] = {}
         self.truth: dict[str, Truth] = {}
         self.replay: ReplaySettings | None = None
@@ -314,6 +315,8 @@ class ExchangeServer(Faults[SubT]):
         for sub in subs:
             if sub.name in session.subs:
                 continue
+            if sub.symbol in self.unlisted:
+                sub.generated = False  # unknown to the exchange: no frame, no error (Upbit, Binance)
             session.subs[sub.name] = sub
             added.append(sub)
             if not sub.generated:

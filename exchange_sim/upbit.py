@@ -16,7 +16,8 @@ What the server does, following Upbit's documentation and the captures in ``test
   ``ticker``/``trade``/``candle.*`` types are accepted and produce nothing (the simulator generates books only);
 - an invalid request gets ``{"error":{"name":…,"message":…}}`` (binary, like every Upbit frame) and the
   connection is then closed with code 1000;
-- the text message ``PING`` gets the text reply ``{"status":"UP"}``;
+- the text message ``PING`` gets the text reply ``{"status":"UP"}``; a ``LIST_SUBSCRIPTIONS`` request gets the
+  connection's order-book codes (unknown ones left out) and changes nothing;
 - Upbit sends no WebSocket pings of its own and has no shutdown announcement: the shutdown fault closes the
   connection with 1012 (service restart), which is what a client sees when Upbit restarts a node.
 """
@@ -157,6 +158,32 @@ def parse_request(
     return UpbitRequest(ticket, fmt, list(subs.values()))
 
 
+def list_subscriptions_reply(message: str | bytes, session: Session[UpbitSubscription]) -> bytes | None:
+    """The reply to a ``LIST_SUBSCRIPTIONS`` request (Upbit, since 2024-08-07), or None for other messages.
+
+    It lists the connection's order-book codes and leaves the subscription as it is. Codes the exchange does
+    not know (unlisted, or not code-shaped) are not listed: the simulator's reading of "the streams this
+    connection is subscribed to", which Upbit does not spell out for unknown codes."""
+    try:
+        request = orjson.loads(message)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(request, list) or not any(
+        isinstance(o, dict) and o.get("method") == "LIST_SUBSCRIPTIONS" for o in request
+    ):
+        return None
+    ticket = next((o["ticket"] for o in request if isinstance(o, dict) and "ticket" in o), None)
+    codes = [sub.symbol for sub in session.subs.values() if sub.generated]
+    simple = any(isinstance(o, dict) and str(o.get("format", "")).startswith("SIMPLE") for o in request)
+    if simple:
+        return orjson.dumps({"mthd": "LIST_SUBSCRIPTIONS", "rslt": [{"ty": "orderbook", "cds": codes, "lv": 0}],
+                             "tckt": ticket})  # fmt: skip
+    return orjson.dumps(
+        {"method": "LIST_SUBSCRIPTIONS", "result": [{"type": "orderbook", "codes": codes, "level": 0}],
+         "ticket": ticket}
+    )  # fmt: skip
+
+
 def error_frame(name: str, message: str) -> bytes:
     return orjson.dumps({"error": {"name": name, "message": message}})
 
@@ -282,6 +309,10 @@ class UpbitServer(ExchangeServer[UpbitSubscription]):
                 continue
             if message in ("PING", b"PING"):
                 session.enqueue(PING_REPLY)
+                continue
+            listing = list_subscriptions_reply(message, session)
+            if listing is not None:
+                session.enqueue(listing)
                 continue
             try:
                 request = parse_request(

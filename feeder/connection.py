@@ -29,7 +29,7 @@ from websockets.frames import Frame
 
 from client.models import OrderBookSnapshot
 from feeder.exchanges import BadFrame, ErrorReply, Event, ExchangeProtocol, ShutdownNotice
-from feeder.exchanges.base import SequenceRestart
+from feeder.exchanges.base import Listed, SequenceRestart
 from feeder.incremental_book import Resync
 from feeder.pacing import OpenLimiter
 from feeder.websocket_queue import received_frames
@@ -165,6 +165,7 @@ class ExchangeConnection:
         self._delivered: set[str] = set()  # symbols that delivered a book on any session of this connection
         self._since: float | None = None  # monotonic time of the first subscription
         self._reported: frozenset[str] = frozenset()  # the missing symbols last logged
+        self._reading: _Session | None = None  # the session being read (requests go there)
 
     def __repr__(self) -> str:
         return f"<ExchangeConnection {self.name} {len(self.symbols)} symbols up={self.up}>"
@@ -215,7 +216,37 @@ class ExchangeConnection:
                     "(the other symbols are unaffected)",
                     self.name, _listed(new), self.settings.missing_after, self.exchange,
                 )  # fmt: skip
+                await self._ask_listed()
             self._reported = missing
+
+    async def _ask_listed(self) -> None:
+        """Ask the exchange which symbols it has this connection subscribed to (Upbit: LIST_SUBSCRIPTIONS)."""
+        session = self._reading
+        frames = self.protocol.list_frames()
+        if session is None or not frames:
+            return
+        with contextlib.suppress(ConnectionClosed):
+            for frame in frames:
+                await session.ws.send(frame)
+
+    def _confirm_missing(self, event: Listed) -> None:
+        """The exchange's own list of this connection's subscriptions: a missing symbol it does not list is
+        unknown to it (mistyped or delisted); one it lists is subscribed but has had no book yet."""
+        missing = self.missing
+        unknown = [s for s in missing if s not in event.symbols]
+        quiet = [s for s in missing if s in event.symbols]
+        if unknown:
+            log.warning(
+                "%s: %s does not list %s among this connection's subscriptions: unknown symbols",
+                self.name, self.exchange, _listed(unknown),
+            )  # fmt: skip
+        if quiet:
+            log.info(
+                "%s: %s lists %s as subscribed, but sent no book yet",
+                self.name,
+                self.exchange,
+                _listed(quiet),
+            )
 
     async def _run(self) -> None:
         failures = 0
@@ -444,6 +475,7 @@ class ExchangeConnection:
         recv = ws.recv
         fast = received_frames(ws)
         queued: deque[Frame] = fast.queue if fast is not None else deque()
+        self._reading = session
         resume = fast.resume if fast is not None else _nothing
         parse = self.protocol.parse
         book_symbol = self.protocol.book_symbol
@@ -505,6 +537,8 @@ class ExchangeConnection:
                             return f"resync of {event.symbol}: replacing the connection"
                     elif type(event) is SequenceRestart:
                         self._restarted(event)
+                    elif type(event) is Listed:
+                        self._confirm_missing(event)
                     elif not self._on_event(session, event):
                         receiving = False
                 if first and receiving:

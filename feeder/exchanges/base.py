@@ -9,6 +9,7 @@ An exchange protocol is pure code (no I/O, no clock): it says where to connect (
 - `ShutdownNotice`: the server announced that it will close this connection soon;
 - `Resync` (incremental books only, `feeder.incremental_book`): the local copy of one symbol's book broke its
   chain or failed a check: the book is not live until a verified snapshot arrives (`resync_frames` asks for one);
+- `Listed`: the exchange's list of this connection's subscriptions (to confirm a missing symbol);
 - `SequenceRestart`: the exchange restarted a book's ordering id (Bybit ``u=1``, an OKX ``seqId`` reset): the
   stored book's id must stop guarding against the new, lower ids (the snapshot follows in the same events).
 
@@ -87,7 +88,15 @@ class SequenceRestart:
     reason: str
 
 
-Event = OrderBookSnapshot | Ack | ErrorReply | ShutdownNotice | Resync | SequenceRestart
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """The exchange's own list of what this connection is subscribed to (Upbit's ``LIST_SUBSCRIPTIONS``)."""
+
+    exchange: str
+    symbols: frozenset[str]
+
+
+Event = OrderBookSnapshot | Ack | ErrorReply | ShutdownNotice | Resync | SequenceRestart | Listed
 
 
 # --------------------------------------------------------------------------------------------- protocol
@@ -115,6 +124,11 @@ class ExchangeProtocol(Protocol):
     ping_frame: str | None
     """A keep-alive message the exchange expects from clients (Bybit ``{"op":"ping"}``, OKX ``ping``), sent
     every keep-alive interval; None: WebSocket pings only."""
+
+    def list_frames(self) -> list[str | bytes]:
+        """Frames that ask the exchange which symbols this connection is subscribed to (answered with a
+        `Listed` event), to confirm a missing symbol; empty when the exchange has no such request."""
+        ...
 
     def fallback_urls(self, symbols: Sequence[str]) -> list[str]:
         """Other endpoints serving the same streams, tried in turn when `url` keeps failing to connect."""
@@ -210,6 +224,9 @@ class WholeBooks:
     Binance...): no client keep-alive message, nothing to resynchronise, no state per symbol."""
 
     ping_frame: str | None = None
+
+    def list_frames(self) -> list[str | bytes]:
+        return []
 
     def fallback_urls(self, symbols: Sequence[str]) -> list[str]:
         return []

@@ -191,6 +191,9 @@ class OkxProtocol:
     def fallback_urls(self, symbols: Sequence[str]) -> list[str]:
         return []  # no other endpoint of the same streams is documented
 
+    def list_frames(self) -> list[str | bytes]:
+        return []  # the exchange has no request that lists a connection's subscriptions
+
     def book_symbol(self, frame: bytes) -> str | None:
         return None  # every update must be applied, in order
 

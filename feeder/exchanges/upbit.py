@@ -42,6 +42,7 @@ from feeder.exchanges.base import (
     Event,
     ExchangeDescriptor,
     KeepAlive,
+    Listed,
     Pacing,
     StallRule,
     SymbolList,
@@ -441,7 +442,26 @@ class UpbitLikeProtocol(WholeBooks):
         status = obj.get("status")
         if type(status) is str:
             return Ack(None, status)  # the reply to a text PING
+        method = obj.get("method", obj.get("mthd"))
+        if method == "LIST_SUBSCRIPTIONS":
+            return self._listed(obj.get("result", obj.get("rslt")))
         raise BadFrame("frame has no type, error or status")
+
+    def _listed(self, result: object) -> Listed:
+        """The order-book codes of a ``LIST_SUBSCRIPTIONS`` reply (either spelling), ``.N`` suffixes dropped."""
+        if type(result) is not list:
+            raise BadFrame("LIST_SUBSCRIPTIONS reply without a result list")
+        codes: set[str] = set()
+        for item in result:
+            if type(item) is not dict:
+                raise BadFrame("LIST_SUBSCRIPTIONS result item is not an object")
+            if item.get("type", item.get("ty")) != "orderbook":
+                continue
+            listed = item.get("codes", item.get("cds"))
+            if type(listed) is not list or not all(type(c) is str for c in listed):
+                raise BadFrame("LIST_SUBSCRIPTIONS codes are not a list of strings")
+            codes.update(c.partition(".")[0] for c in listed)
+        return Listed(self.name, frozenset(codes))
 
 
 class UpbitProtocol(UpbitLikeProtocol):
@@ -470,6 +490,16 @@ class UpbitProtocol(UpbitLikeProtocol):
             raise ValueError(f"Upbit levels must be one of {sorted(UNIT_COUNTS)} or None, got {levels!r}")
         super().__init__(url, format, max_symbols_per_connection, ticket, max_levels)
         self.levels = levels
+
+    def list_frames(self) -> list[str | bytes]:
+        """Upbit's ``LIST_SUBSCRIPTIONS`` (since 2024-08-07), in this connection's format: a request in another
+        format would switch the connection's stream to it."""
+        request = [
+            {"ticket": self.ticket or str(uuid.uuid4())},
+            {"method": "LIST_SUBSCRIPTIONS"},
+            {"format": self.format},
+        ]
+        return [orjson.dumps(request).decode()]
 
     def __repr__(self) -> str:
         return f"UpbitProtocol(url={self.base_url!r}, format={self.format!r}, levels={self.levels!r})"

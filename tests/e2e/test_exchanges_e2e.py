@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import redis.asyncio
 from support.feeder_process import FeederProcess
 from support.feeder_rig import poll
 
 from client import OrderBookSnapshot, RedisMarketDataProvider
 from exchange_sim import ExchangeSimulator
 from launch.redis_server import LocalRedisServer as RedisServer
+from md_cli.main import main as md_main
 
 pytestmark = pytest.mark.e2e
 
@@ -172,3 +174,44 @@ async def test_no_desynced_book_is_served_as_live_under_injected_delta_faults(
             feeder.cleanup()
         assert "Traceback" not in log
         assert "asking for a new snapshot" in log  # the feeder did resynchronise
+
+
+async def test_a_symbol_the_exchange_does_not_list_is_reported_missing(
+    fresh_redis_server: RedisServer, provider: RedisMarketDataProvider, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Upbit answers an unknown code with nothing at all: after MD_MISSING_AFTER the feeder logs it and lists
+    it as `missing` in its status (and so in `md status`); the other codes are unaffected."""
+    async with ExchangeSimulator(rate=5.0, binance_port=None) as sim:
+        sim.upbit.unlisted.add("KRW-NOPE")
+        feeder = FeederProcess(
+            {
+                "MD_REDIS_URL": fresh_redis_server.url,
+                "MD_EXCHANGES": "upbit",
+                "MD_FEEDER_ID": "e2e-missing",
+                "MD_UPBIT_URL": sim.upbit_url,
+                "MD_UPBIT_SYMBOLS": "KRW-BTC,KRW-NOPE,KRW-ETH",
+                "MD_MISSING_AFTER": "1",
+            }
+        )
+        raw = redis.asyncio.Redis.from_url(fresh_redis_server.url)
+        try:
+
+            async def reported() -> bool:
+                return await raw.hget("md:feeder:e2e-missing", "missing") == b"KRW-NOPE"
+
+            await poll(reported, 15, f"KRW-NOPE not reported missing\n{feeder.log()[-2000:]}")
+            books = await provider.aget_latest_snapshots(["KRW-BTC", "KRW-ETH", "KRW-NOPE"], exchange="upbit")
+            assert books["KRW-BTC"] is not None and books["KRW-ETH"] is not None
+            assert books["KRW-NOPE"] is None
+            assert await asyncio.to_thread(md_main, ["--redis-url", fresh_redis_server.url, "status"]) == 0
+            assert "missing=KRW-NOPE" in capsys.readouterr().out
+            await poll(lambda: _async("no book for KRW-NOPE" in feeder.log()), 5, "the log does not name it")
+        finally:
+            log = feeder.log()
+            feeder.cleanup()
+            await raw.aclose()
+        assert "KRW-BTC" not in log.split("no book for", 1)[1].split("\n", 1)[0]
+
+
+async def _async(value: bool) -> bool:
+    return value

@@ -16,6 +16,7 @@ from client.errors import InvalidSymbolError
 from client.models import OrderBookSnapshot
 from feeder.exchanges import Ack, BadFrame, ErrorReply, ExchangeProtocol, UpbitProtocol
 from feeder.exchanges import upbit as upbit_module
+from feeder.exchanges.base import Listed
 
 RECORDING = DATA / "recordings" / "upbit-2021-04-17.ws.txt"
 
@@ -388,3 +389,16 @@ def test_a_book_with_more_levels_than_the_cap_is_a_bad_frame() -> None:
     small = UpbitProtocol(max_levels=1)
     with pytest.raises(BadFrame, match="more than 1 levels"):
         small.parse(frame_text("upbit-orderbook-default.json").encode(), 1.0)  # fast path: capped too
+
+
+def test_list_subscriptions_request_and_reply_in_both_spellings() -> None:
+    """Upbit's LIST_SUBSCRIPTIONS (2024-08-07): asked in the connection's own format, answered with its codes."""
+    protocol = UpbitProtocol(format="SIMPLE", ticket="t")
+    (request,) = protocol.list_frames()
+    assert orjson.loads(request) == [{"ticket": "t"}, {"method": "LIST_SUBSCRIPTIONS"}, {"format": "SIMPLE"}]
+    long = b'{"method":"LIST_SUBSCRIPTIONS","result":[{"type":"ticker","codes":["KRW-XRP"]},{"type":"orderbook","codes":["KRW-BTC","KRW-ETH.5"],"level":0}],"ticket":"t"}'
+    short = b'{"mthd":"LIST_SUBSCRIPTIONS","rslt":[{"ty":"orderbook","cds":["KRW-BTC"],"lv":0}],"tckt":"t"}'
+    assert protocol.parse(long, 1.0) == [Listed("upbit", frozenset({"KRW-BTC", "KRW-ETH"}))]
+    assert protocol.parse(short, 1.0) == [Listed("upbit", frozenset({"KRW-BTC"}))]
+    with pytest.raises(BadFrame):
+        protocol.parse(b'{"method":"LIST_SUBSCRIPTIONS","result":[{"type":"orderbook","codes":[1]}]}', 1.0)
