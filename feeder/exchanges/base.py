@@ -36,7 +36,7 @@ from pydantic import AfterValidator
 from client.errors import InvalidSymbolError
 from client.layout import validate_symbol
 from client.models import OrderBookSnapshot
-from feeder.incremental_book import Resync
+from feeder.incremental_book import IncrementalBook, Resync
 
 if TYPE_CHECKING:
     from feeder.settings import FeederSettings
@@ -236,6 +236,59 @@ class WholeBooks:
 
     def forget(self, symbols: Sequence[str]) -> None:
         return None
+
+
+class IncrementalBooks:
+    """What the protocols of incremental books (Bybit, OKX) share: their checked configuration, one
+    `IncrementalBook` per symbol kept across connections, and the members that follow from it (one URL for
+    any symbols, no deferred decoding, no fallback endpoint, no subscription listing)."""
+
+    name: str
+    title: str  # the exchange's name as people write it, for messages
+    max_depth: int  # levels a side the exchange's stream can give
+    max_connection_symbols: int  # the most symbols one connection may carry
+
+    def _configure(self, depth: int, url: str, max_symbols_per_connection: int, max_levels: int) -> None:
+        title, setting = self.title, f"MD_{self.name.upper()}_DEPTH"
+        if type(depth) is not int or not 1 <= depth <= self.max_depth:
+            raise ValueError(f"{title} depth ({setting}) must be 1..{self.max_depth}, got {depth!r}")
+        if depth > max_levels:
+            raise ValueError(
+                f"{setting}={depth} is more than MD_MAX_LEVELS={max_levels} levels a side: "
+                "lower the one or raise the other"
+            )
+        if not url.startswith(("wss://", "ws://")):
+            raise ValueError(f"{title} URL must start with wss:// or ws://, got {url!r}")
+        limit = self.max_connection_symbols
+        if type(max_symbols_per_connection) is not int or not 1 <= max_symbols_per_connection <= limit:
+            raise ValueError(
+                f"max_symbols_per_connection must be 1..{limit}, got {max_symbols_per_connection!r}"
+            )
+        self.depth = depth
+        self.base_url = url.rstrip("/")
+        self.max_symbols_per_connection = max_symbols_per_connection
+        self._books: dict[str, IncrementalBook] = {}  # symbol -> its book (kept across connections)
+
+    def url(self, symbols: Sequence[str]) -> str:
+        unique_symbols(symbols)
+        return self.base_url
+
+    def forget(self, symbols: Sequence[str]) -> None:
+        """The connection ended: its books are unknown until their next snapshot (the objects stay, so that
+        the highest id seen survives and a lower snapshot later is known as a restart)."""
+        for symbol in symbols:
+            book = self._books.get(symbol.strip().upper())
+            if book is not None:
+                book.reset("connection closed")
+
+    def fallback_urls(self, symbols: Sequence[str]) -> list[str]:
+        return []  # no other endpoint of the same streams is documented
+
+    def list_frames(self) -> list[str | bytes]:
+        return []  # the exchange has no request that lists a connection's subscriptions
+
+    def book_symbol(self, frame: bytes) -> str | None:
+        return None  # every update must be applied, in order
 
 
 def load_json(frame: bytes | str) -> Any:

@@ -50,6 +50,7 @@ from feeder.exchanges.base import (
     ErrorReply,
     Event,
     ExchangeDescriptor,
+    IncrementalBooks,
     KeepAlive,
     Pacing,
     SequenceRestart,
@@ -111,10 +112,13 @@ def _pairs(levels: object) -> list[RawLevel]:
     return pairs
 
 
-class BybitProtocol:
+class BybitProtocol(IncrementalBooks):
     """Bybit spot order books (``orderbook.{50|200|1}.SYMBOL``), kept incrementally; see the module docstring."""
 
     name: str = "bybit"
+    title = "Bybit"
+    max_depth = MAX_DEPTH
+    max_connection_symbols = MAX_SYMBOLS_PER_CONNECTION
     ping_frame: str | None = '{"op":"ping"}'
 
     def __init__(
@@ -124,29 +128,9 @@ class BybitProtocol:
         max_symbols_per_connection: int = DEFAULT_SYMBOLS_PER_CONNECTION,
         max_levels: int = MAX_LEVELS,
     ) -> None:
-        if type(depth) is not int or not 1 <= depth <= MAX_DEPTH:
-            raise ValueError(f"Bybit depth (MD_BYBIT_DEPTH) must be 1..{MAX_DEPTH}, got {depth!r}")
-        if depth > max_levels:
-            raise ValueError(
-                f"MD_BYBIT_DEPTH={depth} is more than MD_MAX_LEVELS={max_levels} levels a side: "
-                "lower the one or raise the other"
-            )
-        if not url.startswith(("wss://", "ws://")):
-            raise ValueError(f"Bybit URL must start with wss:// or ws://, got {url!r}")
-        if (
-            type(max_symbols_per_connection) is not int
-            or not 1 <= max_symbols_per_connection <= MAX_SYMBOLS_PER_CONNECTION
-        ):
-            raise ValueError(
-                f"max_symbols_per_connection must be 1..{MAX_SYMBOLS_PER_CONNECTION}, "
-                f"got {max_symbols_per_connection!r}"
-            )
-        self.depth = depth
+        self._configure(depth, url, max_symbols_per_connection, max_levels)
         self.stream_depth = stream_depth(depth)
-        self.base_url = url.rstrip("/")
-        self.max_symbols_per_connection = max_symbols_per_connection
         self._prefix = f"orderbook.{self.stream_depth}."
-        self._books: dict[str, IncrementalBook] = {}  # symbol -> its book (kept across connections)
         self._topics: dict[object, IncrementalBook | None] = {}  # topic -> book, or _IGNORED
         self._request_ids = itertools.count(1)
 
@@ -159,10 +143,6 @@ class BybitProtocol:
 
     def topic(self, symbol: str) -> str:
         return self._prefix + symbol
-
-    def url(self, symbols: Sequence[str]) -> str:
-        unique_symbols(symbols)
-        return self.base_url
 
     def subscribe_frames(self, symbols: Sequence[str]) -> list[str | bytes]:
         """Subscribe requests of at most 10 topics each (Bybit spot's limit)."""
@@ -180,23 +160,6 @@ class BybitProtocol:
     def _request(self, op: str, topics: list[str]) -> str:
         request = {"req_id": str(next(self._request_ids)), "op": op, "args": topics}
         return orjson.dumps(request).decode()
-
-    def forget(self, symbols: Sequence[str]) -> None:
-        """The connection ended: its books are unknown until their next snapshot (the objects stay, so that
-        the highest id seen survives and a lower snapshot later is known as a restart)."""
-        for symbol in symbols:
-            book = self._books.get(symbol.strip().upper())
-            if book is not None:
-                book.reset("connection closed")
-
-    def fallback_urls(self, symbols: Sequence[str]) -> list[str]:
-        return []  # no other endpoint of the same streams is documented
-
-    def list_frames(self) -> list[str | bytes]:
-        return []  # the exchange has no request that lists a connection's subscriptions
-
-    def book_symbol(self, frame: bytes) -> str | None:
-        return None  # every delta must be applied, in order
 
     # ---- decoding ------------------------------------------------------------------------------------
 

@@ -54,6 +54,7 @@ from feeder.exchanges.base import (
     ErrorReply,
     Event,
     ExchangeDescriptor,
+    IncrementalBooks,
     KeepAlive,
     Pacing,
     SequenceRestart,
@@ -120,10 +121,13 @@ def _pairs(levels: object) -> list[RawLevel]:
     return pairs
 
 
-class OkxProtocol:
+class OkxProtocol(IncrementalBooks):
     """OKX ``books`` (400 levels) kept incrementally, checksum verified when sent; see the module docstring."""
 
     name: str = "okx"
+    title = "OKX"
+    max_depth = MAX_DEPTH
+    max_connection_symbols = MAX_SYMBOLS_PER_CONNECTION
     ping_frame: str | None = "ping"
 
     def __init__(
@@ -133,37 +137,13 @@ class OkxProtocol:
         max_symbols_per_connection: int = DEFAULT_SYMBOLS_PER_CONNECTION,
         max_levels: int = MAX_LEVELS,
     ) -> None:
-        if type(depth) is not int or not 1 <= depth <= MAX_DEPTH:
-            raise ValueError(f"OKX depth (MD_OKX_DEPTH) must be 1..{MAX_DEPTH}, got {depth!r}")
-        if depth > max_levels:
-            raise ValueError(
-                f"MD_OKX_DEPTH={depth} is more than MD_MAX_LEVELS={max_levels} levels a side: "
-                "lower the one or raise the other"
-            )
-        if not url.startswith(("wss://", "ws://")):
-            raise ValueError(f"OKX URL must start with wss:// or ws://, got {url!r}")
-        if (
-            type(max_symbols_per_connection) is not int
-            or not 1 <= max_symbols_per_connection <= MAX_SYMBOLS_PER_CONNECTION
-        ):
-            raise ValueError(
-                f"max_symbols_per_connection must be 1..{MAX_SYMBOLS_PER_CONNECTION}, "
-                f"got {max_symbols_per_connection!r}"
-            )
-        self.depth = depth
-        self.base_url = url.rstrip("/")
-        self.max_symbols_per_connection = max_symbols_per_connection
-        self._books: dict[str, IncrementalBook] = {}
+        self._configure(depth, url, max_symbols_per_connection, max_levels)
         self._request_ids = itertools.count(1)
 
     def __repr__(self) -> str:
         return f"OkxProtocol(depth={self.depth!r}, url={self.base_url!r})"
 
     # ---- connecting ----------------------------------------------------------------------------------
-
-    def url(self, symbols: Sequence[str]) -> str:
-        unique_symbols(symbols)
-        return self.base_url
 
     def subscribe_frames(self, symbols: Sequence[str]) -> list[str | bytes]:
         args = [{"channel": CHANNEL, "instId": symbol} for symbol in unique_symbols(symbols)]
@@ -179,23 +159,6 @@ class OkxProtocol:
 
     def _request(self, op: str, args: list[dict[str, str]]) -> str:
         return orjson.dumps({"id": str(next(self._request_ids)), "op": op, "args": args}).decode()
-
-    def forget(self, symbols: Sequence[str]) -> None:
-        """The connection ended: its books are unknown until their next snapshot (the objects stay, with the
-        highest id seen)."""
-        for symbol in symbols:
-            book = self._books.get(symbol.strip().upper())
-            if book is not None:
-                book.reset("connection closed")
-
-    def fallback_urls(self, symbols: Sequence[str]) -> list[str]:
-        return []  # no other endpoint of the same streams is documented
-
-    def list_frames(self) -> list[str | bytes]:
-        return []  # the exchange has no request that lists a connection's subscriptions
-
-    def book_symbol(self, frame: bytes) -> str | None:
-        return None  # every update must be applied, in order
 
     # ---- decoding ------------------------------------------------------------------------------------
 
