@@ -16,7 +16,8 @@ log = logging.getLogger("exchange_sim")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="md-sim",
-        description="Local Upbit + Binance market-data WebSocket simulator (books, replays, faults).",
+        description="Local market-data WebSocket simulator of Upbit, Binance, Bithumb, Coinone, Bybit and OKX "
+        "(books, replays, faults).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     parser.add_argument(
@@ -25,6 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--binance-port", type=int, default=8766, help="Binance port, 0 = any (default %(default)s)"
     )
+    for name in ("bithumb", "coinone", "bybit", "okx"):
+        parser.add_argument(
+            f"--{name}-port",
+            type=int,
+            default=None,
+            help=f"serve {name.capitalize()} on this port (0 = any; default: off)",
+        )
     parser.add_argument("--no-upbit", action="store_true", help="do not run the Upbit server")
     parser.add_argument("--no-binance", action="store_true", help="do not run the Binance server")
     parser.add_argument(
@@ -55,6 +63,10 @@ async def _run(args: argparse.Namespace) -> None:
         host=args.host,
         upbit_port=None if args.no_upbit else args.upbit_port,
         binance_port=None if args.no_binance else args.binance_port,
+        bithumb_port=args.bithumb_port,
+        coinone_port=args.coinone_port,
+        bybit_port=args.bybit_port,
+        okx_port=args.okx_port,
         rate=args.rate,
         levels=args.levels,
         seed=args.seed,
@@ -90,8 +102,9 @@ async def _run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.no_upbit and args.no_binance:
-        build_parser().error("nothing to run: both --no-upbit and --no-binance")
+    more = (args.bithumb_port, args.coinone_port, args.bybit_port, args.okx_port)
+    if args.no_upbit and args.no_binance and all(port is None for port in more):
+        build_parser().error("nothing to run: --no-upbit, --no-binance and no other exchange's port")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         asyncio.run(_run(args))

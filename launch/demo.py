@@ -35,6 +35,15 @@ from md_cli.main import main as md_main
 DEMO_PREFIX = "demo"  # the offline demo's books never share the keys live engines read (prefix md)
 UPBIT_SYMBOLS = "KRW-BTC,KRW-ETH,KRW-USDT,KRW-XRP,KRW-SOL"
 BINANCE_SYMBOLS = "BTCUSDT,ETHUSDT,XRPUSDT,SOLUSDT"
+# the Korean-premium set beside them: the same coins on Bithumb and Coinone, and offshore on Bybit and OKX
+MORE_SYMBOLS = {
+    "bithumb": "KRW-BTC,KRW-ETH",
+    "coinone": "KRW-BTC",
+    "bybit": "BTCUSDT,ETHUSDT",
+    "okx": "BTC-USDT",
+}
+TITLES = {"bithumb": "Bithumb", "coinone": "Coinone", "bybit": "Bybit", "okx": "OKX"}
+SIM_PATHS = {"bithumb": "/websocket/v1", "coinone": "", "bybit": "/v5/public/spot", "okx": "/ws/v5/public"}
 
 
 def say(message: str) -> None:
@@ -121,9 +130,11 @@ def run(args: argparse.Namespace) -> int:
             "MD_SIMULATED": "false" if args.live else "true",
             "MD_UPBIT_SYMBOLS": UPBIT_SYMBOLS,
             "MD_BINANCE_SYMBOLS": BINANCE_SYMBOLS,
+            **{f"MD_{name.upper()}_SYMBOLS": symbols for name, symbols in MORE_SYMBOLS.items()},
         }
         if not args.live:
             up, bp = free_port(), free_port()
+            more_ports = {name: free_port() for name in MORE_SYMBOLS}
             sim = stack.enter_context(
                 child(
                     "md-sim",
@@ -137,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
                         str(bp),
                         "--rate",
                         str(args.rate),
+                        *[a for name, port in more_ports.items() for a in (f"--{name}-port", str(port))],
                     ],
                     log_dir,
                 )  # fmt: skip
@@ -144,14 +156,23 @@ def run(args: argparse.Namespace) -> int:
             children.append(sim)
             feeder_env["MD_UPBIT_URL"] = f"ws://127.0.0.1:{up}/websocket/v1"
             feeder_env["MD_BINANCE_URL"] = f"ws://127.0.0.1:{bp}"
-            wait_for(lambda: _port_open(up) and _port_open(bp), 15, "simulator start", children)
-            say(f"simulator: Upbit ws://127.0.0.1:{up}/websocket/v1, Binance ws://127.0.0.1:{bp}")
+            for name, port in more_ports.items():
+                feeder_env[f"MD_{name.upper()}_URL"] = f"ws://127.0.0.1:{port}{SIM_PATHS[name]}"
+            ports = [up, bp, *more_ports.values()]
+            wait_for(lambda: all(_port_open(p) for p in ports), 15, "simulator start", children)
+            say(
+                f"simulator: Upbit ws://127.0.0.1:{up}/websocket/v1, Binance ws://127.0.0.1:{bp}, "
+                + ", ".join(
+                    f"{name.capitalize()} {feeder_env[f'MD_{name.upper()}_URL']}" for name in more_ports
+                )
+            )
         else:
-            urls = ", ".join(EXCHANGES[name].default_url for name in ("upbit", "binance"))
+            urls = ", ".join(EXCHANGES[name].default_url for name in ("upbit", "binance", *MORE_SYMBOLS))
             say(f"connecting to the real exchanges ({urls})")
-        for exchange in ("upbit", "binance"):
-            env = {**feeder_env, "MD_EXCHANGES": exchange, "MD_FEEDER_ID": f"demo-{exchange}"}
-            children.append(stack.enter_context(child(f"feeder-{exchange}", feeder_command(), log_dir, env)))
+        # a feeder each for Upbit and Binance, one for the other four (a feeder may run several exchanges)
+        for exchanges, name in (("upbit", "upbit"), ("binance", "binance"), (",".join(MORE_SYMBOLS), "more")):
+            env = {**feeder_env, "MD_EXCHANGES": exchanges, "MD_FEEDER_ID": f"demo-{name}"}
+            children.append(stack.enter_context(child(f"feeder-{name}", feeder_command(), log_dir, env)))
         say(f"feeders started; logs in {log_dir}")
         say(
             f"engines connect with MD_REDIS_URL={mask_url(url)} MD_PREFIX={prefix}  "
@@ -162,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         symbols = [("upbit", s) for s in UPBIT_SYMBOLS.split(",")] + [
             ("binance", s) for s in BINANCE_SYMBOLS.split(",")
         ]
+        symbols += [(name, s) for name, listed in MORE_SYMBOLS.items() for s in listed.split(",")]
 
         def all_live() -> bool:
             return all(status.live for status, _ in provider.inspect_books(symbols))

@@ -12,6 +12,7 @@ import time
 
 from support.feeder_process import FeederProcess, wait_until
 
+from launch.demo import BINANCE_SYMBOLS, MORE_SYMBOLS, UPBIT_SYMBOLS
 from launch.redis_server import LocalRedisServer as RedisServer
 from launch.redis_server import free_port
 
@@ -23,16 +24,20 @@ def test_demo_once_shows_live_books_and_leaves_nothing_running(tmp_path) -> None
         env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr + "".join(p.read_text() for p in tmp_path.glob("*.log"))
-    for symbol in ("KRW-BTC", "KRW-ETH", "KRW-USDT", "BTCUSDT", "ETHUSDT"):
-        assert re.search(rf"\b{symbol}\b.*\blive\b", done.stdout), done.stdout
-    assert "9 books: 9 live" in done.stdout
-    assert (
-        "prefix demo" in done.stdout and done.stdout.count("live (sim)") == 9
+    books = [("upbit", s) for s in UPBIT_SYMBOLS.split(",")] + [
+        ("binance", s) for s in BINANCE_SYMBOLS.split(",")
+    ]
+    books += [(name, s) for name, listed in MORE_SYMBOLS.items() for s in listed.split(",")]
+    for exchange, symbol in books:  # every exchange's books, each live
+        assert re.search(rf"^{exchange}\s+{symbol}\s.*\blive\b", done.stdout, re.M), done.stdout
+    assert f"{len(books)} books: {len(books)} live" in done.stdout
+    assert "prefix demo" in done.stdout and done.stdout.count("live (sim)") == len(
+        books
     )  # never mistaken for a market
     port = int(re.search(r"private redis-server at redis://127.0.0.1:(\d+)", done.stderr)[1])  # type: ignore[index]
     with socket.socket() as sock:
         assert sock.connect_ex(("127.0.0.1", port)) != 0, "the demo's redis-server is still running"
-    for name in ("feeder-upbit", "feeder-binance"):
+    for name in ("feeder-upbit", "feeder-binance", "feeder-more"):
         assert "stopped" in (tmp_path / f"{name}.log").read_text()
 
 
