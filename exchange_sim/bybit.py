@@ -62,6 +62,9 @@ def parse_topic(topic: object) -> DeltaSubscription | None:
 class BybitServer(DeltaServer):
     """Bybit's public spot WebSocket at ``ws://host:port/v5/public/spot``."""
 
+    idle_timeout = 600.0  # with no ping-pong and no data the server cuts after 10 minutes
+    idle_activity = frozenset({"in", "out"})
+
     name = "bybit"
     ws_path = PATH
     restart_is_snapshot = True

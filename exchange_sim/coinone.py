@@ -169,6 +169,8 @@ class CoinoneServer(ExchangeServer[CoinoneSubscription]):
     ws_path = ""
     bytes_as_text = True
     server_pings = False
+    idle_timeout = 1800.0  # closed 30 minutes after the client's last PING (any request counts here)
+    idle_activity = frozenset({"in"})
 
     def __init__(self, *, max_connections: int | None = MAX_CONNECTIONS, **kwargs: Any) -> None:
         super().__init__(**kwargs)

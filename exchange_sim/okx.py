@@ -74,6 +74,9 @@ def _levels(levels: list[StrLevel]) -> list[tuple[str, str, str, str]]:
 class OkxServer(DeltaServer):
     """OKX's public WebSocket at ``ws://host:port/ws/v5/public``."""
 
+    idle_timeout = 30.0  # "the connection breaks if ... no data is pushed for more than 30 s": send "ping"
+    idle_activity = frozenset({"in", "out"})  # whether WebSocket pings count is not documented: they do not
+
     name = "okx"
     ws_path = PATH
     restart_is_snapshot = False

@@ -34,7 +34,7 @@ from exchange_sim.books import MIN_DEPTH, Level, RandomWalkBook
 from exchange_sim.faults import Faults
 from exchange_sim.pump import Pump
 from exchange_sim.replay import CapturedFrame, ReplaySettings, Truth, replay_to, truth_snapshots
-from exchange_sim.session import Session, SubT
+from exchange_sim.session import CloseRequest, Session, SubT
 from exchange_sim.transport import SimConnection, fail
 
 log = logging.getLogger("exchange_sim")
@@ -49,6 +49,10 @@ class ExchangeServer(Faults[SubT]):
     ws_path: ClassVar[str]  # appended to ws://host:port to form `url`
     bytes_as_text: ClassVar[bool]  # send encoded frames (bytes) as text frames (Binance) or binary (Upbit)
     server_pings: ClassVar[bool]  # the exchange pings its clients (Binance) or not (Upbit)
+    idle_timeout: float | None = None  # the exchange closes a connection idle this long (see `idle_activity`)
+    idle_activity: ClassVar[frozenset[str]] = frozenset({"in", "out", "ping"})
+    """What keeps a connection from being idle: data frames received ("in") or sent ("out"), WebSocket pings
+    received ("ping")."""
 
     def __init__(
         self,
@@ -67,6 +71,7 @@ class ExchangeServer(Faults[SubT]):
         compression: bool = False,
         control: ControlHandler | None = None,
         repeat_unchanged: bool = False,
+        idle_timeout: float | None = None,
     ) -> None:
         if levels < 1:
             raise ValueError("levels must be >= 1")
@@ -84,6 +89,8 @@ class ExchangeServer(Faults[SubT]):
         self.max_outbox = max_outbox
         self.compression = compression
         self.repeat_unchanged = repeat_unchanged  # cadenced streams are pushed every interval, changed or not
+        if idle_timeout is not None:
+            self.idle_timeout = idle_timeout  # shorter than the exchange's, for tests
         self.control = control
         self.depth = max(levels, MIN_DEPTH[self.name])
         self.sessions: dict[int, Session[SubT]] = {}
@@ -103,6 +110,7 @@ class ExchangeServer(Faults[SubT]):
                 "pings_sent",
                 "faults",
                 "replayed_frames",
+                "idle_closes",
             ),
             0,
         )
@@ -241,6 +249,8 @@ class ExchangeServer(Faults[SubT]):
         )
         if self.server_pings and self.ping_interval:
             session.tasks.append(asyncio.create_task(self._ping_loop(session), name=f"sim-{self.name}-ping"))
+        if self.idle_timeout:
+            session.tasks.append(asyncio.create_task(self._idle_loop(session), name=f"sim-{self.name}-idle"))
         self.notify()
         try:
             await self.serve_session(session)
@@ -278,6 +288,29 @@ class ExchangeServer(Faults[SubT]):
                 self.counters["pings_sent"] += 1
         except ConnectionClosed:
             pass
+
+    async def _idle_loop(self, session: Session[SubT]) -> None:
+        """Close a connection with no activity (`idle_activity`) for `idle_timeout` seconds, as the exchange
+        does (OKX after 30 s without data, Upbit after ~120 s...). A stalled session is the server's fault and
+        is not judged."""
+        assert self.idle_timeout
+        loop = asyncio.get_running_loop()
+        tick = min(1.0, self.idle_timeout / 4)
+        while not session.closing:
+            await asyncio.sleep(tick)
+            if session.stalled:
+                continue
+            if loop.time() - session.last_activity > self.idle_timeout:
+                log.info("%r: idle for %.1f s, closing it", session, self.idle_timeout)
+                self.counters["idle_closes"] += 1
+                session.enqueue(CloseRequest(CloseCode.NORMAL_CLOSURE, "idle"))
+                return
+
+    def note_activity(self, ws: SimConnection, kind: str) -> None:
+        """A data frame received ("in") or sent ("out"), or a WebSocket ping received ("ping")."""
+        session = ws.sim_session
+        if session is not None and kind in self.idle_activity:
+            session.last_activity = asyncio.get_running_loop().time()
 
     def admit_incoming(self, ws: SimConnection) -> bool:
         """Count one incoming frame; over ``max_incoming_per_second`` the connection is failed (1008)."""

@@ -71,6 +71,7 @@ class Session(Generic[SubT]):
         self.subscribed_once = False
         self.combined = True  # Binance: frames wrapped as {"stream","data"}
         self.last_alive = asyncio.get_running_loop().time()  # last pong or resume, for the ping timeout
+        self.last_activity = self.last_alive  # last frame in or out (what counts: server.idle_activity)
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._unstalled = asyncio.Event()
@@ -123,6 +124,7 @@ class Session(Generic[SubT]):
                     batch.append(item)
                     outbox.popleft()
                 sent = await send_frames(ws, batch, bytes_as_text=as_text)
+                self.server.note_activity(ws, "out")
                 self.messages_sent += sent
                 counters["frames_sent"] += sent
         except ConnectionClosed:
@@ -174,6 +176,7 @@ class Session(Generic[SubT]):
             self._unstalled.clear()
         else:
             self._unstalled.set()
+            self.last_activity = asyncio.get_running_loop().time()  # a stall is the server's, not idleness
         set_reading(self.ws, not stalled)
 
     async def wait_unstalled(self) -> None:

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 
 class IncomingGate(Protocol):
+    def note_activity(self, ws: SimConnection, kind: str) -> None: ...
+
     def admit_incoming(self, ws: SimConnection) -> bool:
         """Count one incoming frame of `ws`; False fails the connection (the frame is dropped)."""
         ...
@@ -50,6 +52,10 @@ class SimConnection(ServerConnection):
         if self.request is not None and isinstance(event, Frame) and owner is not None:
             if self.sim_failed:
                 return
+            if event.opcode is Opcode.TEXT or event.opcode is Opcode.BINARY:
+                owner.note_activity(self, "in")
+            elif event.opcode is Opcode.PING:
+                owner.note_activity(self, "ping")
             if event.opcode is not Opcode.CLOSE and not owner.admit_incoming(self):
                 self.sim_failed = True
                 return

@@ -290,6 +290,7 @@ class UpbitServer(ExchangeServer[UpbitSubscription]):
     ws_path = PATH
     bytes_as_text = False
     server_pings = False
+    idle_timeout = 120.0  # Upbit closes a connection with no data either way for ~120 s (pings count)
     formats: tuple[str, ...] = FORMATS
     unit_choices: tuple[int, ...] = UNIT_CHOICES
     default_units: int | None = None  # units without a CODE.N suffix; None: the server's `levels`

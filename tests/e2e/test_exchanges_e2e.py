@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio
 from support.feeder_process import FeederProcess
 from support.feeder_rig import poll
+from websockets.asyncio.client import connect
 
 from client import OrderBookSnapshot, RedisMarketDataProvider
 from exchange_sim import ExchangeSimulator
@@ -215,3 +216,54 @@ async def test_a_symbol_the_exchange_does_not_list_is_reported_missing(
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_the_feeder_s_keepalive_messages_hold_quiet_connections_open(
+    fresh_redis_server: RedisServer, provider: RedisMarketDataProvider
+) -> None:
+    """OKX, Bybit and Coinone close connections idle too long unless the client sends their keep-alive
+    message (`ping`, `{"op":"ping"}`, `{"request_type":"PING"}`); WebSocket pings do not count here. With the
+    cut shortened to 1 s and books that never change, the feeder's connections stay open and its books live."""
+    names = ("okx", "bybit", "coinone")
+    cases = [c for c in CASES if c.exchange in names]
+    ports: dict[str, Any] = {"upbit_port": None, "binance_port": None, **{f"{n}_port": 0 for n in names}}
+    options = {name: {"idle_timeout": 1.0} for name in names}
+    async with ExchangeSimulator(rate=0.0, options=options, **ports) as sim:
+        env = {f"MD_{c.exchange.upper()}_{k}": v for c in cases for k, v in (
+            ("URL", sim.url(c.exchange)), ("SYMBOLS", ",".join(c.symbols)), ("DEPTH", str(c.depth)))}  # fmt: skip
+        feeder = FeederProcess(
+            {
+                "MD_REDIS_URL": fresh_redis_server.url,
+                "MD_EXCHANGES": ",".join(names),
+                "MD_FEEDER_ID": "e2e-keepalive",
+                "MD_SILENCE_TIMEOUT": "3600",  # no stall rule: the books do not change at all
+                **env,
+            }
+        )
+        try:
+
+            async def live() -> bool:
+                for case in cases:
+                    books = await provider.aget_latest_snapshots(case.symbols, exchange=case.exchange)
+                    if not all(b is not None for b in books.values()):
+                        return False
+                return True
+
+            await poll(live, 20, f"books not live\n{feeder.log()[-3000:]}")
+            opened = {n: sim.counters(n)["connections_opened"] for n in names}
+            await asyncio.sleep(3.0)  # three idle cuts long: the point is what did not happen meanwhile
+            assert {n: sim.counters(n)["idle_closes"] for n in names} == dict.fromkeys(names, 0)
+            assert {n: sim.counters(n)["connections_opened"] for n in names} == opened
+            assert await live()
+            # the cut is real: a client that subscribes and then says nothing is closed
+            async with connect(sim.url("okx")) as silent:
+                await silent.send('{"op":"subscribe","args":[{"channel":"books","instId":"BTC-USDT"}]}')
+
+                async def cut() -> bool:
+                    return bool(sim.counters("okx")["idle_closes"] == 1)
+
+                await poll(cut, 5, "a silent OKX client was not cut")
+        finally:
+            log = feeder.log()
+            feeder.cleanup()
+        assert "Traceback" not in log

@@ -247,3 +247,37 @@ async def test_okx_shutdown_notice_then_close(servers: list[DeltaServer]) -> Non
         events = [e for frame in await frames_until_closed(ws) for e in protocol.parse(frame, 1.0)]
         assert ShutdownNotice("okx") in events
         assert ws.close_code == 1012
+
+
+async def test_okx_closes_an_idle_connection_and_the_feeder_s_ping_keeps_one_open() -> None:
+    """OKX cuts a connection without data for 30 s (here 0.6 s): a client that sends nothing on a quiet book
+    is closed; one that sends the protocol's keep-alive (`ping_frame`, as the feeder does) is not."""
+    server = OkxServer(port=0, rate=0.0, idle_timeout=0.6)
+    await server.start()
+    protocol = OkxProtocol()
+    try:
+        silent = await connect(server.url)
+        pinging = await connect(server.url)
+        for ws in (silent, pinging):
+            for frame in protocol.subscribe_frames(["BTC-USDT"]):
+                await ws.send(frame)
+        assert protocol.ping_frame == "ping"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2.0
+        while loop.time() < deadline:  # the silent client waits; the other pings every 0.2 s
+            await pinging.send(protocol.ping_frame)
+            await asyncio.sleep(0.2)
+        assert server.counters["idle_closes"] == 1
+        with pytest.raises(ConnectionClosed):
+            await _drain(silent)
+        assert pinging.close_code is None  # still open: its pings kept it alive
+        await silent.close()
+        await pinging.close()
+    finally:
+        await server.stop()
+
+
+async def _drain(ws: ClientConnection) -> None:
+    """Read until the connection closes (ConnectionClosed)."""
+    while True:
+        await ws.recv()
