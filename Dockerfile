@@ -14,6 +14,11 @@ COPY --from=build /install /usr/local
 USER md
 WORKDIR /home/md
 ENV PYTHONUNBUFFERED=1
+# Metrics and health on :9108 (/metrics for Prometheus, /healthz for the check below); unset MD_METRICS_PORT
+# to turn them off. The check passes while the feeder's Redis writes succeed and no connection has been down
+# longer than MD_HEALTH_GRACE; containers running md-sim or md should disable it (compose.yaml does).
+ENV MD_METRICS_PORT=9108 MD_METRICS_HOST=0.0.0.0
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["md-feeder", "--healthcheck"]
 # A feeder exits 0 on SIGTERM after flushing and marking itself offline.
 STOPSIGNAL SIGTERM
 CMD ["md-feeder"]

@@ -46,6 +46,12 @@ def _at_least_one(value: int) -> int:
     return value
 
 
+def _port_or_none(value: int | None) -> int | None:
+    if value is not None and not 0 <= value <= 65535:
+        raise ValueError("expected a port number from 0 to 65535, or nothing (off)")
+    return value
+
+
 def _none_words(value: Any) -> Any:
     if isinstance(value, str) and value.strip().lower() in ("", "none", "off"):
         return None
@@ -58,6 +64,7 @@ NonNegativeSeconds = Annotated[float, AfterValidator(_non_negative_seconds)]
 OptionalSeconds = Annotated[float | None, BeforeValidator(_none_words), AfterValidator(_positive_seconds)]
 """Positive seconds, or None (unset: the words "", "none" and "off" mean None too)."""
 AtLeastOne = Annotated[int, AfterValidator(_at_least_one)]
+OptionalPort = Annotated[int | None, BeforeValidator(_none_words), AfterValidator(_port_or_none)]
 
 
 class ClientSettings(BaseSettings):

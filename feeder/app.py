@@ -18,6 +18,7 @@ from client.topology import async_client, describe, follow_primary
 from feeder.connection import ConnectionSettings, ExchangeConnection, StallPolicy
 from feeder.exchanges.base import StallRule
 from feeder.exchanges.registry import EXCHANGES
+from feeder.metrics import FeederMetrics, MetricsServer
 from feeder.pacing import OpenRateLimiter, SharedOpenLimiter
 from feeder.settings import FeederSettings
 from feeder.sharding import split_for_connections, take_shard
@@ -66,6 +67,11 @@ class Feeder:
             identify=not settings.redis_cluster,
         )
         self.connections = self._build_connections()
+        self.metrics: FeederMetrics | None = None
+        self.metrics_server: MetricsServer | None = None
+        if settings.metrics_port is not None:
+            self.metrics = FeederMetrics(self.writer, lambda: self.connections, grace=settings.health_grace)
+            self.metrics_server = MetricsServer(self.metrics, settings.metrics_host, settings.metrics_port)
         self.exit_code = 0  # 2 when the feeder stopped because another process uses its id
         self._claimed = False
         self._primary: tuple[str, int] | None = None  # with Sentinel: the primary last named
@@ -180,6 +186,8 @@ class Feeder:
             if self._owns_client:
                 await self.redis.aclose()
             return
+        if self.metrics_server is not None:
+            await self.metrics_server.start()
         background = [
             asyncio.create_task(self.writer.run(), name="writer"),
             asyncio.create_task(self._heartbeat_loop(stop), name="heartbeat"),
@@ -196,6 +204,8 @@ class Feeder:
                 log.warning("could not flush %d pending books before shutdown", self.writer.pending)
             await self.status.go_offline()
             await _cancel_all(background)
+            if self.metrics_server is not None:
+                await self.metrics_server.stop()
             if self._owns_client:
                 await self.redis.aclose()
             log.info("feeder %s: stopped (%s)", self.id, self.summary())

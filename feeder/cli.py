@@ -11,6 +11,8 @@ import asyncio
 import logging
 import signal
 import sys
+import urllib.error
+import urllib.request
 from typing import Any
 
 from client.errors import SettingsError
@@ -39,8 +41,30 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
     )
     for name, help_text in FLAGS.items():
         parser.add_argument("--" + name.replace("_", "-"), dest=name, help=help_text)
+    parser.add_argument(
+        "--healthcheck",
+        action="store_true",
+        help="ask the running feeder's /healthz (MD_METRICS_PORT on 127.0.0.1) and exit 0 when healthy, "
+        "1 when not (a container HEALTHCHECK)",
+    )
     args = parser.parse_args(argv)
-    return {k: v for k, v in vars(args).items() if v is not None}
+    return {k: v for k, v in vars(args).items() if v is not None and v is not False}
+
+
+def healthcheck(settings: FeederSettings) -> int:
+    """0 when the feeder on this machine answers /healthz with 200; its reasons otherwise, and 1."""
+    if settings.metrics_port is None:
+        print("md-feeder: MD_METRICS_PORT is not set: no health endpoint to ask", file=sys.stderr)
+        return 1
+    url = f"http://127.0.0.1:{settings.metrics_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=3) as answer:
+            return 0 if answer.status == 200 else 1
+    except urllib.error.HTTPError as error:
+        print(f"md-feeder: unhealthy: {error.read().decode(errors='replace').strip()}", file=sys.stderr)
+    except OSError as exc:
+        print(f"md-feeder: no answer from {url}: {exc}", file=sys.stderr)
+    return 1
 
 
 async def _run(feeder: Feeder) -> None:
@@ -57,11 +81,14 @@ async def _run(feeder: Feeder) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     overrides = parse_args(argv)
+    check = overrides.pop("healthcheck", False)
     try:
         settings = load_settings(FeederSettings, **overrides)
     except SettingsError as exc:
         print(f"md-feeder: {exc}", file=sys.stderr)
         return 2
+    if check:
+        return healthcheck(settings)
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )

@@ -160,6 +160,7 @@ class ExchangeConnection:
         self.url = self.urls[0]  # the endpoint in use; the next one is tried after two failed connects
         self.stats = ConnectionStats()
         self.up = False
+        self.down_since: float | None = None  # monotonic time since which it has not delivered (None: up)
         self._bad_logged = 0.0
         self._resync_times: deque[float] = deque()
         self._delivered: set[str] = set()  # symbols that delivered a book on any session of this connection
@@ -180,6 +181,7 @@ class ExchangeConnection:
 
     # ------------------------------------------------------------------------------------------ main loop
     async def run(self) -> None:
+        self.down_since = time.monotonic()
         reporter = asyncio.create_task(self._report_missing(), name=f"{self.name}-missing")
         try:
             await self._run()
@@ -619,6 +621,7 @@ class ExchangeConnection:
         session.first_frame.set()
         if not session.retiring:
             self.up = True
+            self.down_since = None
             log.info("%s: receiving (%d symbols)", self.name, len(self.symbols))
 
     def decode_deferred(self, frame: bytes, recv_ts: float, symbol: str) -> OrderBookSnapshot | None:
@@ -648,6 +651,7 @@ class ExchangeConnection:
         self.protocol.forget(self.symbols)  # incremental books start again from the next snapshot
         if self.up:
             self.up = False
+            self.down_since = time.monotonic()
         # Mark every symbol of this connection not live, even those that had no frame yet on this session.
         self.writer.mark_down(self.exchange, self.symbols)
 

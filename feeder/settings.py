@@ -12,7 +12,14 @@ import re
 from pydantic import field_validator, model_validator
 
 from client.layout import host_writer_id, validate_writer_id
-from client.settings import AtLeastOne, ClientSettings, NonNegativeSeconds, OptionalSeconds, PositiveSeconds
+from client.settings import (
+    AtLeastOne,
+    ClientSettings,
+    NonNegativeSeconds,
+    OptionalPort,
+    OptionalSeconds,
+    PositiveSeconds,
+)
 from feeder.exchanges.registry import EXCHANGES, ExchangeSettings
 
 
@@ -68,6 +75,13 @@ class FeederSettings(ClientSettings, ExchangeSettings):
     """The exchange URLs point at the simulator (md-sim): every book is marked simulated (``md`` shows it)."""
     max_levels: AtLeastOne = 50
     """A frame whose book has more levels a side than this is malformed (counted, skipped, never written)."""
+    metrics_port: OptionalPort = None
+    """Serve Prometheus metrics on http://MD_METRICS_HOST:<port>/metrics and a health check on /healthz
+    (unset: off; 0: any free port, logged)."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics server listens on (0.0.0.0 to be scraped from other machines or containers)."""
+    health_grace: PositiveSeconds = 30.0
+    """/healthz fails once a connection has been down (reconnecting) for longer than this."""
     summary_interval: PositiveSeconds = 60.0
     log_level: str = "INFO"
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import pairwise
@@ -82,6 +83,14 @@ class WriterStats:
     malformed: int = 0  # deferred frames that did not decode (their source counted and logged them)
 
 
+class WriteObserver(Protocol):
+    """Who wants to know about each accepted book and each round trip (the metrics)."""
+
+    def book_written(self, exchange: str, snapshot: OrderBookSnapshot, now: float) -> None: ...
+
+    def round_trip_done(self, seconds: float) -> None: ...
+
+
 class SnapshotWriter:
     """Owns the pending buffer and the task that writes it; `run` is started and cancelled by its owner."""
 
@@ -114,6 +123,7 @@ class SnapshotWriter:
         self.stats = WriterStats()
         self.redis_ok = True
         self.last_error = ""
+        self.observer: WriteObserver | None = None  # set by the metrics, when they are on
 
     # ------------------------------------------------------------------------------------------ producers
     def submit(self, exchange: str, snapshot: OrderBookSnapshot) -> None:
@@ -275,6 +285,7 @@ class SnapshotWriter:
                 if books:
                     yield write_flow(self._layout, books, indexed=self._indexed)
 
+        started = time.perf_counter()
         try:
             results = [r for chunk in await self._run_flows(flows()) for r in chunk]
         except BaseException:
@@ -289,6 +300,9 @@ class SnapshotWriter:
                     else:
                         self._pending[book_id] = item
             raise
+        observer = self.observer
+        if observer is not None:
+            observer.round_trip_done(time.perf_counter() - started)
         self._account(encoded, results)
         self.stats.batches += 1
 
@@ -296,6 +310,8 @@ class SnapshotWriter:
         self, encoded: list[tuple[BookId, OrderBookSnapshot, EncodedBook]], results: list[int | Exception]
     ) -> None:
         stats = self.stats
+        observer = self.observer
+        now = time.time()
         for (book_id, snapshot, book), result in zip(encoded, results, strict=True):
             if isinstance(result, Exception):
                 stats.failed += 1
@@ -311,6 +327,8 @@ class SnapshotWriter:
             if result > 0:
                 stats.written += 1
                 self._last[book_id] = snapshot
+                if observer is not None:
+                    observer.book_written(book_id[0], snapshot, now)
             elif result == JOINED:
                 stats.joined += 1
                 self._last[book_id] = snapshot
