@@ -8,7 +8,7 @@ CHAOS_SECONDS ?= 120
 .PHONY: help venv demo run test bench chaos lint format typecheck check clean
 
 help:
-	@echo "make demo       offline demo: Redis (private if none), exchange simulator, both feeders, live md watch"
+	@echo "make demo       offline demo: Redis (private if none), exchange simulator, feeders of six exchanges, live md watch"
 	@echo "make run        the same against the real exchanges (needs internet)"
 	@echo "make bench      run every benchmark (private redis-server, simulator, feeders) and print tables"
 	@echo "make test       create .venv, install the project with test extras, run the whole suite"
