@@ -76,3 +76,22 @@ def redis_error(error: redis.exceptions.RedisError) -> MarketDataError:
         else RedisCommandError
     )
     return kind("a round trip", None, error)
+
+
+def redis_failure(exc: BaseException) -> str:
+    """What a Redis error means, for a person: its own text, plus the fix when it is a known one.
+
+    redis-py reports a server that wants a password as "Authentication required." (or, speaking RESP3, as
+    "HELLO must be called with the client already authenticated"), and a wrong one as "invalid
+    username-password pair": all three are authentication failures, which no retry mends.
+    """
+    text = str(exc) or type(exc).__name__
+    lowered = text.lower()
+    if isinstance(exc, redis.exceptions.AuthenticationError) or (
+        "authenticat" in lowered or "username-password" in lowered or "noauth" in lowered
+    ):
+        return (
+            f"authentication failed ({text}): give the user and password in the URL, "
+            "redis://USER:PASSWORD@host:port/db (MD_REDIS_URL), or check them"
+        )
+    return text

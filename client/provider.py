@@ -34,6 +34,7 @@ from client.errors import (
     MarketDataUnavailableError,
     StaleSnapshotError,
     redis_error,
+    redis_failure,
 )
 from client.freshness import LIVE, Judged, book_state, judge
 from client.layout import (
@@ -822,7 +823,9 @@ class RedisMarketDataProvider(MarketDataProvider):
             log.warning(
                 "Redis at %s is unavailable (%s); serving no books until it is back",
                 describe(self.settings, read=True),
-                exc,
+                redis_failure(exc),
             )
-        status = SnapshotStatus(exchange, symbol, BookState.UNAVAILABLE, detail=f"Redis unavailable: {exc}")
+        status = SnapshotStatus(
+            exchange, symbol, BookState.UNAVAILABLE, detail=f"Redis unavailable: {redis_failure(exc)}"
+        )
         return status, None

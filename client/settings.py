@@ -194,18 +194,18 @@ class ClientSettings(BaseSettings):
 
 
 def _checked_url(value: str) -> str:
-    """`value` if it is a Redis URL; the error names the URL with its password masked."""
-    shown = repr(mask_url(value))
+    """`value` if it is a Redis URL. The error does not quote it: `load_settings` adds the URL, masked."""
     try:
         parts = urlsplit(value)
         port = parts.port
     except ValueError as exc:
         del exc  # its text may quote a piece of the password (a ':' in it read as a port)
-        raise ValueError(f"bad URL {shown}: no valid port (a number from 1 to 65535)") from None
+        raise ValueError("the port must be a number from 1 to 65535") from None
     if parts.scheme not in _REDIS_SCHEMES:
-        raise ValueError(f"scheme must be one of {', '.join(s + '://' for s in _REDIS_SCHEMES)}, got {shown}")
+        *others, last = [s + "://" for s in _REDIS_SCHEMES]
+        raise ValueError(f"must start with {', '.join(others)} or {last}")
     if parts.scheme != "unix" and not parts.hostname:
-        raise ValueError(f"no host in {shown}")
+        raise ValueError("names no host")
     del port
     return value
 
@@ -225,6 +225,13 @@ _SECRET_FIELDS = ("redis_sentinel_password",)
 S = TypeVar("S", bound=BaseSettings)
 
 
+def _readable(message: str) -> str:
+    """pydantic's message without its "Value error, " prefix: the rule, once."""
+    for head in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(head)
+    return message
+
+
 def load_settings(cls: type[S], **overrides: Any) -> S:
     """Build settings from the environment (and overrides); a bad value raises SettingsError naming it."""
     try:
@@ -234,11 +241,12 @@ def load_settings(cls: type[S], **overrides: Any) -> S:
         lines = []
         for error in exc.errors():
             name = ".".join(str(p) for p in error["loc"]) or "?"
+            message = _readable(str(error["msg"]))
             shown = error.get("input")
             if name in _URL_FIELDS and isinstance(shown, str):
                 shown = mask_url(shown)
             elif name in _SECRET_FIELDS or not error["loc"]:  # a whole-model check: its input is every field
-                lines.append(f"{prefix}{name.upper()}: {error['msg']}" if error["loc"] else str(error["msg"]))
+                lines.append(f"{prefix}{name.upper()}: {message}" if error["loc"] else message)
                 continue
-            lines.append(f"{prefix}{name.upper()}: {error['msg']} (got {shown!r})")
+            lines.append(f"{prefix}{name.upper()}: {message} (got {shown!r})")
         raise SettingsError("invalid setting: " + "; ".join(lines)) from None

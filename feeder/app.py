@@ -13,6 +13,7 @@ import logging
 import redis.asyncio
 import redis.exceptions
 
+from client.errors import redis_failure
 from client.layout import RedisLayout
 from client.topology import async_client, describe, follow_primary
 from feeder.connection import ConnectionSettings, ExchangeConnection, StallPolicy
@@ -243,7 +244,9 @@ class Feeder:
                     "point MD_REDIS_URL at the primary (or name the Sentinels in MD_REDIS_SENTINELS)"
                 ) from None
             log.warning(
-                "feeder %s: Redis does not answer yet (%s); its id is claimed once it does", self.id, exc
+                "feeder %s: Redis does not take the feeder's record yet (%s); its id is claimed once it does",
+                self.id,
+                redis_failure(exc),
             )
             return
         self._claimed = True

@@ -27,10 +27,10 @@ def parse_shard(value: str) -> tuple[int, int]:
     """``"2/4"`` -> (2, 4): this process takes the second of four deterministic shares of each symbol list."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
     if not match:
-        raise ValueError(f"shard must look like K/N (e.g. 2/4), got {value!r}")
+        raise ValueError("must look like K/N, e.g. 2/4")
     k, n = int(match[1]), int(match[2])
     if not 1 <= k <= n:
-        raise ValueError(f"shard K/N needs 1 <= K <= N, got {value!r}")
+        raise ValueError("K/N needs 1 <= K <= N")
     return k, n
 
 
@@ -101,7 +101,7 @@ class FeederSettings(ClientSettings, ExchangeSettings):
         names = [x.strip().lower() for x in value.split(",") if x.strip()]
         unknown = [x for x in names if x not in EXCHANGES]
         if unknown or not names:
-            raise ValueError(f"expected a comma-separated subset of {', '.join(EXCHANGES)}, got {value!r}")
+            raise ValueError(f"must be a comma-separated subset of {', '.join(EXCHANGES)}")
         return ",".join(dict.fromkeys(names))
 
     @field_validator("shard")
@@ -121,7 +121,10 @@ class FeederSettings(ClientSettings, ExchangeSettings):
     @model_validator(mode="after")
     def _heartbeat_fits_ttl(self) -> FeederSettings:
         if self.heartbeat_ttl <= self.heartbeat_interval:
-            raise ValueError("MD_HEARTBEAT_TTL must be longer than MD_HEARTBEAT_INTERVAL")
+            raise ValueError(
+                f"MD_HEARTBEAT_TTL ({self.heartbeat_ttl:g} s) must be longer than MD_HEARTBEAT_INTERVAL "
+                f"({self.heartbeat_interval:g} s): a record would expire between two heartbeats"
+            )
         return self
 
     @model_validator(mode="after")

@@ -25,7 +25,7 @@ import redis
 import redis.exceptions
 
 from client import ClientSettings, RedisMarketDataProvider, load_settings
-from client.errors import AmbiguousSymbolError, InvalidSymbolError, SettingsError
+from client.errors import AmbiguousSymbolError, InvalidSymbolError, SettingsError, redis_failure
 from client.topology import describe, sync_client
 from md_cli.commands import (
     DEFAULT_DEPTH,
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None, *, client_factory: ClientFactory | N
         print(f"md: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except REDIS_DOWN as exc:
-        print(f"md: cannot reach Redis at {where}: {exc}", file=sys.stderr)
+        print(f"md: cannot reach Redis at {where}: {redis_failure(exc)}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except redis.exceptions.RedisError as exc:
         print(f"md: Redis at {where} answered with an error: {exc}", file=sys.stderr)

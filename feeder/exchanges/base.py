@@ -369,7 +369,7 @@ def _symbol_list(value: str) -> str:
 def _websocket_url(value: str) -> str:
     """A ws:// or wss:// URL setting, without a trailing slash (settings validators)."""
     if not re.match(r"wss?://[^/\s]+", value):
-        raise ValueError(f"expected a ws:// or wss:// URL, got {value!r}")
+        raise ValueError("must be a ws:// or wss:// URL")
     return value.rstrip("/")
 
 

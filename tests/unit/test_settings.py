@@ -123,3 +123,61 @@ def test_sentinel_tls_reaches_the_sentinels_with_the_tls_files(
         assert (manager.sentinels[0].connection_pool.connection_class.__name__ == "SSLConnection") is tls
         assert (kwargs.get("ssl_ca_certs") == str(ca)) is tls
         client.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"MD_REDIS_URL": "nonsense"},
+            "MD_REDIS_URL: must start with redis://, rediss:// or unix:// (got 'nonsense')",
+        ),
+        (
+            {"MD_REDIS_URL": "redis://u:pw@h:99999999/0"},
+            "MD_REDIS_URL: the port must be a number from 1 to 65535 (got 'redis://u:***@h:99999999/0')",
+        ),
+        ({"MD_SHARD": "3/2"}, "MD_SHARD: K/N needs 1 <= K <= N (got '3/2')"),
+        (
+            {"MD_EXCHANGES": "kraken"},
+            "MD_EXCHANGES: must be a comma-separated subset of upbit, binance, bithumb, coinone, bybit, okx (got 'kraken')",
+        ),
+        ({"MD_UPBIT_URL": "http://x"}, "MD_UPBIT_URL: must be a ws:// or wss:// URL (got 'http://x')"),
+        (
+            {"MD_HEARTBEAT_TTL": "0.5"},
+            "MD_HEARTBEAT_TTL (0.5 s) must be longer than MD_HEARTBEAT_INTERVAL (1 s)",
+        ),
+        (
+            {"MD_METRICS_PORT": "99999"},
+            "MD_METRICS_PORT: expected a port number from 0 to 65535, or nothing (off) (got '99999')",
+        ),
+    ],
+)
+def test_a_bad_setting_names_the_variable_and_the_rule_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str], expected: str
+) -> None:
+    from feeder.settings import FeederSettings
+
+    monkeypatch.chdir(tmp_path)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(FeederSettings)
+    message = str(caught.value)
+    assert expected in message
+    assert "Value error" not in message and message.count("got ") <= 1  # the rule once, the value once
+    assert "pw" not in message  # a password is never shown
+
+
+def test_an_authentication_failure_says_it_is_one() -> None:
+    import redis.exceptions
+
+    from client.errors import redis_failure
+
+    for error in (
+        redis.exceptions.AuthenticationError("Authentication required."),
+        redis.exceptions.ResponseError("HELLO must be called with the client already authenticated"),
+        redis.exceptions.AuthenticationError("invalid username-password pair or user is disabled."),
+    ):
+        text = redis_failure(error)
+        assert text.startswith("authentication failed") and "redis://USER:PASSWORD@" in text
+    assert redis_failure(redis.exceptions.ConnectionError("Connection refused")) == "Connection refused"
