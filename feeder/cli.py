@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 import urllib.error
@@ -18,6 +17,7 @@ from typing import Any
 from client.errors import SettingsError
 from client.settings import load_settings
 from feeder.app import Feeder
+from feeder.log_format import configure_logging
 from feeder.settings import FeederSettings
 
 FLAGS = {
@@ -89,9 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if check:
         return healthcheck(settings)
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(settings.log_level, settings.log_format)
     try:
         feeder = Feeder(settings)
     except ValueError as exc:

@@ -8,6 +8,7 @@ each exchange (``MD_UPBIT_*``, ``MD_BINANCE_*``) are declared in its module (`fe
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import field_validator, model_validator
 
@@ -84,6 +85,9 @@ class FeederSettings(ClientSettings, ExchangeSettings):
     """/healthz fails once a connection has been down (reconnecting) for longer than this."""
     summary_interval: PositiveSeconds = 60.0
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    """text: one line per event for people; json: one JSON object per line (ts, time, level, logger, message,
+    exc) for log shippers."""
 
     @field_validator("feeder_id")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -135,3 +136,27 @@ def test_the_demo_refuses_a_redis_holding_real_books_under_its_prefix(
     assert "did not come from the simulator" in done.stderr and "prod-1" in done.stderr
     assert client.hget("demo:upbit:KRW-BTC", "feeder") == b"prod-1"  # untouched
     client.close()
+
+
+def test_json_logs_are_one_object_per_line_with_stable_keys(redis_server: RedisServer) -> None:
+    closed = free_port()
+    feeder = FeederProcess(
+        {
+            "MD_REDIS_URL": redis_server.url,
+            "MD_UPBIT_URL": f"ws://127.0.0.1:{closed}/websocket/v1",
+            "MD_BINANCE_URL": f"ws://127.0.0.1:{closed}",
+            "MD_FEEDER_ID": "json-log-test",
+            "MD_LOG_FORMAT": "json",
+        }
+    )
+    try:
+        wait_until(lambda: feeder.log().count("connect failed") >= 2, 15, message="no retries logged")
+        feeder.signal(signal.SIGTERM)
+        assert feeder.wait(5) == 0
+        lines = [line for line in feeder.log().splitlines() if line.strip()]
+    finally:
+        feeder.cleanup()
+    events = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert all({"ts", "time", "level", "logger", "message"} <= set(e) for e in events)
+    assert any(e["level"] == "WARNING" and "connect failed" in e["message"] for e in events)
+    assert any("stopped" in e["message"] for e in events)
