@@ -21,6 +21,19 @@ from client.models import BookState, OrderBookSnapshot, SnapshotStatus
 from client.provider import MarketDataProvider, RedisMarketDataProvider
 from client.settings import ClientSettings, load_settings
 
+
+def _version() -> str:
+    """The installed package's version (``md-cache``), or ``0+unknown`` when running from a bare tree."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("md-cache")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+__version__ = _version()
+
 __all__ = [
     "AmbiguousSymbolError",
     "BookState",
@@ -38,5 +51,6 @@ __all__ = [
     "SettingsError",
     "SnapshotStatus",
     "StaleSnapshotError",
+    "__version__",
     "load_settings",
 ]

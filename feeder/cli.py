@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from client import __version__
 from client.errors import SettingsError
 from client.settings import load_settings
 from feeder.app import Feeder
@@ -39,6 +40,7 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
         prog="md-feeder",
         description="Feed exchange order books into the shared Redis cache. Flags override MD_* settings.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     for name, help_text in FLAGS.items():
         parser.add_argument("--" + name.replace("_", "-"), dest=name, help=help_text)
     parser.add_argument(

@@ -21,10 +21,10 @@ from client.errors import InvalidSymbolError
 from client.layout import (
     feeder_keys_flow,
     feeder_records_flow,
+    normal_exchange,
+    normal_symbol,
     split_record,
     split_target,
-    validate_exchange,
-    validate_symbol,
 )
 from client.resolver import guess_exchange
 from client.topology import primaries
@@ -58,7 +58,11 @@ def cmd_get(ctx: Context) -> int:
         raise CliError(f"book {name} is corrupt: {status.detail}", EXIT_NOTHING)
     if book is None:
         where = "" if status.exchange else " on any exchange"
-        raise CliError(f"no book for {name}{where} (prefix {ctx.layout.prefix!r})", EXIT_NOTHING)
+        hint = f"md symbols {status.exchange}" if status.exchange else "md symbols"
+        raise CliError(
+            f"no book for {name}{where} (prefix {ctx.layout.prefix!r}); `{hint}` lists the books there are",
+            EXIT_NOTHING,
+        )
     depth = ctx.args.depth
     if ctx.args.json:
         print(json.dumps(book_json(status, book, depth or None)))
@@ -70,13 +74,13 @@ def cmd_get(ctx: Context) -> int:
 def parse_target(target: Sequence[str]) -> tuple[str | None, str]:
     """(exchange or None, symbol) from ``EXCHANGE SYMBOL``, ``EXCHANGE:SYMBOL`` or a bare ``SYMBOL``."""
     if len(target) == 2:
-        return validate_exchange(target[0]), validate_symbol(target[1])
+        return normal_exchange(target[0]), normal_symbol(target[1])
     if len(target) != 1:
         raise CliError(f"get takes [EXCHANGE] SYMBOL, got {len(target)} names", EXIT_USAGE)
     exchange, symbol = split_target(target[0])
     if exchange is not None:
-        return validate_exchange(exchange), validate_symbol(symbol)
-    return None, validate_symbol(symbol)
+        return normal_exchange(exchange), normal_symbol(symbol)
+    return None, normal_symbol(symbol)
 
 
 # --------------------------------------------------------------------------------------------- md watch
@@ -92,8 +96,8 @@ class Watch:
         self, provider: RedisMarketDataProvider, exchanges: Sequence[str], symbols: Sequence[str]
     ) -> None:
         self.provider = provider
-        self.exchanges = [validate_exchange(e) for e in exchanges]
-        self.symbols = [validate_symbol(s) for s in symbols]
+        self.exchanges = [normal_exchange(e) for e in exchanges]
+        self.symbols = [normal_symbol(s) for s in symbols]
         self._targets: list[tuple[str | None, str]] = []
         self._listed_at: float | None = None
         self._prev: dict[tuple[str, str], tuple[int, float]] = {}
@@ -215,7 +219,7 @@ def cmd_symbols(ctx: Context) -> int:
     for exchange, symbol in books:
         by_exchange.setdefault(exchange, []).append(symbol)
     if ctx.args.exchange is not None:
-        exchange = validate_exchange(ctx.args.exchange)
+        exchange = normal_exchange(ctx.args.exchange)
         if exchange not in by_exchange:
             known = ", ".join(by_exchange) or "none"
             raise CliError(f"no books on exchange {exchange!r} (exchanges with books: {known})", EXIT_NOTHING)

@@ -24,7 +24,7 @@ from typing import Any
 import redis
 import redis.exceptions
 
-from client import ClientSettings, RedisMarketDataProvider, load_settings
+from client import ClientSettings, RedisMarketDataProvider, __version__, load_settings
 from client.errors import AmbiguousSymbolError, InvalidSymbolError, SettingsError, redis_failure
 from client.topology import describe, sync_client
 from md_cli.commands import (
@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         "several of them needs its EXCHANGE). exit codes: 0 ok, 1 nothing to show, 2 bad usage or setting, "
         "3 Redis unreachable",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_global_options(parser, default=None)
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 

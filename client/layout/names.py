@@ -69,6 +69,16 @@ def validate_prefix(prefix: object) -> str:
     return prefix
 
 
+def normal_symbol(text: str) -> str:
+    """A symbol as people type it (``krw-btc ``) as the feeders store it (``KRW-BTC``), validated."""
+    return validate_symbol(text.strip().upper())
+
+
+def normal_exchange(text: str) -> str:
+    """An exchange name as people type it (``Upbit``) as it is in keys (``upbit``), validated."""
+    return validate_exchange(text.strip().lower())
+
+
 def split_target(text: str) -> tuple[str | None, str]:
     """``"upbit:KRW-BTC"`` -> ("upbit", "KRW-BTC"); a bare ``"KRW-BTC"`` -> (None, "KRW-BTC"). Not validated."""
     exchange, _, symbol = text.rpartition(":")

@@ -8,11 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from support.backends import Backend
 from support.book_helpers import feeder_write as write_book
 from support.book_helpers import set_feeder_state
 
-from client import OrderBookSnapshot
+from client import OrderBookSnapshot, __version__
 
 BTC = OrderBookSnapshot(
     "KRW-BTC",
@@ -48,3 +49,12 @@ def test_python_m_md_cli_against_a_real_redis(real_backend: Backend, tmp_path: P
     assert done.returncode == 0 and done.stdout.startswith("f1  running  heartbeat ")
     done = md_process("--redis-url", real_backend.url, "get", "upbit", "KRW-XRP")
     assert done.returncode == 1 and done.stdout == "" and "no book for upbit:KRW-XRP" in done.stderr
+
+
+@pytest.mark.parametrize("module", ["md_cli", "feeder", "exchange_sim"])
+def test_every_entry_point_tells_its_version(module: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0
+    assert done.stdout.split()[-1] == __version__ != "0+unknown"

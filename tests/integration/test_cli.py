@@ -96,7 +96,7 @@ def test_get_missing_book_exits_1(md: Run) -> None:
     assert err.startswith("md: no book for upbit:KRW-XRP")
 
 
-@pytest.mark.parametrize("argv", [["upbit", "krw-btc"], ["KRW BTC"], ["Upbit", "KRW-BTC"], ["a", "b", "c"]])
+@pytest.mark.parametrize("argv", [["upbit", "KRW BTC"], ["KRW BTC"], ["up bit", "KRW-BTC"], ["a", "b", "c"]])
 def test_get_invalid_name_exits_2(md: Run, argv: list[str]) -> None:
     code, out, err = md("get", *argv)
     assert (code, out) == (2, "")
@@ -141,6 +141,9 @@ def test_get_bare_symbol_and_exchange_colon_symbol(backend: Backend, md: Run) ->
     assert code == 0 and "(top 1 of 3 bid and 2 ask levels" in out
     code, _, err = md("get", "KRW-DOGE")  # nowhere yet: the old convention names the exchange
     assert code == 1 and "no book for upbit:KRW-DOGE" in err
+    assert "`md symbols upbit` lists the books there are" in err  # the error names the next step
+    code, out, _ = md("get", "Upbit", "krw-btc")  # typed as people type it: normalised as the feeder does
+    assert code == 0 and out.startswith("upbit:KRW-BTC  live")
     code, _, err = md("get", "DOGE")
     assert code == 1 and "no book for DOGE on any exchange" in err
 
@@ -338,7 +341,8 @@ def test_symbols(backend: Backend, md: Run) -> None:
     code, out, err = md("symbols", "bithumb")
     assert (code, out) == (1, "")
     assert "no books on exchange 'bithumb' (exchanges with books: binance, upbit)" in err
-    assert md("symbols", "UPBIT")[0] == 2
+    assert md("symbols", "UPBIT") == (0, "KRW-BTC\nKRW-ETH\n", "")  # normalised, as everywhere
+    assert md("symbols", "up bit")[0] == 2
 
 
 # ------------------------------------------------------------------------------------------------- errors
