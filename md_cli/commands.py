@@ -13,6 +13,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import redis.exceptions
 
@@ -23,6 +24,7 @@ from client.layout import (
     feeder_records_flow,
     normal_exchange,
     normal_symbol,
+    registry_flow,
     split_record,
     split_target,
 )
@@ -34,11 +36,9 @@ from md_cli.render import (
     WatchRow,
     book_json,
     clock,
-    fmt_ttl,
-    heartbeat_age,
     render_book,
+    render_status,
     render_watch,
-    shell_value,
 )
 
 DEFAULT_DEPTH = 10
@@ -175,41 +175,70 @@ def _screen_rows() -> int:
 
 
 # --------------------------------------------------------------------------------------------- md status
+DEAD_SHOWN = 24 * 3600.0  # dead feeders are listed this long after their last heartbeat (all with --all)
+
+
 def cmd_status(ctx: Context) -> int:
+    """Every feeder seen: running, offline (stopped cleanly) or dead (its record expired: killed, or cut off
+    from Redis), as a table; ``-v`` adds each one's counters, ``--json`` prints everything as JSON.
+
+    Exit status: 0 when at least one feeder runs and none is dead; 1 otherwise (a health check)."""
     keys = [k for node in primaries(ctx.client) for k in run_flow(node, feeder_keys_flow(ctx.layout))]
     records = run_flow(ctx.client, feeder_records_flow(ctx.layout, keys))
+    registry = run_flow(ctx.client, registry_flow(ctx.layout))
     now = time.time()
-    blocks: list[list[str]] = []
-    width = shutil.get_terminal_size().columns
+    feeders: dict[str, dict[str, Any]] = {}
     for name, raw, ttl in records:
         try:
             feeder = ctx.layout.parse_feeder_key(name)
         except InvalidSymbolError:
             feeder = name  # a key that matches the pattern but not the naming rules: show it anyway
         if isinstance(raw, Exception):  # e.g. WRONGTYPE: someone wrote something else under that name
-            blocks.append([f"{feeder}  unreadable: {raw}"])
+            feeders[feeder] = {"id": feeder, "state": "unreadable", "error": str(raw), "fields": {}}
             continue
         if not raw or ttl == -2:
-            continue  # expired between SCAN and the read: that feeder is gone
+            continue  # expired between SCAN and the read: the registry lists it as dead
         state, heartbeat, fields = split_record({_text(k): _text(v) for k, v in raw.items()})
-        head = f"{feeder}  {state or '?'}  heartbeat {heartbeat_age(heartbeat, now)}  ttl {fmt_ttl(ttl)}"
-        counters = " ".join(f"{k}={shell_value(v)}" for k, v in sorted(fields.items()))
-        block = [head]
-        if counters:
-            block += textwrap.wrap(
-                counters,
-                width=max(width, 40),
-                initial_indent="    ",
-                subsequent_indent="    ",
-                break_long_words=False,
-                break_on_hyphens=False,
-            )
-        blocks.append(block)
-    if not blocks:
-        print(f"no feeders (no {ctx.layout.feeder_pattern()} keys)")
-        return EXIT_OK
-    print("\n".join(line for block in blocks for line in block))
-    return EXIT_OK
+        feeders[feeder] = _status_entry(
+            feeder, state or "?", heartbeat, fields, ttl if isinstance(ttl, int) else None
+        )
+    for feeder, last in registry.items():
+        if feeder in feeders:
+            continue
+        fields = {k: str(v) for k, v in last.items()}
+        state, heartbeat, rest = split_record(fields)
+        entry = _status_entry(feeder, "dead", heartbeat, rest, None)
+        if state == "offline":
+            entry["state"] = "offline"  # stopped cleanly; its record's hour is over
+        age = entry.get("age")
+        if ctx.args.all or age is None or age <= DEAD_SHOWN:
+            feeders[feeder] = entry
+    entries = [feeders[k] for k in sorted(feeders)]
+    running = sum(1 for e in entries if e["state"] == "running")
+    dead = sum(1 for e in entries if e["state"] in ("dead", "unreadable"))
+    code = EXIT_OK if running and not dead else EXIT_NOTHING
+    if ctx.args.json:
+        print(json.dumps({"feeders": entries, "running": running, "dead": dead, "time": now}))
+        return code
+    if not entries:
+        print(f"no feeders (no {ctx.layout.feeder_pattern()} keys, none in {ctx.layout.registry_key()})")
+        return code
+    print(render_status(entries, now, verbose=ctx.args.verbose, width=shutil.get_terminal_size().columns))
+    return code
+
+
+def _status_entry(
+    feeder: str, state: str, heartbeat: str | None, fields: dict[str, str], ttl_ms: int | None
+) -> dict[str, Any]:
+    """One feeder for `md status`: what the table and ``--json`` show."""
+    entry: dict[str, Any] = {"id": feeder, "state": state, "fields": fields, "ttl_ms": ttl_ms}
+    try:
+        at = float(heartbeat) if heartbeat is not None else None
+    except ValueError:
+        at = None
+    entry["heartbeat"] = at
+    entry["age"] = None if at is None else max(0.0, time.time() - at)
+    return entry
 
 
 # --------------------------------------------------------------------------------------------- md symbols

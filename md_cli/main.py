@@ -159,9 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser(
         "status",
         parents=[common],
-        help="list feeders",
-        description="Feeder processes from their status keys: state, heartbeat age, time to expiry, counters.",
+        help="list feeders (exit 1 when none runs or one is dead)",
+        description="Every feeder seen: running, offline (stopped cleanly) or dead (its record expired), with "
+        "heartbeat age, time to expiry, connections, books written and their rate, missing symbols, last error. "
+        "Exit status 0 when at least one feeder runs and none is dead, else 1: usable as a health check.",
     )
+    status.add_argument("--json", action="store_true", help="print every feeder and its fields as JSON")
+    status.add_argument("-v", "--verbose", action="store_true", help="every counter of every feeder")
+    status.add_argument("--all", action="store_true", help="also feeders dead for more than a day")
     status.set_defaults(command=cmd_status)
 
     symbols = sub.add_parser(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -153,6 +154,82 @@ def fmt_ttl(ttl: Any) -> str:
     if ttl < 0:
         return "none (never expires)"
     return fmt_age(ttl / 1000)
+
+
+def render_status(entries: list[dict[str, Any]], now: float, *, verbose: bool, width: int) -> str:
+    """`md status` as an aligned table, one feeder a row; `verbose` adds each one's counters below it."""
+    head = (
+        "FEEDER",
+        "STATE",
+        "HEARTBEAT",
+        "TTL",
+        "CONNS",
+        "WRITTEN",
+        "BOOKS/S",
+        "MISSING",
+        "HOST",
+        "LAST ERROR",
+    )
+    rows: list[tuple[str, ...]] = []
+    for e in entries:
+        f = e["fields"]
+        age = e.get("age")
+        when = (
+            "-"
+            if age is None
+            else (f"dead since {fmt_age(age)} ago" if e["state"] == "dead" else f"{fmt_age(age)} ago")
+        )
+        ttl = e.get("ttl_ms")
+        conns = (
+            f"{f.get('connections_up', '?')}/{f.get('connections_total', '?')}"
+            if "connections_total" in f
+            else "-"
+        )
+        rows.append((
+            e["id"], e["state"], when, "-" if ttl is None else fmt_ttl(ttl), conns,
+            _thousands(f.get("written")), _rate(e), _count_missing(f.get("missing", "")),
+            f"{f.get('host', '?')}:{f.get('pid', '?')}" if "host" in f else "-",
+            (e.get("error") or f.get("last_error", ""))[:60],
+        ))  # fmt: skip
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths, strict=True)).rstrip()]
+    for e, row in zip(entries, rows, strict=True):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if verbose and e["fields"]:
+            counters = " ".join(f"{k}={shell_value(v)}" for k, v in sorted(e["fields"].items()))
+            lines += textwrap.wrap(counters, width=max(width, 40), initial_indent="    ", subsequent_indent="    ",
+                                   break_long_words=False, break_on_hyphens=False)  # fmt: skip
+    running = sum(1 for e in entries if e["state"] == "running")
+    dead = sum(1 for e in entries if e["state"] in ("dead", "unreadable"))
+    lines.append(f"{len(entries)} feeders: {running} running, {dead} dead")
+    return "\n".join(lines)
+
+
+def _thousands(value: str | None) -> str:
+    try:
+        return f"{int(value):,}" if value is not None else "-"
+    except ValueError:
+        return value or "-"
+
+
+def _rate(entry: dict[str, Any]) -> str:
+    """Books written per second over the feeder's life (the record has no history to smooth over)."""
+    fields = entry["fields"]
+    try:
+        span = float(entry["heartbeat"]) - float(fields["started"])
+        return f"{int(fields['written']) / span:,.1f}" if span > 0 else "-"
+    except (KeyError, ValueError, TypeError):
+        return "-"
+
+
+def _count_missing(value: str) -> str:
+    if not value:
+        return "-"
+    head, _, more = value.partition(",+")
+    count = len([s for s in head.split(",") if s])
+    if more:
+        count += int(more.split()[0]) if more.split()[0].isdigit() else 0
+    return str(count)
 
 
 def shell_value(value: str) -> str:

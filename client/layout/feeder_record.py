@@ -40,6 +40,9 @@ class FeederRecord:
 
     def flat(self) -> list[str | int | float]:
         """Field, value, field, value… for HSET (the instance field is the script's to write)."""
+        return [x for item in self.as_dict().items() for x in item]
+
+    def as_dict(self) -> dict[str, str | int | float]:
         fields: dict[str, str | int | float] = {
             STATE_FIELD: self.state,
             HEARTBEAT_FIELD: round(self.heartbeat, 3),
@@ -49,7 +52,7 @@ class FeederRecord:
             "ttl_ms": self.ttl_ms,
         }
         fields.update(self.counters)
-        return [x for item in fields.items() for x in item]
+        return fields
 
 
 def feeder_alive(state: Any) -> bool:

@@ -321,11 +321,13 @@ def heartbeat_flow(
     command: Command = (
         "EVALSHA", HEARTBEAT.sha, 1, key, record.instance, ttl_ms, "1" if take_over else "0", *record.flat()
     )  # fmt: skip
-    commands = [command, ("INFO", "server")] if identify else [command]
+    seen = orjson.dumps({**record.as_dict(), "instance": record.instance})
+    registry: Command = ("HSET", layout.registry_key(), feeder_id, seen)  # its reply is not waited for
+    commands = [command, ("INFO", "server"), registry] if identify else [command, registry]
     replies = yield commands
     if isinstance(replies[0], NoScriptError):
         replies = yield [_eval(command, HEARTBEAT.source), *commands[1:]]
-    _raise_errors(replies[:1], [command])
+    _raise_errors(replies[:1], [command])  # the registry entry is for people: its failure costs nothing
     if not identify:
         return Beat(int(replies[0]))
     run_id = server_run_id(replies[1])
@@ -366,6 +368,20 @@ def offline_flow(layout: RedisLayout, feeder_id: str, record: FeederRecord) -> F
     """Write a feeder's last record, ``state`` offline, kept `OFFLINE_KEEP_SECONDS` for operators to read."""
     assert record.state == OFFLINE
     return (yield from heartbeat_flow(layout, feeder_id, record, OFFLINE_KEEP_SECONDS * 1000))
+
+
+def registry_flow(layout: RedisLayout) -> Flow[dict[str, dict[str, Any]]]:
+    """Every feeder ever seen: id -> its last record (decoded JSON); an entry that does not decode is left out."""
+    replies = yield from _round([("HGETALL", layout.registry_key())])
+    entries: dict[str, dict[str, Any]] = {}
+    for key, value in replies[0].items():
+        try:
+            decoded = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(decoded, dict):
+            entries[_text(key)] = decoded
+    return entries
 
 
 def feeder_record_flow(layout: RedisLayout, feeder_id: str) -> Flow[dict[str, str] | None]:

@@ -157,6 +157,11 @@ class RedisLayout:
     def feeder_key(self, feeder_id: str) -> str:
         return f"{self.prefix}:feeder:{validate_writer_id(feeder_id)}"
 
+    def registry_key(self) -> str:
+        """The hash of every feeder seen: id -> its last record as JSON, kept after the record expires, so
+        that a dead feeder is still listed (``md status``) with its last counters."""
+        return f"{self.prefix}:feeders"
+
     def feeder_pattern(self) -> str:
         return f"{self.prefix}:feeder:*"
 

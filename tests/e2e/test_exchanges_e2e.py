@@ -10,6 +10,7 @@ every book a reader is served as live must equal the exchange's book at that id.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -205,7 +206,12 @@ async def test_a_symbol_the_exchange_does_not_list_is_reported_missing(
             assert books["KRW-BTC"] is not None and books["KRW-ETH"] is not None
             assert books["KRW-NOPE"] is None
             assert await asyncio.to_thread(md_main, ["--redis-url", fresh_redis_server.url, "status"]) == 0
-            assert "missing=KRW-NOPE" in capsys.readouterr().out
+            table = capsys.readouterr().out.splitlines()
+            assert table[0].split()[7] == "MISSING" and table[1].split()[:2] == ["e2e-missing", "running"]
+            assert table[1].split()[8] == "1"  # one missing symbol
+            await asyncio.to_thread(md_main, ["--redis-url", fresh_redis_server.url, "status", "--json"])
+            (entry,) = json.loads(capsys.readouterr().out)["feeders"]
+            assert entry["fields"]["missing"] == "KRW-NOPE"
             await poll(lambda: _async("no book for KRW-NOPE" in feeder.log()), 5, "the log does not name it")
         finally:
             log = feeder.log()

@@ -298,14 +298,18 @@ def test_watch_on_a_small_terminal_keeps_the_books_that_are_down(backend: Backen
 
 
 # ------------------------------------------------------------------------------------------------- status
-def test_status_lists_feeders_with_their_fields(backend: Backend, md: Run) -> None:
+def test_status_lists_feeders_as_a_table_and_exits_0_while_they_run(backend: Backend, md: Run) -> None:
+    beat = time.time() - 1.5
     backend.sync.hset(
         "md:feeder:feeder-1",
         mapping={
             "state": "running",
-            "heartbeat": repr(time.time() - 1.5),
-            "messages_in": 5,
+            "heartbeat": repr(beat),
+            "started": repr(beat - 100),
+            "written": 12340,
             "connections_up": 2,
+            "connections_total": 2,
+            "missing": "KRW-NOPE,KRW-GONE",
             "last_error": "connection reset by peer",
         },
     )
@@ -313,19 +317,59 @@ def test_status_lists_feeders_with_their_fields(backend: Backend, md: Run) -> No
     backend.sync.hset("md:feeder:feeder-2", mapping={"state": "offline"})
     code, out, err = md("status")
     assert code == 0, err
-    lines = out.splitlines()
-    head = lines[0].split()
-    assert head[:3] == ["feeder-1", "running", "heartbeat"] and head[-2] == "ttl"
-    assert 1.5 <= float(head[3].rstrip("s")) < 2.5  # the heartbeat was written 1.5 s before it was read
-    assert 4.0 < float(head[-1].rstrip("s")) <= 5.0
-    assert lines[1] == '    connections_up=2 last_error="connection reset by peer" messages_in=5'
-    assert lines[2] == "feeder-2  offline  heartbeat -  ttl none (never expires)"
+    head, first, second, summary = out.splitlines()
+    assert head.split() == [
+        "FEEDER",
+        "STATE",
+        "HEARTBEAT",
+        "TTL",
+        "CONNS",
+        "WRITTEN",
+        "BOOKS/S",
+        "MISSING",
+        "HOST",
+        "LAST",
+        "ERROR",
+    ]
+    cells = first.split()
+    assert cells[:2] == ["feeder-1", "running"] and cells[3] == "ago"
+    assert 1.5 <= float(cells[2].rstrip("s")) < 2.5  # the heartbeat was written 1.5 s before it was read
+    assert 4.0 < float(cells[4].rstrip("s")) <= 5.0
+    assert cells[5:9] == ["2/2", "12,340", "123.4", "2"]  # 12,340 books in 100 s; two symbols missing
+    assert first.endswith("connection reset by peer")
+    assert second.split()[:2] == ["feeder-2", "offline"]
+    assert summary == "2 feeders: 1 running, 0 dead"
+    code, out, _ = md("status", "-v")
+    counters = " ".join(line.strip() for line in out.splitlines() if line.startswith("    "))
+    assert 'connections_up=2 last_error="connection reset by peer" missing=KRW-NOPE,KRW-GONE' in counters
+
+
+def test_a_dead_feeder_stays_listed_with_its_last_counters_and_fails_the_check(
+    backend: Backend, md: Run
+) -> None:
+    """The record of a killed feeder expires; the registry (md:feeders) keeps its last heartbeat's fields."""
+    last = {"state": "running", "heartbeat": time.time() - 30, "started": time.time() - 130, "written": 500,
+            "host": "box", "pid": 42, "instance": "abc"}  # fmt: skip
+    backend.sync.hset("md:feeders", "gone-1", json.dumps(last))
+    backend.sync.hset("md:feeders", "ancient", json.dumps({**last, "heartbeat": time.time() - 3 * 86400}))
+    code, out, _ = md("status")
+    assert code == 1  # a dead feeder: the health check fails
+    rows = out.splitlines()
+    assert rows[1].split()[:6] == ["gone-1", "dead", "dead", "since", rows[1].split()[4], "ago"]
+    assert 30.0 <= float(rows[1].split()[4].rstrip("s")) < 32
+    assert "box:42" in rows[1] and "500" in rows[1] and "ancient" not in out  # over a day: not listed
+    assert "ancient" in md("status", "--all")[1]
+    code, out, _ = md("status", "--json")
+    report = json.loads(out)
+    assert code == 1 and report["dead"] == 1 and report["running"] == 0
+    (entry,) = report["feeders"]
+    assert entry["id"] == "gone-1" and entry["state"] == "dead" and entry["fields"]["written"] == "500"
 
 
 def test_status_without_feeders(backend: Backend, md: Run) -> None:
     RedisMarketDataProvider(redis=backend.sync).write_snapshot(BTC, "upbit")
     code, out, _ = md("status")
-    assert (code, out) == (0, "no feeders (no md:feeder:* keys)\n")
+    assert (code, out) == (1, "no feeders (no md:feeder:* keys, none in md:feeders)\n")
 
 
 # ------------------------------------------------------------------------------------------------- symbols
