@@ -19,6 +19,7 @@ from client.topology import async_client, describe, follow_primary
 from feeder.connection import ConnectionSettings, ExchangeConnection, StallPolicy
 from feeder.exchanges.base import StallRule
 from feeder.exchanges.registry import EXCHANGES
+from feeder.latency import StageLatency
 from feeder.metrics import FeederMetrics, MetricsServer
 from feeder.pacing import OpenRateLimiter, SharedOpenLimiter
 from feeder.settings import FeederSettings
@@ -68,6 +69,8 @@ class Feeder:
             identify=not settings.redis_cluster,
         )
         self.connections = self._build_connections()
+        self.latency = StageLatency()
+        self.writer.observers.append(self.latency)
         self.metrics: FeederMetrics | None = None
         self.metrics_server: MetricsServer | None = None
         if settings.metrics_port is not None:
@@ -156,6 +159,7 @@ class Feeder:
         }
         for c in conns:
             fields[f"conn:{c.name}"] = f"{'up' if c.up else 'down'} {len(c.symbols)} symbols"
+        fields.update(self.latency.fields())
         return fields
 
     def _last_error(self) -> str:

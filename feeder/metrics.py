@@ -136,7 +136,7 @@ class FeederMetrics:
             "md_redis_round_trip_seconds", "One pipelined write round trip to Redis",
             buckets=_LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
-        writer.observer = self
+        writer.observers.append(self)
 
     # the writer's observer -----------------------------------------------------------------------------
     def book_written(self, exchange: str, snapshot: OrderBookSnapshot, now: float) -> None:

@@ -123,7 +123,7 @@ class SnapshotWriter:
         self.stats = WriterStats()
         self.redis_ok = True
         self.last_error = ""
-        self.observer: WriteObserver | None = None  # set by the metrics, when they are on
+        self.observers: list[WriteObserver] = []  # the status latencies; the metrics, when they are on
 
     # ------------------------------------------------------------------------------------------ producers
     def submit(self, exchange: str, snapshot: OrderBookSnapshot) -> None:
@@ -300,9 +300,10 @@ class SnapshotWriter:
                     else:
                         self._pending[book_id] = item
             raise
-        observer = self.observer
-        if observer is not None:
-            observer.round_trip_done(time.perf_counter() - started)
+        if self.observers:
+            took = time.perf_counter() - started
+            for observer in self.observers:
+                observer.round_trip_done(took)
         self._account(encoded, results)
         self.stats.batches += 1
 
@@ -310,7 +311,7 @@ class SnapshotWriter:
         self, encoded: list[tuple[BookId, OrderBookSnapshot, EncodedBook]], results: list[int | Exception]
     ) -> None:
         stats = self.stats
-        observer = self.observer
+        observers = self.observers
         now = time.time()
         for (book_id, snapshot, book), result in zip(encoded, results, strict=True):
             if isinstance(result, Exception):
@@ -327,7 +328,7 @@ class SnapshotWriter:
             if result > 0:
                 stats.written += 1
                 self._last[book_id] = snapshot
-                if observer is not None:
+                for observer in observers:
                     observer.book_written(book_id[0], snapshot, now)
             elif result == JOINED:
                 stats.joined += 1

@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 from support.feeder_process import FeederProcess
 from support.feeder_rig import poll
@@ -103,6 +104,25 @@ async def test_metrics_name_everything_the_dashboard_and_rules_use_and_health_fo
             latency = [s for f in families if f.name == "md_receive_to_written_seconds" for s in f.samples]
             assert any(s.name.endswith("_count") and s.value > 0 for s in latency)
             assert await asyncio.to_thread(get, f"{base}/healthz") == (200, "ok\n")
+            # the same stages, as p50/p99 over the recent books, in the status record (md status -v)
+            record = redis.Redis.from_url(fresh_redis_server.url)
+
+            def stages() -> dict[str, str]:
+                raw = record.hgetall("md:feeder:metrics-test")
+                return {k.decode(): v.decode() for k, v in raw.items() if k.startswith(b"latency_ms:")}
+
+            await poll(lambda: _async(len(stages()) >= 3), 5, "no latency in the status record")
+            found = stages()
+            record.close()
+            assert {"latency_ms:upbit:recv_to_written", "latency_ms:upbit:exchange_to_recv",
+                    "latency_ms:binance:recv_to_written"} <= set(found)  # fmt: skip
+            p50, p99 = (
+                float(x)
+                for x in re.fullmatch(
+                    r"p50 (\S+) p99 (\S+)", found["latency_ms:upbit:recv_to_written"]
+                ).groups()
+            )  # type: ignore[union-attr]
+            assert 0 <= p50 <= p99 < 1000  # milliseconds
             assert (await asyncio.to_thread(healthcheck, port)).returncode == 0  # the image's HEALTHCHECK
 
             # a connection down past MD_HEALTH_GRACE makes the feeder unhealthy, and says which
@@ -119,3 +139,7 @@ async def test_metrics_name_everything_the_dashboard_and_rules_use_and_health_fo
             log = feeder.log()
             feeder.cleanup()
         assert "metrics on http://127.0.0.1:" in log
+
+
+async def _async(value: bool) -> bool:
+    return value
