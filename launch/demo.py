@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -162,9 +163,7 @@ def run(args: argparse.Namespace) -> int:
             wait_for(lambda: all(_port_open(p) for p in ports), 15, "simulator start", children)
             say(
                 f"simulator: Upbit ws://127.0.0.1:{up}/websocket/v1, Binance ws://127.0.0.1:{bp}, "
-                + ", ".join(
-                    f"{name.capitalize()} {feeder_env[f'MD_{name.upper()}_URL']}" for name in more_ports
-                )
+                + ", ".join(f"{TITLES[name]} {feeder_env[f'MD_{name.upper()}_URL']}" for name in more_ports)
             )
         else:
             urls = ", ".join(EXCHANGES[name].default_url for name in ("upbit", "binance", *MORE_SYMBOLS))
@@ -198,7 +197,8 @@ def run(args: argparse.Namespace) -> int:
             # Not a terminal (a pipe, a log): a table every few seconds instead of a redrawn screen.
             wait_for(all_live, args.timeout, "every book live", children)
             while True:
-                md_main(["--redis-url", url, "--prefix", prefix, "watch", "--once"])
+                if md_main(["--redis-url", url, "--prefix", prefix, "watch", "--once"]) == 130:
+                    return 0  # Ctrl-C (or SIGTERM) while md printed: md took it; stop as on any Ctrl-C
                 time.sleep(5.0)
         finally:
             say("stopping feeders, simulator and Redis")
@@ -247,10 +247,18 @@ def main(argv: list[str] | None = None) -> int:
         "--prefix", help=f"key prefix of the demo's books (default {DEMO_PREFIX}; with --live: md)"
     )
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill`, a supervisor, `timeout`: stop as on Ctrl-C
     try:
         return run(args)
     except KeyboardInterrupt:
         return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C: unwind, so that every child (simulator, feeders, Redis) is stopped by its owner."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -160,3 +160,34 @@ def test_json_logs_are_one_object_per_line_with_stable_keys(redis_server: RedisS
     assert all({"ts", "time", "level", "logger", "message"} <= set(e) for e in events)
     assert any(e["level"] == "WARNING" and "connect failed" in e["message"] for e in events)
     assert any("stopped" in e["message"] for e in events)
+
+
+def test_a_terminated_demo_stops_everything_it_started(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SIGTERM (a supervisor, `timeout`, `kill`) stops the demo like Ctrl-C: no orphaned simulator, feeder or
+    Redis (they run in sessions of their own, so nothing else would stop them)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MD_")}
+    errors = tmp_path / "demo.err"
+    with errors.open("w") as err:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "launch.demo", "--log-dir", str(tmp_path)],
+            env=env, stdout=subprocess.PIPE, stderr=err, text=True, cwd=tmp_path,
+        )  # fmt: skip
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:  # the first table: every book is live, every child runs
+            if line.startswith("md watch"):
+                break
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(30) == 0, errors.read_text()
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    said = errors.read_text()
+    assert "stopping feeders, simulator and Redis" in said, said
+    port = int(re.search(r"private redis-server at redis://127.0.0.1:(\d+)", said)[1])  # type: ignore[index]
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0, "the demo's redis-server is still running"
+    for name in ("feeder-upbit", "feeder-binance", "feeder-more", "md-sim"):
+        log = (tmp_path / f"{name}.log").read_text()
+        assert "stopped" in log or "stopping" in log, (name, log[-500:])
