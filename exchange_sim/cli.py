@@ -7,11 +7,19 @@ import asyncio
 import logging
 import signal
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 
-from client import __version__
 from exchange_sim.simulator import ExchangeSimulator
 
 log = logging.getLogger("exchange_sim")
+
+
+def _version() -> str:
+    """The installed package's version (the simulator imports nothing of the client but its models)."""
+    try:
+        return version("md-cache")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Local market-data WebSocket simulator of Upbit, Binance, Bithumb, Coinone, Bybit and OKX "
         "(books, replays, faults).",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     parser.add_argument(
         "--upbit-port", type=int, default=8765, help="Upbit port, 0 = any (default %(default)s)"

@@ -162,7 +162,7 @@ def render_status(entries: list[dict[str, Any]], now: float, *, verbose: bool, w
         "FEEDER",
         "STATE",
         "HEARTBEAT",
-        "TTL",
+        "EXPIRES",
         "CONNS",
         "WRITTEN",
         "BOOKS/S",

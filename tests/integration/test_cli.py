@@ -322,7 +322,7 @@ def test_status_lists_feeders_as_a_table_and_exits_0_while_they_run(backend: Bac
         "FEEDER",
         "STATE",
         "HEARTBEAT",
-        "TTL",
+        "EXPIRES",
         "CONNS",
         "WRITTEN",
         "BOOKS/S",
