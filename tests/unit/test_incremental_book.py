@@ -5,27 +5,20 @@ the component returns as live is compared with the truth at that update."""
 from __future__ import annotations
 
 import random
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
 
+from exchange_sim.okx import checksum_of
 from feeder.incremental_book import BookUpdate, Chain, IncrementalBook, RawLevel, Resync
 
 DEPTH = 10
 
 
 def crc_of_top(bids: Sequence[RawLevel], asks: Sequence[RawLevel]) -> int:
-    """A checksum in OKX's manner: CRC-32 (signed) of the top 25 levels, bid and ask interleaved."""
-    parts: list[str] = []
-    for i in range(25):
-        if i < len(bids):
-            parts += bids[i]
-        if i < len(asks):
-            parts += asks[i]
-    value = zlib.crc32(":".join(parts).encode())
-    return value - (1 << 32) if value >= 1 << 31 else value
+    """A checksum in OKX's manner (the simulator's own, independent of the feeder's `okx_checksum`)."""
+    return checksum_of(list(bids), list(asks))
 
 
 @dataclass
