@@ -39,6 +39,7 @@ from md_cli.render import (
     render_book,
     render_status,
     render_watch,
+    status_json,
 )
 
 DEFAULT_DEPTH = 10
@@ -148,6 +149,8 @@ class Watch:
 
 def cmd_watch(ctx: Context) -> int:
     watch = Watch(ctx.provider, ctx.args.exchange, ctx.args.symbols)
+    if ctx.args.json:
+        return _watch_json(ctx, watch)
     interactive = sys.stdout.isatty() and not ctx.args.once
     if not interactive:
         rows = watch.refresh()
@@ -165,6 +168,28 @@ def cmd_watch(ctx: Context) -> int:
                 lines = [f"md watch  {ctx.where}  {clock()}", f"cannot reach Redis: {exc} (retrying)"]
             sys.stdout.write(_CLEAR + "\n".join(lines) + "\n")
             sys.stdout.flush()
+            time.sleep(ctx.args.interval)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _watch_json(ctx: Context, watch: Watch) -> int:
+    """`md watch --json`: every refresh as one line of JSON (``--once``: one line), for scripts."""
+    try:
+        while True:
+            rows = watch.refresh()
+            if rows and all(r.status.state is BookState.UNAVAILABLE for r in rows):
+                raise CliError(
+                    f"cannot reach Redis at {ctx.where}: {rows[0].status.detail}", EXIT_UNREACHABLE
+                )
+            books = [
+                {**status_json(r.status), "bid": r.book.best_bid() if r.book else None,
+                 "ask": r.book.best_ask() if r.book else None, "updates_per_s": r.rate}
+                for r in rows
+            ]  # fmt: skip
+            print(json.dumps({"time": time.time(), "books": books}), flush=True)
+            if ctx.args.once:
+                return EXIT_OK
             time.sleep(ctx.args.interval)
     except KeyboardInterrupt:
         return EXIT_OK
@@ -247,6 +272,11 @@ def cmd_symbols(ctx: Context) -> int:
     by_exchange: dict[str, list[str]] = {}
     for exchange, symbol in books:
         by_exchange.setdefault(exchange, []).append(symbol)
+    if ctx.args.json:
+        wanted = normal_exchange(ctx.args.exchange) if ctx.args.exchange is not None else None
+        shown = {x: s for x, s in by_exchange.items() if wanted is None or x == wanted}
+        print(json.dumps(shown))
+        return EXIT_OK if shown or wanted is None else EXIT_NOTHING
     if ctx.args.exchange is not None:
         exchange = normal_exchange(ctx.args.exchange)
         if exchange not in by_exchange:

@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="refresh period (default 0.5)",
     )
     watch.add_argument("--once", action="store_true", help="print one table and exit")
+    watch.add_argument(
+        "--json", action="store_true", help="JSON instead of a table: one object per refresh, one line each"
+    )
     watch.set_defaults(command=cmd_watch)
 
     status = sub.add_parser(
@@ -176,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The books each exchange has, from the indexes. With EXCHANGE: one symbol per line.",
     )
     symbols.add_argument("exchange", nargs="?", metavar="EXCHANGE")
+    symbols.add_argument("--json", action="store_true", help="print {exchange: [symbols]} as JSON")
     symbols.set_defaults(command=cmd_symbols)
     return parser
 

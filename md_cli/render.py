@@ -52,6 +52,21 @@ def book_json(status: SnapshotStatus, book: OrderBookSnapshot, depth: int | None
     }
 
 
+def status_json(status: SnapshotStatus) -> dict[str, Any]:
+    """A book's status as plain JSON types (`md watch --json`)."""
+    return {
+        "exchange": status.exchange,
+        "symbol": status.symbol,
+        "status": status.state.value,
+        "live": status.live,
+        "detail": status.detail,
+        "age": status.age,
+        "seq": status.seq,
+        "feeder": status.feeder,
+        "simulated": status.simulated,
+    }
+
+
 def render_book(status: SnapshotStatus, book: OrderBookSnapshot, depth: int | None) -> list[str]:
     """Header lines and a bid/ask ladder, best prices on the first row, facing each other."""
     state = status.state.value if status.live else f"{status.state.value.upper()} (not live: {status.detail})"

@@ -464,3 +464,18 @@ async def test_ainspect_books(backend: Backend) -> None:
     assert status.state is BookState.LIVE and status.feeder == "f1" and book == BTC
     assert await provider.ainspect_books([]) == []
     await client.aclose()
+
+
+def test_every_read_command_speaks_json(backend: Backend, md: Run) -> None:
+    feeder_write(backend, BTC, "upbit")
+    code, out, _ = md("symbols", "--json")
+    assert (code, json.loads(out)) == (0, {"upbit": ["KRW-BTC"]})
+    assert md("symbols", "binance", "--json")[0] == 1
+    code, out, _ = md("watch", "--once", "--json")
+    (line,) = out.splitlines()
+    report = json.loads(line)
+    (book,) = report["books"]
+    assert code == 0 and book["exchange"] == "upbit" and book["symbol"] == "KRW-BTC" and book["live"] is True
+    assert book["bid"] == BTC.bids[0][0] and book["ask"] == BTC.asks[0][0]
+    code, out, _ = md("status", "--json")
+    assert code == 0 and json.loads(out)["running"] == 1
