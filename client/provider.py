@@ -49,6 +49,7 @@ from client.layout import (
     encode_book,
     feeder_alive,
     feeder_states_flow,
+    history_flow,
     indexed_books_flow,
     last_symbol_flow,
     process_writer_id,
@@ -56,6 +57,7 @@ from client.layout import (
     read_books_flow,
     refuses_all,
     split_target,
+    validate_exchange,
     validate_symbol,
     write_flow,
 )
@@ -392,6 +394,20 @@ class RedisMarketDataProvider(MarketDataProvider):
 
     async def aall_books(self) -> list[tuple[str, str]]:
         return await self._aexecute(indexed_books_flow(self.layout))
+
+    def get_history(self, symbol: str, exchange: str, last: int = 100) -> list[OrderBookSnapshot]:
+        """The book's `last` past versions, oldest first, from its capped history (feeders run with
+        ``MD_HISTORY_MAXLEN``); empty when there is none. History is for looking back, never "live": it says
+        nothing about whether the exchange's book is still that."""
+        return self._execute(self._history_flow(symbol, exchange, last))
+
+    async def aget_history(self, symbol: str, exchange: str, last: int = 100) -> list[OrderBookSnapshot]:
+        return await self._aexecute(self._history_flow(symbol, exchange, last))
+
+    def _history_flow(self, symbol: str, exchange: str, last: int) -> Flow[list[OrderBookSnapshot]]:
+        if type(last) is not int or last < 1:
+            raise ValueError(f"last must be a positive int, got {last!r}")
+        return history_flow(self.layout, validate_exchange(exchange), validate_symbol(symbol), last)
 
     def get_last_snapshot(self, exchange: str) -> OrderBookSnapshot | None:
         """The most recently written book of `exchange`, if live."""

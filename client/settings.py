@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     BeforeValidator,
+    Field,
     SecretStr,
     ValidationError,
     field_validator,
@@ -64,6 +65,7 @@ NonNegativeSeconds = Annotated[float, AfterValidator(_non_negative_seconds)]
 OptionalSeconds = Annotated[float | None, BeforeValidator(_none_words), AfterValidator(_positive_seconds)]
 """Positive seconds, or None (unset: the words "", "none" and "off" mean None too)."""
 AtLeastOne = Annotated[int, AfterValidator(_at_least_one)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
 OptionalPort = Annotated[int | None, BeforeValidator(_none_words), AfterValidator(_port_or_none)]
 
 

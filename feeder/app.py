@@ -57,6 +57,7 @@ class Feeder:
             batch=settings.write_batch,
             time_ordered=time_ordered,
             simulated=settings.simulated,
+            history=settings.history_maxlen,
         )
         self.status = FeederStatus(
             self.redis,

@@ -16,6 +16,7 @@ from client.layout import host_writer_id, validate_writer_id
 from client.settings import (
     AtLeastOne,
     ClientSettings,
+    NonNegativeInt,
     NonNegativeSeconds,
     OptionalPort,
     OptionalSeconds,
@@ -76,6 +77,9 @@ class FeederSettings(ClientSettings, ExchangeSettings):
     """The exchange URLs point at the simulator (md-sim): every book is marked simulated (``md`` shows it)."""
     max_levels: AtLeastOne = 50
     """A frame whose book has more levels a side than this is malformed (counted, skipped, never written)."""
+    history_maxlen: NonNegativeInt = 0
+    """Keep about this many past versions of every book in a capped stream beside it (``{md:<exchange>:
+    <symbol>}:hist``), appended by the write script itself; 0: no history. Memory: docs/operations.md."""
     metrics_port: OptionalPort = None
     """Serve Prometheus metrics on http://MD_METRICS_HOST:<port>/metrics and a health check on /healthz
     (unset: off; 0: any free port, logged)."""

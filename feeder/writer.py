@@ -104,8 +104,10 @@ class SnapshotWriter:
         max_backoff: float = 1.0,
         time_ordered: Container[str] = (),
         simulated: bool = False,
+        history: int = 0,
     ) -> None:
         self._redis = client
+        self._history = history  # MD_HISTORY_MAXLEN: each accepted version also goes to its capped stream
         self._layout = layout
         self._feeder_id = feeder_id
         self._batch = batch
@@ -283,7 +285,7 @@ class SnapshotWriter:
             for start, end in pairwise(bounds):
                 books = encode(items[start:end])
                 if books:
-                    yield write_flow(self._layout, books, indexed=self._indexed)
+                    yield write_flow(self._layout, books, indexed=self._indexed, history=self._history)
 
         started = time.perf_counter()
         try:

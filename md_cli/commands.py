@@ -36,6 +36,7 @@ from md_cli.render import (
     WatchRow,
     book_json,
     clock,
+    history_line,
     render_book,
     render_status,
     render_watch,
@@ -264,6 +265,27 @@ def _status_entry(
     entry["heartbeat"] = at
     entry["age"] = None if at is None else max(0.0, time.time() - at)
     return entry
+
+
+# --------------------------------------------------------------------------------------------- md history
+def cmd_history(ctx: Context) -> int:
+    exchange, symbol = normal_exchange(ctx.args.exchange), normal_symbol(ctx.args.symbol)
+    if ctx.args.last < 1:
+        raise CliError("--last must be at least 1", EXIT_USAGE)
+    books = ctx.provider.get_history(symbol, exchange, ctx.args.last)
+    if not books:
+        raise CliError(
+            f"no history for {exchange}:{symbol} (feeders keep one with MD_HISTORY_MAXLEN)", EXIT_NOTHING
+        )
+    for book in books:
+        if ctx.args.json:
+            print(json.dumps({"exchange": exchange, "symbol": symbol, "seq": book.seq, "xid": book.xid,
+                              "ts": book.timestamp, "recv_ts": book.recv_ts,
+                              "bids": [list(level) for level in book.bids],
+                              "asks": [list(level) for level in book.asks]}))  # fmt: skip
+        else:
+            print(history_line(book))
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------------------------- md symbols

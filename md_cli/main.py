@@ -32,6 +32,7 @@ from md_cli.commands import (
     LIST_REFRESH,
     REDIS_DOWN,
     cmd_get,
+    cmd_history,
     cmd_status,
     cmd_symbols,
     cmd_watch,
@@ -171,6 +172,20 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("-v", "--verbose", action="store_true", help="every counter of every feeder")
     status.add_argument("--all", action="store_true", help="also feeders dead for more than a day")
     status.set_defaults(command=cmd_status)
+
+    history = sub.add_parser(
+        "history",
+        parents=[common],
+        help="a book's past versions (feeders with MD_HISTORY_MAXLEN)",
+        usage="md history EXCHANGE SYMBOL [--last N] [--json]",
+        description="The book's last N versions from its capped history, oldest first: time, seq, xid, best "
+        "bid and ask; --json prints every version whole, one per line.",
+    )
+    history.add_argument("exchange", metavar="EXCHANGE")
+    history.add_argument("symbol", metavar="SYMBOL")
+    history.add_argument("--last", type=int, default=20, metavar="N", help="how many versions (default 20)")
+    history.add_argument("--json", action="store_true", help="one JSON object per version")
+    history.set_defaults(command=cmd_history)
 
     symbols = sub.add_parser(
         "symbols",

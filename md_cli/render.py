@@ -52,6 +52,16 @@ def book_json(status: SnapshotStatus, book: OrderBookSnapshot, depth: int | None
     }
 
 
+def history_line(book: OrderBookSnapshot) -> str:
+    """One past version: exchange time, seq, xid, best bid and ask, and the depth of each side."""
+    when = datetime.fromtimestamp(book.timestamp, UTC).strftime("%H:%M:%S.%f")[:-3]
+    bid, ask = book.best_bid(), book.best_ask()
+    return (
+        f"{when}  seq {book.seq}  xid {book.xid}  bid {fmt_num(bid)} x {len(book.bids)}  "
+        f"ask {fmt_num(ask)} x {len(book.asks)}"
+    )
+
+
 def status_json(status: SnapshotStatus) -> dict[str, Any]:
     """A book's status as plain JSON types (`md watch --json`)."""
     return {

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, TypeVar
 import orjson
 from redis.exceptions import AskError, AuthenticationError, MovedError, NoPermissionError, NoScriptError
 
-from client.errors import MarketDataPermissionError, RedisCommandError
+from client.errors import CorruptSnapshotError, MarketDataPermissionError, RedisCommandError
 from client.layout.codec import READ_FIELDS, Command, EncodedBook
 from client.layout.feeder_record import OFFLINE, OFFLINE_KEEP_SECONDS, STATE_FIELD, FeederRecord
 from client.layout.names import RedisLayout
@@ -29,8 +29,11 @@ from client.layout.scripts import (
     PACE,
     SCRIPTS,
     WRITE_BOOK,
+    WRITE_BOOK_HISTORY,
+    WRITE_BOOK_HISTORY_SHARDED,
     WRITE_BOOK_SHARDED,
 )
+from client.models import OrderBookSnapshot
 
 T = TypeVar("T")
 Flow = Generator[list[Command], list[Any], T]
@@ -118,7 +121,7 @@ def _eval(command: Command, source: str) -> Command:
 
 # --------------------------------------------------------------------------------------------- writes
 def write_flow(
-    layout: RedisLayout, books: Sequence[EncodedBook], *, indexed: Container[str] = ()
+    layout: RedisLayout, books: Sequence[EncodedBook], *, indexed: Container[str] = (), history: int = 0
 ) -> Flow[list[int | Exception]]:
     """Write books in one pipelined round trip; each book's result, in order.
 
@@ -131,10 +134,27 @@ def write_flow(
     pipeline (not inside the script: they live in other Cluster slots). Books whose key is in `indexed` skip
     the index update: a feeder remembers what it already indexed since Redis last came back. An error of an
     index command (a wrong-typed index key) costs the index only.
+
+    `history` > 0: every accepted version is also appended, by the same script, to the book's capped
+    history stream (that many entries kept; `history_flow` reads them back).
     """
-    script = WRITE_BOOK_SHARDED if layout.sharded else WRITE_BOOK
-    sha = script.sha
-    commands: list[Command] = [("EVALSHA", sha, 1, book.key, *book.args) for book in books]
+    if history > 0:
+        script = WRITE_BOOK_HISTORY_SHARDED if layout.sharded else WRITE_BOOK_HISTORY
+        commands: list[Command] = [
+            (
+                "EVALSHA",
+                script.sha,
+                2,
+                book.key,
+                layout.history_key(book.exchange, book.symbol),
+                *book.args,
+                history,
+            )
+            for book in books
+        ]
+    else:
+        script = WRITE_BOOK_SHARDED if layout.sharded else WRITE_BOOK
+        commands = [("EVALSHA", script.sha, 1, book.key, *book.args) for book in books]
     last: dict[str, str] = {}
     new_exchanges: set[str] = set()
     for book in books:
@@ -368,6 +388,29 @@ def offline_flow(layout: RedisLayout, feeder_id: str, record: FeederRecord) -> F
     """Write a feeder's last record, ``state`` offline, kept `OFFLINE_KEEP_SECONDS` for operators to read."""
     assert record.state == OFFLINE
     return (yield from heartbeat_flow(layout, feeder_id, record, OFFLINE_KEEP_SECONDS * 1000))
+
+
+def history_flow(layout: RedisLayout, exchange: str, symbol: str, last: int) -> Flow[list[OrderBookSnapshot]]:
+    """The book's `last` past versions from its history stream, oldest first (empty without history)."""
+    key = layout.history_key(exchange, symbol)
+    replies = yield from _round([("XREVRANGE", key, "+", "-", "COUNT", last)])
+    books: list[OrderBookSnapshot] = []
+    for _, raw in reversed(replies[0]):
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        try:
+            books.append(
+                OrderBookSnapshot(
+                    symbol, float(fields["ts"]), _levels(fields["bids"]), _levels(fields["asks"]),
+                    exchange=exchange, seq=int(fields["seq"]), recv_ts=float(fields["recv_ts"]), xid=int(fields["xid"]),
+                )
+            )  # fmt: skip
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CorruptSnapshotError(key, "history entry", f"cannot be decoded ({exc})") from None
+    return books
+
+
+def _levels(text: str) -> list[tuple[float, float]]:
+    return [(float(p), float(q)) for p, q in orjson.loads(text)]
 
 
 def registry_flow(layout: RedisLayout) -> Flow[dict[str, dict[str, Any]]]:

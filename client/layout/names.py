@@ -157,6 +157,12 @@ class RedisLayout:
     def feeder_key(self, feeder_id: str) -> str:
         return f"{self.prefix}:feeder:{validate_writer_id(feeder_id)}"
 
+    def history_key(self, exchange: str, symbol: str) -> str:
+        """The capped stream of a book's past versions, ``md:hist:{md:upbit:KRW-BTC}``: the braces make Redis
+        Cluster hash only the book key, so the stream lives in the book's slot and one script writes both;
+        the prefix keeps it under the ACL users' ``~md:*``."""
+        return f"{self.prefix}:hist:{{{self.book_key(exchange, symbol)}}}"
+
     def registry_key(self) -> str:
         """The hash of every feeder seen: id -> its last record as JSON, kept after the record expires, so
         that a dead feeder is still listed (``md status``) with its last counters."""

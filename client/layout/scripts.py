@@ -202,6 +202,20 @@ return {tonumber(oldest[2]) + window - now + 1, now}
 )
 
 
+def with_history(script: LuaScript) -> LuaScript:
+    """The same write script that also appends every accepted version to the book's capped history stream:
+    KEYS[2] (`RedisLayout.history_key`, in the book's hash slot), at most ARGV[16] entries (exact ``MAXLEN``:
+    each append past the cap drops the oldest entry, a constant cost). The entry repeats what a reader of the
+    version needs: seq, xid, ts, recv_ts, rts, feeder and both sides as JSON."""
+    tail = "\nreturn seq\n"
+    assert script.source.endswith(tail), script.name
+    append = (
+        "\nredis.call('XADD', KEYS[2], 'MAXLEN', ARGV[16], '*', 'seq', seq, 'xid', ARGV[1], 'ts', ARGV[10],"
+        "\n  'recv_ts', ARGV[11], 'rts', rts, 'feeder', writer, 'bids', ARGV[6], 'asks', ARGV[7])"
+    )
+    return LuaScript(script.name + "_history", script.source[: -len(tail)] + append + tail)
+
+
 def sharded(script: LuaScript) -> LuaScript:
     """The same script announcing with SPUBLISH on the book's own shard channel (Redis Cluster): a classic
     PUBLISH is broadcast over the cluster bus to every node, SPUBLISH stays on the node of the book's slot."""
@@ -209,10 +223,21 @@ def sharded(script: LuaScript) -> LuaScript:
 
 
 WRITE_BOOK_SHARDED = sharded(WRITE_BOOK)
+WRITE_BOOK_HISTORY = with_history(WRITE_BOOK)
+WRITE_BOOK_HISTORY_SHARDED = sharded(WRITE_BOOK_HISTORY)
 MARK_DOWN_SHARDED = sharded(MARK_DOWN)
 
 SCRIPTS = {
     script.sha: script.name
-    for script in (WRITE_BOOK, MARK_DOWN, HEARTBEAT, PACE, WRITE_BOOK_SHARDED, MARK_DOWN_SHARDED)
+    for script in (
+        WRITE_BOOK,
+        MARK_DOWN,
+        HEARTBEAT,
+        PACE,
+        WRITE_BOOK_SHARDED,
+        MARK_DOWN_SHARDED,
+        WRITE_BOOK_HISTORY,
+        WRITE_BOOK_HISTORY_SHARDED,
+    )
 }
 """Script names by SHA, for error messages."""

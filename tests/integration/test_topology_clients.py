@@ -393,7 +393,7 @@ async def test_feeder_and_engines_on_a_3_master_cluster_and_a_node_restart(redis
     def as_user(user: str) -> str:
         return str(cluster.url).replace("redis://", f"redis://{user}:pw-{user}@")
 
-    env = {"MD_REDIS_URL": as_user("md-feeder"), "MD_REDIS_CLUSTER": "true"}
+    env = {"MD_REDIS_URL": as_user("md-feeder"), "MD_REDIS_CLUSTER": "true", "MD_HISTORY_MAXLEN": "50"}
     async with ExchangeSimulator(rate=5.0) as sim:
         feeder = FeederProcess(
             {**feeder_env(sim, MD_FEEDER_ID="cluster-test", **env), "MD_UPBIT_SYMBOLS": ",".join(upbit)}
@@ -417,6 +417,13 @@ async def test_feeder_and_engines_on_a_3_master_cluster_and_a_node_restart(redis
             )
             owners = {cluster.node_of(f"md:{x}:{s}") for x, s in fed}
             assert len(owners) == 3, f"the books did not spread over the three masters: {owners}"
+            # history: the write script appends to a stream in the book's own slot, on every master
+            for exchange, symbol in fed:
+                key = f"md:hist:{{md:{exchange}:{symbol}}}"
+                node = cluster.node_of(key)
+                assert node == cluster.node_of(f"md:{exchange}:{symbol}")
+                with redis.Redis(port=cluster.nodes[node].port) as on_node:
+                    assert 1 <= on_node.xlen(key) <= 50
             watch = FrozenWatch(sim, engines).start()
             victim = cluster.node_of(f"md:upbit:{upbit[0]}")
             await asyncio.to_thread(cluster.restart_node, victim)

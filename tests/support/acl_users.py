@@ -6,13 +6,14 @@ from __future__ import annotations
 FEEDER_ACL = (
     "resetkeys ~md:* resetchannels &md:* -@all "
     "+evalsha +eval +hgetall +sadd +set +info "  # what the feeder sends (EVAL after NOSCRIPT)
-    "+hmget +hget +hset +time +publish +spublish +pexpire +zadd +zcard +zrange +zremrangebyscore"  # what its scripts run (Redis checks them too)
+    # what its scripts run (Redis checks them too)
+    "+hmget +hget +hset +time +publish +spublish +pexpire +zadd +zcard +zrange +zremrangebyscore +xadd"
 )
 # A PSUBSCRIBE pattern must equal one of the user's channel patterns: the mirror's is md:*:* (md:<exchange>:*
 # for MD_MIRROR_EXCHANGES, which then needs &md:<exchange>:* as well); md:*:* also admits SUBSCRIBE md:upbit:X.
 ENGINE_ACL = (
     "resetkeys %R~md:* resetchannels &md:*:* -@all "
-    "+hmget +hget +time +smembers +sismember +get +ping "
+    "+hmget +hget +time +smembers +sismember +get +ping +xrevrange "
     "+subscribe +psubscribe +unsubscribe +punsubscribe +ssubscribe +sunsubscribe"  # s*: Cluster mirrors
 )
 OPERATOR_ACL = ENGINE_ACL + " +scan +hgetall +pttl"
