@@ -12,6 +12,7 @@ import signal
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from client import __version__
@@ -19,6 +20,7 @@ from client.errors import SettingsError
 from client.settings import load_settings
 from feeder.app import Feeder
 from feeder.log_format import configure_logging
+from feeder.recorder import record
 from feeder.settings import FeederSettings
 
 FLAGS = {
@@ -43,6 +45,14 @@ def parse_args(argv: list[str] | None) -> dict[str, Any]:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     for name, help_text in FLAGS.items():
         parser.add_argument("--" + name.replace("_", "-"), dest=name, help=help_text)
+    parser.add_argument(
+        "--record",
+        metavar="FILE",
+        help="instead of feeding Redis: record the traffic of one exchange (MD_EXCHANGES) into FILE, in the "
+        "capture format md-sim --replay-<exchange> plays back",
+    )
+    parser.add_argument("--record-seconds", type=float, metavar="S", help="stop recording after S seconds")
+    parser.add_argument("--record-frames", type=int, metavar="N", help="stop recording after N frames")
     parser.add_argument(
         "--healthcheck",
         action="store_true",
@@ -84,6 +94,9 @@ async def _run(feeder: Feeder) -> None:
 def main(argv: list[str] | None = None) -> int:
     overrides = parse_args(argv)
     check = overrides.pop("healthcheck", False)
+    recording = overrides.pop("record", None)
+    seconds = overrides.pop("record_seconds", None)
+    frames = overrides.pop("record_frames", None)
     try:
         settings = load_settings(FeederSettings, **overrides)
     except SettingsError as exc:
@@ -91,6 +104,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if check:
         return healthcheck(settings)
+    if recording is not None:
+        configure_logging(settings.log_level, settings.log_format)
+        if seconds is None and frames is None:
+            print("md-feeder: --record needs --record-seconds or --record-frames (or both)", file=sys.stderr)
+            return 2
+        try:
+            asyncio.run(record(settings, Path(recording), seconds=seconds, frames=frames))
+        except (ValueError, OSError) as exc:
+            print(f"md-feeder: cannot record: {exc}", file=sys.stderr)
+            return 2 if isinstance(exc, ValueError) else 1
+        return 0
     configure_logging(settings.log_level, settings.log_format)
     try:
         feeder = Feeder(settings)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -58,6 +59,8 @@ def main(argv: Sequence[str] | None = None, *, client_factory: ClientFactory | N
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error argparse already printed
         return exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_USAGE)
+    if getattr(args, "record", False):
+        return record_traffic(args)
     overrides: dict[str, Any] = {}
     if args.redis_url is not None:
         overrides["redis_url"] = args.redis_url
@@ -98,6 +101,24 @@ def main(argv: Sequence[str] | None = None, *, client_factory: ClientFactory | N
 
 EXCHANGE_NAMES = ("upbit", "binance", "bithumb", "coinone", "bybit", "okx")
 """The exchanges the feeders speak, for the help text (a test keeps it in step with the feeder's registry)."""
+
+
+def record_traffic(args: argparse.Namespace) -> int:
+    """`md record`: the feeder's recorder (``md-feeder --record``) in a child process, which knows the
+    exchanges' protocols (md itself reads Redis only); its output and exit status are md's."""
+    exchange = args.exchange.strip().lower()
+    if args.seconds is None and args.frames is None:
+        print("md: record needs --seconds or --frames (or both)", file=sys.stderr)
+        return EXIT_USAGE
+    env = {**os.environ, "MD_EXCHANGES": exchange, f"MD_{exchange.upper()}_SYMBOLS": args.symbols}
+    if args.url:
+        env[f"MD_{exchange.upper()}_URL"] = args.url
+    command = [sys.executable, "-m", "feeder", "--record", args.file]
+    if args.seconds is not None:
+        command += ["--record-seconds", str(args.seconds)]
+    if args.frames is not None:
+        command += ["--record-frames", str(args.frames)]
+    return subprocess.run(command, env=env, check=False).returncode
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,6 +207,22 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--last", type=int, default=20, metavar="N", help="how many versions (default 20)")
     history.add_argument("--json", action="store_true", help="one JSON object per version")
     history.set_defaults(command=cmd_history)
+
+    rec = sub.add_parser(
+        "record",
+        help="record an exchange's live traffic into a file md-sim can replay",
+        usage="md record FILE --exchange EXCHANGE --symbols A,B [--seconds S] [--frames N] [--url URL]",
+        description="Open the connection a feeder would and write every frame with its receive time, in the "
+        "capture format `md-sim --replay-<exchange> FILE` plays back (one exchange per file). Runs the feeder's "
+        "recorder (md-feeder --record), which knows the exchanges' protocols.",
+    )
+    rec.add_argument("file", metavar="FILE")
+    rec.add_argument("--exchange", required=True, help="the exchange (upbit, binance, ...)")
+    rec.add_argument("--symbols", required=True, help="comma-separated symbols in the exchange's spelling")
+    rec.add_argument("--seconds", type=float, help="stop after this many seconds")
+    rec.add_argument("--frames", type=int, help="stop after this many frames")
+    rec.add_argument("--url", help="the exchange's WebSocket URL (default: its public endpoint)")
+    rec.set_defaults(command=None, record=True)
 
     symbols = sub.add_parser(
         "symbols",
