@@ -12,10 +12,14 @@ import shutil
 import sys
 import textwrap
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 import redis.exceptions
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
 
 from client import BookState, RedisMarketDataProvider
 from client.errors import InvalidSymbolError
@@ -32,6 +36,7 @@ from client.resolver import guess_exchange
 from client.topology import primaries
 from client.transport import run_flow
 from md_cli.context import EXIT_NOTHING, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, Context
+from md_cli.live_view import watch_table
 from md_cli.render import (
     WatchRow,
     book_json,
@@ -45,8 +50,8 @@ from md_cli.render import (
 
 DEFAULT_DEPTH = 10
 LIST_REFRESH = 5.0  # seconds between re-reads of the book indexes while watching every book
+RATE_WINDOW = 5.0  # seconds of versions an update rate is measured over (smooth, still quick to follow)
 REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-_CLEAR = "\x1b[H\x1b[2J"
 
 
 # --------------------------------------------------------------------------------------------- md get
@@ -102,7 +107,9 @@ class Watch:
         self.symbols = [normal_symbol(s) for s in symbols]
         self._targets: list[tuple[str | None, str]] = []
         self._listed_at: float | None = None
-        self._prev: dict[tuple[str, str], tuple[int, float]] = {}
+        self._prev: dict[
+            tuple[str, str], deque[tuple[int, float]]
+        ] = {}  # per book: (seq, when) in the window
 
     def targets(self) -> list[tuple[str | None, str]]:
         if self.exchanges and self.symbols:
@@ -130,19 +137,26 @@ class Watch:
         return found
 
     def refresh(self) -> list[WatchRow]:
+        """Read every watched book; each one's update rate is smoothed over the last `RATE_WINDOW` seconds."""
         targets = self.targets()
         results = self.provider.inspect_books(targets)
         now = time.monotonic()
         rows: list[WatchRow] = []
-        prev: dict[tuple[str, str], tuple[int, float]] = {}
+        prev: dict[tuple[str, str], deque[tuple[int, float]]] = {}
         for status, book in results:
             rate = None
             if status.seq is not None:
                 key = (status.exchange, status.symbol)
-                before = self._prev.get(key)
-                if before is not None and status.seq >= before[0] and now > before[1]:
-                    rate = (status.seq - before[0]) / (now - before[1])
-                prev[key] = (status.seq, now)
+                samples = self._prev.get(key) or deque()
+                if samples and status.seq < samples[-1][0]:
+                    samples.clear()  # a lower seq: Redis restarted, the counting starts again
+                samples.append((status.seq, now))
+                while len(samples) > 2 and now - samples[1][1] >= RATE_WINDOW:
+                    samples.popleft()
+                first_seq, first_at = samples[0]
+                if now > first_at:
+                    rate = (status.seq - first_seq) / (now - first_at)
+                prev[key] = samples
             rows.append(WatchRow(status, book, rate))
         self._prev = prev
         return rows
@@ -159,17 +173,20 @@ def cmd_watch(ctx: Context) -> int:
             raise CliError(f"cannot reach Redis at {ctx.where}: {rows[0].status.detail}", EXIT_UNREACHABLE)
         print("\n".join(render_watch(rows, ctx.where, ctx.layout.prefix, color=False, max_rows=None)))
         return EXIT_OK
+    console = Console()
     try:
-        while True:
-            try:
-                lines = render_watch(
-                    watch.refresh(), ctx.where, ctx.layout.prefix, color=True, max_rows=_screen_rows()
-                )
-            except REDIS_DOWN as exc:  # keep watching: the view shows when Redis comes back
-                lines = [f"md watch  {ctx.where}  {clock()}", f"cannot reach Redis: {exc} (retrying)"]
-            sys.stdout.write(_CLEAR + "\n".join(lines) + "\n")
-            sys.stdout.flush()
-            time.sleep(ctx.args.interval)
+        with Live(console=console, screen=True, auto_refresh=False, transient=True) as live:
+            while True:
+                try:
+                    view: Any = watch_table(
+                        watch.refresh(), ctx.where, ctx.layout.prefix, max_rows=_screen_rows()
+                    )
+                except REDIS_DOWN as exc:  # keep watching: the view shows when Redis comes back
+                    view = Text(
+                        f"md watch  {ctx.where}  {clock()}\ncannot reach Redis: {exc} (retrying)", style="red"
+                    )
+                live.update(view, refresh=True)
+                time.sleep(ctx.args.interval)
     except KeyboardInterrupt:
         return EXIT_OK
 

@@ -234,7 +234,9 @@ def test_watch_with_no_books(md: Run) -> None:
     assert code == 0 and out.splitlines()[-1] == "no books"
 
 
-def test_watch_counts_updates_per_second(backend: Backend) -> None:
+def test_watch_counts_updates_per_second(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rates are smoothed over RATE_WINDOW seconds (here 0.05): one quiet refresh does not show 0 at once."""
+    monkeypatch.setattr(cli, "RATE_WINDOW", 0.05)
     provider = RedisMarketDataProvider(redis=backend.sync)
     provider.write_snapshot(BTC, "upbit")
     watch = cli.Watch(provider, [], [])
@@ -244,7 +246,11 @@ def test_watch_counts_updates_per_second(backend: Backend) -> None:
     time.sleep(0.05)
     (row,) = watch.refresh()
     assert row.status.seq == 4 and row.rate is not None and row.rate > 0
-    (row,) = watch.refresh()
+    busy = row.rate
+    (row,) = watch.refresh()  # nothing new, but the window still holds the three updates
+    assert row.rate is not None and 0 < row.rate <= busy
+    time.sleep(0.06)
+    (row,) = watch.refresh()  # the window moved past them
     assert row.rate == 0.0
 
 
@@ -281,7 +287,10 @@ def test_watch_on_a_terminal_redraws_until_ctrl_c(
     monkeypatch.setattr(cli.time, "sleep", fake_sleep)
     code, out, _ = md("watch", "--interval", "0.25")
     assert code == 0
-    assert out.count("\x1b[H\x1b[2J") == 2 and out.count("KRW-BTC") == 2
+    # drawn on the alternate screen (entered once, left on Ctrl-C: the user's screen comes back, the
+    # scrollback keeps no tables), redrawn in place on every refresh
+    assert out.count("\x1b[?1049h") == 1 and out.rstrip().endswith("\x1b[?1049l")
+    assert out.count("KRW-BTC") == 2 and out.count("137,001,000") == 2  # thousands separators on a terminal
 
 
 def test_watch_on_a_small_terminal_keeps_the_books_that_are_down(backend: Backend) -> None:
