@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.plots import write_plots
 from bench.report import Context, Table, machine
 
 BENCHMARKS = [
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         ctx.close()
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for picture in write_plots(ctx.series, out.parent):
+        print(f"plot written to {picture}")
     report = {"machine": info, "quick": args.quick, "seconds": round(time.monotonic() - started, 1),
               "tables": [t.to_json() for t in tables]}  # fmt: skip
     out.write_text(json.dumps(report, indent=2))

@@ -160,6 +160,7 @@ async def run_case(ctx: Context, case: Case, table: Table, summary: Table) -> No
                 await asyncio.sleep(settle)
                 step = await measure(probe, feeder, sim, meter, offered, seconds)
                 steps.append(step)
+                ctx.keep("e2e", case=case.label, offered=offered, written=step.written, sent=step.sent)
                 verdict = "sim-bound" if step.sim_bound else ("yes" if step.kept_up else "NO")
                 table.add(
                     case.label + note, offered, step.sent, step.received, step.written, step.coalesced,

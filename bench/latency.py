@@ -338,9 +338,19 @@ async def _run(ctx: Context, table: Table, tick: float, arrival: str) -> None:
             f"{label}: a book was seen before it was sent (join is wrong)",
         )
         _row(table, arrival, label, latencies, len(sent))
+        ctx.keep("latency", arrival=arrival, stage=f"send -> {label}", ms=[x * 1000 for x in latencies])
         if mode == "pubsub":
             _row(table, arrival, "  of which simulator send -> feeder receive", to_feeder, len(sent))
             _row(table, arrival, "  of which feeder receive -> pub/sub client", from_feeder, len(sent))
+            ctx.keep(
+                "latency", arrival=arrival, stage="send -> feeder receive", ms=[x * 1000 for x in to_feeder]
+            )
+            ctx.keep(
+                "latency",
+                arrival=arrival,
+                stage="feeder receive -> client",
+                ms=[x * 1000 for x in from_feeder],
+            )
     _row(table, arrival, "(simulator encode -> send, not included)", encode_to_send, len(sent))
     table.note(
         f"{arrival}: CPU during the window (% of one core): "

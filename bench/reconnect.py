@@ -228,6 +228,10 @@ async def _run(ctx: Context, table: Table, sc: Scenario) -> None:
             f"{sc.label} {exchange}: {len(result.fresh)} of {sc.repeats} recovered",
         )
         cells: list[object] = [f"{exchange}, {len(symbols)} books, {sc.label}", len(result.fresh)]
+        ctx.keep(
+            "reconnect", case=f"{exchange}, {len(symbols)} books, {sc.label}",
+            **{k: [v * 1000 for v in getattr(result, k)] for k in ("down", "all_down", "live", "all_live", "caught_up")},
+        )  # fmt: skip
         for values in (
             result.down,
             result.all_down,

@@ -118,6 +118,11 @@ class Context:
     quick: bool
     workdir: Path
     _redis: LocalRedisServer | None = None
+    series: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Raw samples kept for the plots (`bench.plots`), by benchmark."""
+
+    def keep(self, benchmark: str, **data: Any) -> None:
+        self.series.setdefault(benchmark, []).append(data)
 
     def redis(self) -> LocalRedisServer:
         """The run's private redis-server, flushed (never the machine's own Redis)."""

@@ -32,3 +32,8 @@ def test_quick_benchmarks_run_and_their_checks_hold(tmp_path: Path) -> None:
         assert table["rows"], f"{table['name']} printed no rows"
         assert not table["failures"], table
         assert table["title"] in done.stdout
+    # the pictures, beside the numbers: real PNG files, one per benchmark that keeps samples
+    for name in ("latency_cdf.png", "e2e_rate.png", "reconnect_timeline.png"):
+        picture = tmp_path / name
+        assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and picture.stat().st_size > 5_000, name
+        assert f"plot written to {picture}" in done.stdout
