@@ -43,6 +43,7 @@ from md_cli.render import (
     clock,
     history_line,
     render_book,
+    render_book_rows,
     render_status,
     render_watch,
     status_json,
@@ -260,14 +261,32 @@ def cmd_status(ctx: Context) -> int:
     running = sum(1 for e in entries if e["state"] == "running")
     dead = sum(1 for e in entries if e["state"] in ("dead", "unreadable"))
     code = EXIT_OK if running and not dead else EXIT_NOTHING
+    books = _book_rates(ctx) if ctx.args.symbols else None
     if ctx.args.json:
-        print(json.dumps({"feeders": entries, "running": running, "dead": dead, "time": now}))
+        report: dict[str, Any] = {"feeders": entries, "running": running, "dead": dead, "time": now}
+        if books is not None:
+            report["books"] = [{**status_json(r.status), "updates_per_s": r.rate} for r in books]
+        print(json.dumps(report))
         return code
     if not entries:
         print(f"no feeders (no {ctx.layout.feeder_pattern()} keys, none in {ctx.layout.registry_key()})")
         return code
     print(render_status(entries, now, verbose=ctx.args.verbose, width=shutil.get_terminal_size().columns))
+    if books is not None:
+        print()
+        print("\n".join(render_book_rows(books)))
     return code
+
+
+SYMBOL_RATE_SPAN = 1.0  # seconds between the two reads `md status --symbols` measures update rates over
+
+
+def _book_rates(ctx: Context) -> list[WatchRow]:
+    """Every book, read twice `SYMBOL_RATE_SPAN` apart: its state on the second read and its updates/s."""
+    watch = Watch(ctx.provider, [], [])
+    watch.refresh()
+    time.sleep(SYMBOL_RATE_SPAN)
+    return watch.refresh()
 
 
 def _status_entry(

@@ -192,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print every feeder and its fields as JSON")
     status.add_argument("-v", "--verbose", action="store_true", help="every counter of every feeder")
     status.add_argument("--all", action="store_true", help="also feeders dead for more than a day")
+    status.add_argument(
+        "--symbols",
+        action="store_true",
+        help="every book by feeder: updates/s (over 1 s), age, live or why not",
+    )
     status.set_defaults(command=cmd_status)
 
     history = sub.add_parser(

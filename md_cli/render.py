@@ -230,6 +230,18 @@ def render_status(entries: list[dict[str, Any]], now: float, *, verbose: bool, w
     return "\n".join(lines)
 
 
+def render_book_rows(rows: Sequence[WatchRow]) -> list[str]:
+    """`md status --symbols`: every book by its feeder, with updates/s, age, and live or why not."""
+    ordered = sorted(rows, key=lambda r: (r.status.feeder or "", r.status.exchange or "", r.status.symbol))
+    cells = [
+        [r.status.feeder or "-", r.status.exchange or "?", r.status.symbol,
+         "-" if r.rate is None else f"{r.rate:.1f}", fmt_age(r.status.age),
+         "live" if r.status.live else f"{r.status.state.value}: {r.status.detail}"[:60]]
+        for r in ordered
+    ]  # fmt: skip
+    return render_table(["FEEDER", "EXCHANGE", "SYMBOL", "UPD/S", "AGE", "STATE"], cells, right={3, 4})
+
+
 def _thousands(value: str | None) -> str:
     try:
         return f"{int(value):,}" if value is not None else "-"

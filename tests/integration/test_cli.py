@@ -488,3 +488,26 @@ def test_every_read_command_speaks_json(backend: Backend, md: Run) -> None:
     assert book["bid"] == BTC.bids[0][0] and book["ask"] == BTC.asks[0][0]
     code, out, _ = md("status", "--json")
     assert code == 0 and json.loads(out)["running"] == 1
+
+
+def test_status_symbols_shows_every_book_by_feeder_with_its_rate(
+    backend: Backend, md: Run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    feeder_write(backend, BTC, "upbit")
+    feeder_write(backend, BTCUSDT, "binance", feeder="f2")
+    backend.sync.hset("md:binance:BTCUSDT", "live", "0")  # its connection dropped
+
+    def three_more_versions(seconds: float) -> None:  # between the two reads, BTC gets 3 new versions
+        for i in range(1, 4):
+            feeder_write(
+                backend, OrderBookSnapshot("KRW-BTC", BTC.timestamp + i, BTC.bids, BTC.asks), "upbit"
+            )
+
+    monkeypatch.setattr(cli.time, "sleep", three_more_versions)
+    code, out, _ = md("status", "--symbols")
+    table = out.split("\n\n", 1)[1].splitlines()
+    assert table[0].split() == ["FEEDER", "EXCHANGE", "SYMBOL", "UPD/S", "AGE", "STATE"]
+    btc = next(line for line in table if "KRW-BTC" in line).split()
+    assert btc[:3] == ["f1", "upbit", "KRW-BTC"] and float(btc[3]) > 0 and btc[-1] == "live"
+    usdt = next(line for line in table if "BTCUSDT" in line)
+    assert usdt.split()[:3] == ["f2", "binance", "BTCUSDT"] and "connection_down" in usdt
