@@ -8,15 +8,18 @@ mark the feeder offline (its books stop being served as live), stop the writer a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import redis.asyncio
 import redis.exceptions
 
-from client.errors import redis_failure
-from client.layout import RedisLayout
+from client.errors import InvalidSymbolError, redis_failure
+from client.layout import RedisLayout, change_wanted_flow, validate_symbol, wanted_flow
 from client.topology import async_client, describe, follow_primary
+from client.transport import arun_flow
 from feeder.connection import ConnectionSettings, ExchangeConnection, StallPolicy
+from feeder.exchanges import ExchangeProtocol
 from feeder.exchanges.base import StallRule
 from feeder.exchanges.registry import EXCHANGES
 from feeder.latency import StageLatency
@@ -40,6 +43,9 @@ def stall_policy(rule: StallRule, settings: FeederSettings) -> StallPolicy:
     if cadence is not None:
         return StallPolicy(fixed=cadence * rule.beats, floor=rule.floor)
     return StallPolicy(floor=rule.floor, adaptive=rule.adaptive, gaps=rule.gaps)
+
+
+WANTED_INTERVAL = 0.5  # seconds between two reads of the wanted sets: a change applies within a second
 
 
 class Feeder:
@@ -69,7 +75,12 @@ class Feeder:
             on_loss=self.writer.rewrite_all,
             identify=not settings.redis_cluster,
         )
+        # per exchange: what its connections are built from, to add one at run time (`_apply_wanted`)
+        self._parts: dict[str, tuple[ExchangeProtocol, ConnectionSettings, SharedOpenLimiter]] = {}
         self.connections = self._build_connections()
+        self._readers: dict[ExchangeConnection, asyncio.Task[None]] = {}
+        self._running = False  # the readers run: a connection added at run time starts at once
+        self._wanted_ok = True
         self.latency = StageLatency()
         self.writer.observers.append(self.latency)
         self.metrics: FeederMetrics | None = None
@@ -116,6 +127,7 @@ class Feeder:
                 resyncs_per_minute=s.resyncs_per_minute or descriptor.pacing.resyncs_per_minute,
                 missing_after=s.missing_after,
             )
+            self._parts[exchange] = (protocol, conn_settings, limiter)
             chunks = split_for_connections(symbols, protocol.max_symbols_per_connection)
             for i, chunk in enumerate(chunks, 1):
                 connections.append(
@@ -199,12 +211,17 @@ class Feeder:
             asyncio.create_task(self._heartbeat_loop(stop), name="heartbeat"),
             asyncio.create_task(self._summary_loop(), name="summary"),
         ]
-        readers = [asyncio.create_task(c.run(), name=c.name) for c in self.connections]
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self._apply_wanted()  # start from the wanted set, before any connection opens
+        background.append(asyncio.create_task(self._wanted_loop(), name="wanted"))
+        for c in self.connections:
+            self._readers[c] = asyncio.create_task(c.run(), name=c.name)
+        self._running = True
         try:
-            await self._until_stopped(stop, [*background, *readers])
+            await self._until_stopped(stop, background)
         finally:
             log.info("feeder %s: stopping", self.id)
-            await _cancel_all(readers)
+            await _cancel_all(list(self._readers.values()))
             flushed = await self.writer.flush(FLUSH_TIMEOUT)
             if not flushed:
                 log.warning("could not flush %d pending books before shutdown", self.writer.pending)
@@ -216,24 +233,113 @@ class Feeder:
                 await self.redis.aclose()
             log.info("feeder %s: stopped (%s)", self.id, self.summary())
 
-    async def _until_stopped(self, stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    async def _until_stopped(self, stop: asyncio.Event, background: list[asyncio.Task[None]]) -> None:
         """Wait for `stop`; a task that ends before it (they run until cancelled) is a bug or an error nothing
         handled: it is logged with its traceback and the feeder stops with exit status 1, so that its books go
-        not live and a supervisor restarts it, instead of running on with a dead writer or connection."""
+        not live and a supervisor restarts it, instead of running on with a dead writer or connection. The
+        readers are looked at anew every second: connections come and go with the wanted sets (a retired one
+        leaves `_readers` before it is cancelled)."""
         stopping = asyncio.create_task(stop.wait(), name="stop")
         try:
-            done, _ = await asyncio.wait({stopping, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                tasks = {stopping, *background, *self._readers.values()}
+                done, _ = await asyncio.wait(tasks, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+                if stopping in done:
+                    return
+                ended = [t for t in done if t in background or t in self._readers.values()]
+                if not ended:
+                    continue
+                for task in ended:
+                    if stop.is_set():
+                        continue  # it set stop itself (the heartbeat, on a taken-over id)
+                    error = None if task.cancelled() else task.exception()
+                    log.error(
+                        "feeder %s: task %s ended unexpectedly%s; stopping (exit status 1)",
+                        self.id, task.get_name(), "" if error is None else f": {error!r}", exc_info=error,
+                    )  # fmt: skip
+                    self.exit_code = self.exit_code or 1
+                return
         finally:
             stopping.cancel()
-        for task in done - {stopping}:
-            if stop.is_set():
-                continue  # it set stop itself (the heartbeat, on a taken-over id)
-            error = None if task.cancelled() else task.exception()
-            log.error(
-                "feeder %s: task %s ended unexpectedly%s; stopping (exit status 1)",
-                self.id, task.get_name(), "" if error is None else f": {error!r}", exc_info=error,
-            )  # fmt: skip
-            self.exit_code = self.exit_code or 1
+
+    async def _wanted_loop(self) -> None:
+        """Follow the wanted sets (``md subscribe`` / ``md unsubscribe``) every `WANTED_INTERVAL` seconds."""
+        while True:
+            await asyncio.sleep(WANTED_INTERVAL)
+            try:
+                await self._apply_wanted()
+            except REDIS_ERRORS as exc:
+                if self._wanted_ok:
+                    log.warning(
+                        "feeder %s: cannot read the wanted symbols (%s); keeping the current ones",
+                        self.id,
+                        exc,
+                    )
+                self._wanted_ok = False
+                continue
+            self._wanted_ok = True
+
+    async def _apply_wanted(self) -> None:
+        """Make this feeder's share of each exchange's wanted set what its connections subscribe: symbols
+        added go to a connection with room (a new request on it, no reconnect) or a new connection; removed
+        ones are unsubscribed and marked down; untouched connections are left alone. An exchange without a
+        wanted set gets this feeder's configured symbols written there."""
+        s = self.settings
+        k, n = s.shard_pair
+        exchanges = s.exchange_list
+        wanted = await arun_flow(self.redis, wanted_flow(self.layout, exchanges))
+        for exchange in exchanges:
+            listed = wanted.get(exchange) or []
+            if not listed:
+                configured = EXCHANGES[exchange].symbols(s)
+                if configured:
+                    await arun_flow(self.redis, change_wanted_flow(self.layout, exchange, configured, []))
+                continue
+            valid = []
+            for symbol in listed:
+                try:
+                    valid.append(validate_symbol(symbol))
+                except InvalidSymbolError:
+                    log.warning(
+                        "feeder %s: %s wants an invalid symbol %r: skipped", self.id, exchange, symbol[:60]
+                    )
+            desired = take_shard(valid, k, n)
+            await self._reconcile(exchange, desired)
+
+    async def _reconcile(self, exchange: str, desired: list[str]) -> None:
+        conns = [c for c in self.connections if c.exchange == exchange]
+        want = set(desired)
+        current = {sym for c in conns for sym in c.symbols}
+        for c in conns:
+            gone = [sym for sym in c.symbols if sym not in want]
+            if gone:
+                await c.change([], gone)
+        added = [sym for sym in desired if sym not in current]
+        protocol, conn_settings, limiter = self._parts[exchange]
+        room = protocol.max_symbols_per_connection
+        for c in conns:
+            if not added:
+                break
+            free = room - len(c.symbols)
+            if free > 0 and c.symbols:
+                take, added = added[:free], added[free:]
+                await c.change(take, [])
+        for chunk in split_for_connections(added, room) if added else []:
+            used = {c.name for c in self.connections}
+            index = next(i for i in range(1, len(used) + 2) if f"{exchange}-{i}" not in used)
+            conn = ExchangeConnection(
+                protocol, chunk, self.writer, conn_settings, limiter, name=f"{exchange}-{index}"
+            )
+            self.connections.append(conn)
+            log.info("feeder %s: %s: a new connection for %d wanted symbols", self.id, conn.name, len(chunk))
+            if self._running:
+                self._readers[conn] = asyncio.create_task(conn.run(), name=conn.name)
+        for c in [c for c in conns if not c.symbols]:  # every symbol removed: the connection goes
+            self.connections.remove(c)
+            task = self._readers.pop(c, None)
+            if task is not None:
+                await _cancel_all([task])
+            log.info("feeder %s: %s closed: none of its symbols is wanted any more", self.id, c.name)
 
     async def _claim(self) -> None:
         try:

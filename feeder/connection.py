@@ -150,7 +150,7 @@ class ExchangeConnection:
         self.exchange = protocol.name
         self.symbols = list(symbols)
         self._learned_limit: float | None = None  # the adaptive stall limit last learned (see _stall_limit)
-        self._wanted = frozenset(self.symbols)
+        self._wanted = set(self.symbols)  # changed in place at run time: the read loop holds this very set
         self._last_raw: dict[str, bytes] = {}  # per symbol, the last frame handed to the writer
         self.writer = writer
         self.settings = settings
@@ -190,6 +190,43 @@ class ExchangeConnection:
             reporter.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporter
+
+    async def change(self, added: Sequence[str], removed: Sequence[str]) -> None:
+        """Subscribe `added` and drop `removed` (``md subscribe`` / ``md unsubscribe``) without reconnecting:
+        the protocol's change frames go on the open connection, and a later reconnect subscribes the new set.
+        Removed books are marked down at once: nobody vouches for them any more."""
+        removed = [s for s in removed if s in self._wanted]
+        added = [s for s in added if s not in self._wanted]
+        if not added and not removed:
+            return
+        self.symbols = [s for s in self.symbols if s not in removed] + added
+        self._wanted.difference_update(removed)
+        self._wanted.update(added)
+        self.urls = (
+            [self.protocol.url(self.symbols), *self.protocol.fallback_urls(self.symbols)]
+            if self.symbols
+            else self.urls
+        )
+        self.url = self.urls[0]
+        for symbol in removed:
+            self._last_raw.pop(symbol, None)
+            self._delivered.discard(symbol)
+        if removed:
+            self.writer.mark_down(self.exchange, removed)
+        session = self._reading
+        if added:
+            self._since = time.monotonic()  # the new symbols get their own deadline to show up
+        log.info(
+            "%s: subscription changed at run time: +%s -%s (%d symbols now)",
+            self.name, _listed(added) or "none", _listed(removed) or "none", len(self.symbols),
+        )  # fmt: skip
+        if session is None or not self.symbols:
+            return
+        with contextlib.suppress(ConnectionClosed):
+            for i, frame in enumerate(self.protocol.change_frames(self.symbols, added, removed)):
+                if i:
+                    await asyncio.sleep(self.settings.subscribe_interval)
+                await session.ws.send(frame)
 
     @property
     def missing(self) -> list[str]:

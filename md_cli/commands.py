@@ -24,6 +24,7 @@ from rich.text import Text
 from client import BookState, RedisMarketDataProvider
 from client.errors import InvalidSymbolError
 from client.layout import (
+    change_wanted_flow,
     feeder_keys_flow,
     feeder_records_flow,
     normal_exchange,
@@ -31,6 +32,7 @@ from client.layout import (
     registry_flow,
     split_record,
     split_target,
+    wanted_flow,
 )
 from client.resolver import guess_exchange
 from client.topology import primaries
@@ -301,6 +303,39 @@ def _status_entry(
     entry["heartbeat"] = at
     entry["age"] = None if at is None else max(0.0, time.time() - at)
     return entry
+
+
+# --------------------------------------------------------------------------------------- md (un)subscribe
+def cmd_subscribe(ctx: Context) -> int:
+    return _change_wanted(ctx, add=True)
+
+
+def cmd_unsubscribe(ctx: Context) -> int:
+    return _change_wanted(ctx, add=False)
+
+
+def _change_wanted(ctx: Context, *, add: bool) -> int:
+    exchange = normal_exchange(ctx.args.exchange)
+    symbols = list(dict.fromkeys(normal_symbol(s) for s in ctx.args.symbols))
+    before = set(run_flow(ctx.client, wanted_flow(ctx.layout, [exchange]))[exchange])
+    flow = change_wanted_flow(ctx.layout, exchange, symbols if add else [], [] if add else symbols)
+    added, removed = run_flow(ctx.client, flow)
+    changed = [s for s in symbols if (s not in before) == add]
+    same = [s for s in symbols if s not in changed]
+    verb = "subscribed" if add else "unsubscribed"
+    print(
+        f"{exchange}: {verb} {', '.join(changed) or 'nothing new'}"
+        + (f" (already so: {', '.join(same)})" if same else "")
+    )
+    if add and not before:
+        print(
+            f"note: {exchange} had no wanted set: running feeders write their configured symbols there at once"
+        )
+    if add and changed:
+        print("running feeders apply it within a second; a symbol the exchange does not list shows as "
+              "missing in `md status` after MD_MISSING_AFTER")  # fmt: skip
+    del added, removed
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------------------------- md history

@@ -35,7 +35,9 @@ from md_cli.commands import (
     cmd_get,
     cmd_history,
     cmd_status,
+    cmd_subscribe,
     cmd_symbols,
+    cmd_unsubscribe,
     cmd_watch,
 )
 from md_cli.context import EXIT_NOTHING, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, CliError, Context
@@ -198,6 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="every book by feeder: updates/s (over 1 s), age, live or why not",
     )
     status.set_defaults(command=cmd_status)
+
+    for name, verb in (("subscribe", "add to"), ("unsubscribe", "remove from")):
+        change = sub.add_parser(
+            name,
+            parents=[common],
+            help=f"{verb} the symbols running feeders of an exchange feed (within a second)",
+            usage=f"md {name} EXCHANGE SYMBOL...",
+            description=f"{verb.capitalize()} the wanted set of EXCHANGE (md:wanted:<exchange>); every running "
+            "feeder of it applies the change within a second, on its open connections (no reconnect of the "
+            "untouched ones). Needs a Redis user allowed to SADD/SREM md:wanted:*.",
+        )
+        change.add_argument("exchange", metavar="EXCHANGE")
+        change.add_argument("symbols", nargs="+", metavar="SYMBOL")
+        change.set_defaults(command=cmd_subscribe if name == "subscribe" else cmd_unsubscribe)
 
     history = sub.add_parser(
         "history",

@@ -45,6 +45,7 @@ from client.layout.flows import (
     BooksRead,
     Flow,
     carriers_flow,
+    change_wanted_flow,
     command_error,
     feeder_keys_flow,
     feeder_record_flow,
@@ -64,6 +65,7 @@ from client.layout.flows import (
     registry_flow,
     scan_flow,
     server_run_id,
+    wanted_flow,
     write_flow,
 )
 from client.layout.names import (
@@ -129,6 +131,7 @@ __all__ = [
     "StoredBook",
     "book_identity",
     "carriers_flow",
+    "change_wanted_flow",
     "command_error",
     "decode_book",
     "decode_book_fields",
@@ -165,5 +168,6 @@ __all__ = [
     "validate_prefix",
     "validate_symbol",
     "validate_writer_id",
+    "wanted_flow",
     "write_flow",
 ]

@@ -413,6 +413,29 @@ def _levels(text: str) -> list[tuple[float, float]]:
     return [(float(p), float(q)) for p, q in orjson.loads(text)]
 
 
+def wanted_flow(layout: RedisLayout, exchanges: Sequence[str]) -> Flow[dict[str, list[str]]]:
+    """The wanted symbols of each exchange (empty: no set), as text, sorted."""
+    replies = yield from _round([("SMEMBERS", layout.wanted_key(x)) for x in exchanges])
+    return {x: sorted(_text(s) for s in reply) for x, reply in zip(exchanges, replies, strict=True)}
+
+
+def change_wanted_flow(
+    layout: RedisLayout, exchange: str, add: Sequence[str], remove: Sequence[str]
+) -> Flow[tuple[int, int]]:
+    """Add and remove wanted symbols of `exchange`: (how many were added, how many removed)."""
+    commands: list[Command] = []
+    if add:
+        commands.append(("SADD", layout.wanted_key(exchange), *add))
+    if remove:
+        commands.append(("SREM", layout.wanted_key(exchange), *remove))
+    if not commands:
+        return 0, 0
+    replies = yield from _round(commands)
+    added = int(replies[0]) if add else 0
+    removed = int(replies[-1]) if remove else 0
+    return added, removed
+
+
 def registry_flow(layout: RedisLayout) -> Flow[dict[str, dict[str, Any]]]:
     """Every feeder ever seen: id -> its last record (decoded JSON); an entry that does not decode is left out."""
     replies = yield from _round([("HGETALL", layout.registry_key())])

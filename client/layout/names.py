@@ -163,6 +163,12 @@ class RedisLayout:
         the prefix keeps it under the ACL users' ``~md:*``."""
         return f"{self.prefix}:hist:{{{self.book_key(exchange, symbol)}}}"
 
+    def wanted_key(self, exchange: str) -> str:
+        """The set of symbols operators want fed on `exchange` (``md subscribe`` / ``md unsubscribe``);
+        running feeders follow it within a second. Absent: each feeder feeds its configured symbols (and
+        writes them here when it starts)."""
+        return f"{self.prefix}:wanted:{validate_exchange(exchange)}"
+
     def registry_key(self) -> str:
         """The hash of every feeder seen: id -> its last record as JSON, kept after the record expires, so
         that a dead feeder is still listed (``md status``) with its last counters."""

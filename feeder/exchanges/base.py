@@ -125,6 +125,13 @@ class ExchangeProtocol(Protocol):
     """A keep-alive message the exchange expects from clients (Bybit ``{"op":"ping"}``, OKX ``ping``), sent
     every keep-alive interval; None: WebSocket pings only."""
 
+    def change_frames(
+        self, symbols: Sequence[str], added: Sequence[str], removed: Sequence[str]
+    ) -> list[str | bytes]:
+        """Frames that change an open connection's subscription to `symbols` (`added` and `removed` are the
+        difference), without reconnecting: ``md subscribe`` / ``md unsubscribe`` at run time."""
+        ...
+
     def list_frames(self) -> list[str | bytes]:
         """Frames that ask the exchange which symbols this connection is subscribed to (answered with a
         `Listed` event), to confirm a missing symbol; empty when the exchange has no such request."""
@@ -225,6 +232,16 @@ class WholeBooks:
 
     ping_frame: str | None = None
 
+    def change_frames(
+        self, symbols: Sequence[str], added: Sequence[str], removed: Sequence[str]
+    ) -> list[str | bytes]:
+        """A request that replaces the connection's subscription (Upbit, Bithumb: a new request replaces the
+        old one, and each code starts again with a snapshot)."""
+        return self.subscribe_frames(symbols)
+
+    def subscribe_frames(self, symbols: Sequence[str]) -> list[str | bytes]:
+        raise NotImplementedError
+
     def list_frames(self) -> list[str | bytes]:
         return []
 
@@ -272,6 +289,25 @@ class IncrementalBooks:
     def url(self, symbols: Sequence[str]) -> str:
         unique_symbols(symbols)
         return self.base_url
+
+    def change_frames(
+        self, symbols: Sequence[str], added: Sequence[str], removed: Sequence[str]
+    ) -> list[str | bytes]:
+        """Unsubscribe the removed books (their local copies forgotten), subscribe the added ones (each
+        starts with a snapshot)."""
+        frames: list[str | bytes] = []
+        if removed:
+            frames += self.unsubscribe_frames(removed)
+            self.forget(removed)
+        if added:
+            frames += self.subscribe_frames(added)
+        return frames
+
+    def subscribe_frames(self, symbols: Sequence[str]) -> list[str | bytes]:
+        raise NotImplementedError
+
+    def unsubscribe_frames(self, symbols: Sequence[str]) -> list[str | bytes]:
+        raise NotImplementedError
 
     def forget(self, symbols: Sequence[str]) -> None:
         """The connection ended: its books are unknown until their next snapshot (the objects stay, so that

@@ -233,6 +233,7 @@ class BinanceProtocol(WholeBooks):
         self.max_symbols_per_connection = max_symbols_per_connection
         self._suffix = f"@depth{depth}" if speed == "1000ms" else f"@depth{depth}@{speed}"
         self.max_levels = max_levels  # more levels a side is a BadFrame
+        self._changes = 0  # subscription changes made at run time (their request ids)
         self._streams: dict[str, str] = {}  # stream name -> symbol, or _IGNORED
         self._fast_streams: dict[bytes, str] = {}  # the same for the fast path, keyed by the raw name
 
@@ -268,12 +269,26 @@ class BinanceProtocol(WholeBooks):
         self.stream_names(symbols)  # same validation as url(), so bad input fails in the same place
         return []
 
-    def subscribe_request(self, symbols: Sequence[str], request_id: int) -> str:
-        """A ``SUBSCRIBE`` control frame for `symbols`; Binance answers ``{"result": null, "id": request_id}``."""
+    def subscribe_request(self, symbols: Sequence[str], request_id: int, method: str = "SUBSCRIBE") -> str:
+        """A ``SUBSCRIBE`` (or ``UNSUBSCRIBE``) control frame for `symbols`; Binance answers
+        ``{"result": null, "id": request_id}``."""
         if type(request_id) is not int or request_id < 0:
             raise ValueError(f"request_id must be a non-negative int, got {request_id!r}")
-        request = {"method": "SUBSCRIBE", "params": self.stream_names(symbols), "id": request_id}
+        request = {"method": method, "params": self.stream_names(symbols), "id": request_id}
         return orjson.dumps(request).decode()
+
+    def change_frames(
+        self, symbols: Sequence[str], added: Sequence[str], removed: Sequence[str]
+    ) -> list[str | bytes]:
+        """``UNSUBSCRIBE`` the removed streams and ``SUBSCRIBE`` the added ones on the open connection (two
+        messages at most: well inside Binance's 5 a second); the next reconnect's URL names the new set."""
+        self._changes += 1
+        frames: list[str | bytes] = []
+        if removed:
+            frames.append(self.subscribe_request(removed, 2 * self._changes, "UNSUBSCRIBE"))
+        if added:
+            frames.append(self.subscribe_request(added, 2 * self._changes + 1))
+        return frames
 
     # ---- decoding ------------------------------------------------------------------------------------
 

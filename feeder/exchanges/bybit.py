@@ -146,9 +146,15 @@ class BybitProtocol(IncrementalBooks):
 
     def subscribe_frames(self, symbols: Sequence[str]) -> list[str | bytes]:
         """Subscribe requests of at most 10 topics each (Bybit spot's limit)."""
+        return self._requests("subscribe", symbols)
+
+    def unsubscribe_frames(self, symbols: Sequence[str]) -> list[str | bytes]:
+        return self._requests("unsubscribe", symbols)
+
+    def _requests(self, op: str, symbols: Sequence[str]) -> list[str | bytes]:
         topics = [self.topic(symbol) for symbol in unique_symbols(symbols)]
         return [
-            self._request("subscribe", topics[i : i + MAX_ARGS_PER_REQUEST])
+            self._request(op, topics[i : i + MAX_ARGS_PER_REQUEST])
             for i in range(0, len(topics), MAX_ARGS_PER_REQUEST)
         ]
 

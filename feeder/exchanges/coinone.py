@@ -205,10 +205,22 @@ class CoinoneProtocol(WholeBooks):
 
     def subscribe_frames(self, symbols: Sequence[str]) -> list[str | bytes]:
         """One SUBSCRIBE request per symbol (Coinone takes one topic per request), sent after every connect."""
+        return self._requests("SUBSCRIBE", symbols)
+
+    def change_frames(
+        self, symbols: Sequence[str], added: Sequence[str], removed: Sequence[str]
+    ) -> list[str | bytes]:
+        """UNSUBSCRIBE the removed symbols, SUBSCRIBE the added ones (each request names one topic)."""
+        return [
+            *(self._requests("UNSUBSCRIBE", removed) if removed else []),
+            *(self._requests("SUBSCRIBE", added) if added else []),
+        ]
+
+    def _requests(self, kind: str, symbols: Sequence[str]) -> list[str | bytes]:
         frames: list[str | bytes] = []
         for symbol in unique_symbols(symbols):
             request: dict[str, Any] = {
-                "request_type": "SUBSCRIBE",
+                "request_type": kind,
                 "channel": "ORDERBOOK",
                 "topic": self.topic(symbol),
             }

@@ -146,9 +146,15 @@ class OkxProtocol(IncrementalBooks):
     # ---- connecting ----------------------------------------------------------------------------------
 
     def subscribe_frames(self, symbols: Sequence[str]) -> list[str | bytes]:
+        return self._requests("subscribe", symbols)
+
+    def unsubscribe_frames(self, symbols: Sequence[str]) -> list[str | bytes]:
+        return self._requests("unsubscribe", symbols)
+
+    def _requests(self, op: str, symbols: Sequence[str]) -> list[str | bytes]:
         args = [{"channel": CHANNEL, "instId": symbol} for symbol in unique_symbols(symbols)]
         return [
-            self._request("subscribe", args[i : i + MAX_ARGS_PER_REQUEST])
+            self._request(op, args[i : i + MAX_ARGS_PER_REQUEST])
             for i in range(0, len(args), MAX_ARGS_PER_REQUEST)
         ]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 # The lines of docs/operations.md ("Least-privilege ACL users"), with a password added. Keep them in step.
 FEEDER_ACL = (
     "resetkeys ~md:* resetchannels &md:* -@all "
-    "+evalsha +eval +hgetall +sadd +set +info "  # what the feeder sends (EVAL after NOSCRIPT)
+    "+evalsha +eval +hgetall +sadd +smembers +set +info "  # what the feeder sends (EVAL after NOSCRIPT)
     # what its scripts run (Redis checks them too)
     "+hmget +hget +hset +time +publish +spublish +pexpire +zadd +zcard +zrange +zremrangebyscore +xadd"
 )
