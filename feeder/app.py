@@ -15,7 +15,7 @@ import redis.asyncio
 import redis.exceptions
 
 from client.errors import InvalidSymbolError, redis_failure
-from client.layout import RedisLayout, change_wanted_flow, validate_symbol, wanted_flow
+from client.layout import RedisLayout, validate_symbol, wanted_flow
 from client.topology import async_client, describe, follow_primary
 from client.transport import arun_flow
 from feeder.connection import ConnectionSettings, ExchangeConnection, StallPolicy
@@ -280,31 +280,27 @@ class Feeder:
             self._wanted_ok = True
 
     async def _apply_wanted(self) -> None:
-        """Make this feeder's share of each exchange's wanted set what its connections subscribe: symbols
+        """Make this feeder's share of each exchange's symbols (configured, plus those added at run time,
+        minus those removed: ``md subscribe`` / ``md unsubscribe``) what its connections subscribe: symbols
         added go to a connection with room (a new request on it, no reconnect) or a new connection; removed
-        ones are unsubscribed and marked down; untouched connections are left alone. An exchange without a
-        wanted set gets this feeder's configured symbols written there."""
+        ones are unsubscribed and marked down; untouched connections are left alone."""
         s = self.settings
         k, n = s.shard_pair
         exchanges = s.exchange_list
-        wanted = await arun_flow(self.redis, wanted_flow(self.layout, exchanges))
+        changes = await arun_flow(self.redis, wanted_flow(self.layout, exchanges))
         for exchange in exchanges:
-            listed = wanted.get(exchange) or []
-            if not listed:
-                configured = EXCHANGES[exchange].symbols(s)
-                if configured:
-                    await arun_flow(self.redis, change_wanted_flow(self.layout, exchange, configured, []))
-                continue
+            added, removed = changes.get(exchange) or ([], [])
             valid = []
-            for symbol in listed:
+            for symbol in added:
                 try:
                     valid.append(validate_symbol(symbol))
                 except InvalidSymbolError:
                     log.warning(
                         "feeder %s: %s wants an invalid symbol %r: skipped", self.id, exchange, symbol[:60]
                     )
-            desired = take_shard(valid, k, n)
-            await self._reconcile(exchange, desired)
+            dropped = set(removed)
+            listed = [x for x in dict.fromkeys([*EXCHANGES[exchange].symbols(s), *valid]) if x not in dropped]
+            await self._reconcile(exchange, take_shard(listed, k, n))
 
     async def _reconcile(self, exchange: str, desired: list[str]) -> None:
         conns = [c for c in self.connections if c.exchange == exchange]

@@ -32,7 +32,6 @@ from client.layout import (
     registry_flow,
     split_record,
     split_target,
-    wanted_flow,
 )
 from client.resolver import guess_exchange
 from client.topology import primaries
@@ -317,24 +316,16 @@ def cmd_unsubscribe(ctx: Context) -> int:
 def _change_wanted(ctx: Context, *, add: bool) -> int:
     exchange = normal_exchange(ctx.args.exchange)
     symbols = list(dict.fromkeys(normal_symbol(s) for s in ctx.args.symbols))
-    before = set(run_flow(ctx.client, wanted_flow(ctx.layout, [exchange]))[exchange])
-    flow = change_wanted_flow(ctx.layout, exchange, symbols if add else [], [] if add else symbols)
-    added, removed = run_flow(ctx.client, flow)
-    changed = [s for s in symbols if (s not in before) == add]
-    same = [s for s in symbols if s not in changed]
-    verb = "subscribed" if add else "unsubscribed"
+    run_flow(ctx.client, change_wanted_flow(ctx.layout, exchange, symbols, add=add))
+    print(f"{exchange}: {'subscribed' if add else 'unsubscribed'} {', '.join(symbols)}")
     print(
-        f"{exchange}: {verb} {', '.join(changed) or 'nothing new'}"
-        + (f" (already so: {', '.join(same)})" if same else "")
-    )
-    if add and not before:
-        print(
-            f"note: {exchange} had no wanted set: running feeders write their configured symbols there at once"
+        "running feeders apply it within a second"
+        + (
+            "; a symbol the exchange does not list shows as missing in `md status` after MD_MISSING_AFTER"
+            if add
+            else ""
         )
-    if add and changed:
-        print("running feeders apply it within a second; a symbol the exchange does not list shows as "
-              "missing in `md status` after MD_MISSING_AFTER")  # fmt: skip
-    del added, removed
+    )
     return EXIT_OK
 
 

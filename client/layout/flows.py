@@ -413,27 +413,26 @@ def _levels(text: str) -> list[tuple[float, float]]:
     return [(float(p), float(q)) for p, q in orjson.loads(text)]
 
 
-def wanted_flow(layout: RedisLayout, exchanges: Sequence[str]) -> Flow[dict[str, list[str]]]:
-    """The wanted symbols of each exchange (empty: no set), as text, sorted."""
-    replies = yield from _round([("SMEMBERS", layout.wanted_key(x)) for x in exchanges])
-    return {x: sorted(_text(s) for s in reply) for x, reply in zip(exchanges, replies, strict=True)}
+def wanted_flow(
+    layout: RedisLayout, exchanges: Sequence[str]
+) -> Flow[dict[str, tuple[list[str], list[str]]]]:
+    """Per exchange: (symbols added at run time, symbols removed at run time), as text, sorted."""
+    commands: list[Command] = []
+    for exchange in exchanges:
+        commands += [("SMEMBERS", layout.wanted_key(exchange)), ("SMEMBERS", layout.unwanted_key(exchange))]
+    replies = yield from _round(commands)
+    return {
+        x: (sorted(_text(s) for s in replies[2 * i]), sorted(_text(s) for s in replies[2 * i + 1]))
+        for i, x in enumerate(exchanges)
+    }
 
 
 def change_wanted_flow(
-    layout: RedisLayout, exchange: str, add: Sequence[str], remove: Sequence[str]
-) -> Flow[tuple[int, int]]:
-    """Add and remove wanted symbols of `exchange`: (how many were added, how many removed)."""
-    commands: list[Command] = []
-    if add:
-        commands.append(("SADD", layout.wanted_key(exchange), *add))
-    if remove:
-        commands.append(("SREM", layout.wanted_key(exchange), *remove))
-    if not commands:
-        return 0, 0
-    replies = yield from _round(commands)
-    added = int(replies[0]) if add else 0
-    removed = int(replies[-1]) if remove else 0
-    return added, removed
+    layout: RedisLayout, exchange: str, symbols: Sequence[str], *, add: bool
+) -> Flow[None]:
+    """``md subscribe`` (`add`) or ``md unsubscribe``: the symbols move to the added or to the removed set."""
+    into, out_of = (layout.wanted_key(exchange), layout.unwanted_key(exchange))[:: 1 if add else -1]
+    yield from _round([("SADD", into, *symbols), ("SREM", out_of, *symbols)])
 
 
 def registry_flow(layout: RedisLayout) -> Flow[dict[str, dict[str, Any]]]:

@@ -164,10 +164,13 @@ class RedisLayout:
         return f"{self.prefix}:hist:{{{self.book_key(exchange, symbol)}}}"
 
     def wanted_key(self, exchange: str) -> str:
-        """The set of symbols operators want fed on `exchange` (``md subscribe`` / ``md unsubscribe``);
-        running feeders follow it within a second. Absent: each feeder feeds its configured symbols (and
-        writes them here when it starts)."""
+        """Symbols operators added on `exchange` at run time (``md subscribe``), fed beside the configured
+        ones by every feeder of it."""
         return f"{self.prefix}:wanted:{validate_exchange(exchange)}"
+
+    def unwanted_key(self, exchange: str) -> str:
+        """Symbols operators removed on `exchange` at run time (``md unsubscribe``), configured or not."""
+        return f"{self.prefix}:unwanted:{validate_exchange(exchange)}"
 
     def registry_key(self) -> str:
         """The hash of every feeder seen: id -> its last record as JSON, kept after the record expires, so
