@@ -56,7 +56,8 @@ def _mirror_updates(
         version = first + i // len(symbols)
         book = _book(symbols[i % len(symbols)], version)
         encoded = encode_book(layout, book, exchange="upbit", writer="bench", heartbeat=True)
-        messages.append((encoded.key, encoded.message(version, f"{time.time():.3f}", "bench")))
+        now = time.time()
+        messages.append((encoded.key, encoded.message(version, f"{now:.3f}", f"{now:.6f}", "bench")))
     pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
     try:
         pubsub.psubscribe(layout.book_pattern("upbit"))

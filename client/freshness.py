@@ -77,6 +77,8 @@ def judge(
         feeder=book.feeder,
         detail=detail,
         simulated=book.simulated,
+        received_at=book.rts,
+        written_at=book.wts,
     )
 
 

@@ -60,6 +60,8 @@ class SnapshotStatus:
     feeder: str | None = None
     detail: str = ""
     simulated: bool = False  # the book comes from the exchange simulator (the demo), not from a market
+    received_at: float | None = None  # when the feeder received this version, on Redis's clock (`rts`)
+    written_at: float | None = None  # when Redis accepted this version, on its clock (None: an older writer)
 
     @property
     def live(self) -> bool:

@@ -21,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from time import monotonic
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import redis
 import redis.asyncio
@@ -77,6 +77,11 @@ from client.resolver import SymbolResolver, Target, ambiguous, guess_exchange
 from client.settings import ClientSettings, load_settings
 from client.topology import async_client, describe, sync_client
 from client.transport import SERVER_AWAY, arun_flow, run_flow
+
+if TYPE_CHECKING:  # prometheus_client is imported only by a process that enables the metrics
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from client.seen_latency import SeenLatency
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +182,7 @@ class RedisMarketDataProvider(MarketDataProvider):
         self._pending_writes: set[asyncio.Task[bool]] = set()
         self._latest = LatestSnapshots(self.inspect_books, self.all_books)
         self._cache = BookCache(self.layout)
+        self._seen: SeenLatency | None = None  # enable_latency_metrics
         self._mirror: MirrorPlan | None = None  # set by start/astart in mirror mode
         self._subscriber: ThreadSubscriber | TaskSubscriber | None = None
         self._wait_queues: dict[frozenset[str] | None, UpdateQueue] = {}
@@ -267,6 +273,19 @@ class RedisMarketDataProvider(MarketDataProvider):
             self._subscriber = subscriber
             if not subscriber.start(self.settings.redis_timeout):
                 log.warning("mirror: initial load not finished; books read as unavailable until it is")
+
+    def enable_latency_metrics(self, registry: CollectorRegistry | None = None) -> Histogram:
+        """Observe how long each book took from Redis accepting it to this process applying it (mirror mode,
+        and the subscriptions behind `updates`, `on_update` and `wait_for_update`): the histogram
+        ``md_written_to_seen_seconds{exchange}``, registered in `registry` (Prometheus's default registry
+        when None), for the engine to serve with its own metrics. Calling it again returns the same one."""
+        from client.seen_latency import SeenLatency
+
+        seen = self._seen
+        if seen is None:
+            seen = self._seen = SeenLatency(registry)
+            self._cache.on_seen = seen
+        return seen.histogram
 
     def stop(self) -> None:
         if isinstance(self._subscriber, ThreadSubscriber):

@@ -4,7 +4,9 @@ Counters and gauges are read from the feeder's own statistics when Prometheus sc
 nothing is added to the per-frame path. Only the latency histograms are observed as books are written: once
 per book Redis accepted (exchange time → receive, receive → written) and once per Redis round trip.
 
-Labels are bounded: per exchange and per connection (``upbit-1``…), never per symbol. The health endpoint
+Labels are bounded: per exchange and per connection (``upbit-1``…); per symbol only for the `OLDEST_SHOWN`
+oldest books of each exchange (the ones an operator wants named), the age of the rest summarised as quantiles
+per exchange. The health endpoint
 answers 200 while the writer's round trips succeed and every connection is up or has been down for less than
 ``MD_HEALTH_GRACE`` seconds (reconnecting within its budget), else 503 with the reasons, one per line.
 
@@ -35,6 +37,9 @@ log = logging.getLogger(__name__)
 
 # seconds: from a fraction of a millisecond (a local hop) to the exchanges' worst seconds-long stalls
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+OLDEST_SHOWN = 5  # books per exchange named in md_oldest_book_age_seconds (bounded label cardinality)
+AGE_QUANTILES = (0.5, 0.9, 0.99, 1.0)
 
 # (metric name, help, connection statistic); per exchange and connection
 _CONNECTION_COUNTERS = (
@@ -109,6 +114,38 @@ class FeederCollector(Collector):
             "1 while the writer's round trips succeed",
             value=1.0 if self._writer.redis_ok else 0.0,
         )
+        yield from self._ages(time.time())
+
+    def _ages(self, now: float) -> Iterator[GaugeMetricFamily]:
+        """How long ago each held book last changed, on this host's clock (receipt of the latest version
+        Redis took), as quantiles per exchange and, for the `OLDEST_SHOWN` oldest of each, by symbol."""
+        by_exchange: dict[str, list[tuple[float, str]]] = {}
+        for (exchange, symbol), snapshot in self._writer.latest():
+            if snapshot.recv_ts is not None:
+                by_exchange.setdefault(exchange, []).append((max(0.0, now - snapshot.recv_ts), symbol))
+        quantiles = GaugeMetricFamily(
+            "md_book_age_seconds",
+            "Seconds since each held book last changed: quantiles over the exchange's books (1 = the oldest)",
+            labels=["exchange", "quantile"],
+        )
+        oldest = GaugeMetricFamily(
+            "md_oldest_book_age_seconds",
+            f"Seconds since the book last changed, for the {OLDEST_SHOWN} oldest books of each exchange",
+            labels=["exchange", "symbol"],
+        )
+        held = GaugeMetricFamily(
+            "md_books_held", "Books this feeder holds (wrote, not marked down)", labels=["exchange"]
+        )
+        for exchange, ages in sorted(by_exchange.items()):
+            ages.sort()
+            held.add_metric([exchange], len(ages))
+            for q in AGE_QUANTILES:
+                quantiles.add_metric([exchange, f"{q:g}"], ages[min(len(ages) - 1, int(q * len(ages)))][0])
+            for age, symbol in ages[-OLDEST_SHOWN:]:
+                oldest.add_metric([exchange, symbol], age)
+        yield held
+        yield quantiles
+        yield oldest
 
 
 class FeederMetrics:

@@ -186,6 +186,10 @@ class SnapshotWriter:
             self._idle.clear()
             self._wake.set()
 
+    def latest(self) -> Iterable[tuple[BookId, OrderBookSnapshot]]:
+        """The latest version Redis took of every book this feeder holds (for the age metrics)."""
+        return list(self._last.items())
+
     @property
     def pending(self) -> int:
         return len(self._pending) + len(self._down)

@@ -13,7 +13,7 @@ import sys
 import textwrap
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.exceptions
@@ -47,6 +47,7 @@ from md_cli.render import (
     render_book_rows,
     render_status,
     render_watch,
+    stage_latency,
     status_json,
 )
 
@@ -102,9 +103,16 @@ class Watch:
     """
 
     def __init__(
-        self, provider: RedisMarketDataProvider, exchanges: Sequence[str], symbols: Sequence[str]
+        self,
+        provider: RedisMarketDataProvider,
+        exchanges: Sequence[str],
+        symbols: Sequence[str],
+        sort: str = "book",
+        only: str | None = None,
     ) -> None:
         self.provider = provider
+        self.sort = sort
+        self.only = only
         self.exchanges = [normal_exchange(e) for e in exchanges]
         self.symbols = [normal_symbol(s) for s in symbols]
         self._targets: list[tuple[str | None, str]] = []
@@ -163,9 +171,39 @@ class Watch:
         self._prev = prev
         return rows
 
+    def shown(self, rows: list[WatchRow]) -> list[WatchRow]:
+        """The rows of a refresh as ``--sort`` and ``--only`` ask (after the check for an unreachable Redis)."""
+        return arrange(rows, self.sort, self.only)
+
+
+SORT_KEYS = ("book", "age", "rate", "spread", "status")
+
+
+def arrange(rows: list[WatchRow], sort: str, only: str | None) -> list[WatchRow]:
+    """`md watch --sort KEY --only live|not-live`: the rows to show, in the order asked for. A row without
+    the value sorted on (no book, no rate yet) goes last; ties keep the book order."""
+    if only is not None:
+        rows = [r for r in rows if r.status.live == (only == "live")]
+    if sort == "book":
+        return rows
+    inf = float("inf")
+
+    def spread_bps(r: WatchRow) -> float:
+        bid = r.book.best_bid() if r.book else None
+        ask = r.book.best_ask() if r.book else None
+        return -(ask - bid) / ask * 1e4 if bid and ask else inf
+
+    keys: dict[str, Callable[[WatchRow], float]] = {
+        "age": lambda r: -r.status.age if r.status.age is not None else inf,
+        "rate": lambda r: -r.rate if r.rate is not None else inf,
+        "spread": spread_bps,
+        "status": lambda r: 1.0 if r.status.live else 0.0,
+    }
+    return sorted(rows, key=keys[sort])
+
 
 def cmd_watch(ctx: Context) -> int:
-    watch = Watch(ctx.provider, ctx.args.exchange, ctx.args.symbols)
+    watch = Watch(ctx.provider, ctx.args.exchange, ctx.args.symbols, ctx.args.sort, ctx.args.only)
     if ctx.args.json:
         return _watch_json(ctx, watch)
     interactive = sys.stdout.isatty() and not ctx.args.once
@@ -173,7 +211,11 @@ def cmd_watch(ctx: Context) -> int:
         rows = watch.refresh()
         if rows and all(r.status.state is BookState.UNAVAILABLE for r in rows):
             raise CliError(f"cannot reach Redis at {ctx.where}: {rows[0].status.detail}", EXIT_UNREACHABLE)
-        print("\n".join(render_watch(rows, ctx.where, ctx.layout.prefix, color=False, max_rows=None)))
+        print(
+            "\n".join(
+                render_watch(watch.shown(rows), ctx.where, ctx.layout.prefix, color=False, max_rows=None)
+            )
+        )
         return EXIT_OK
     console = Console()
     try:
@@ -181,7 +223,7 @@ def cmd_watch(ctx: Context) -> int:
             while True:
                 try:
                     view: Any = watch_table(
-                        watch.refresh(), ctx.where, ctx.layout.prefix, max_rows=_screen_rows()
+                        watch.shown(watch.refresh()), ctx.where, ctx.layout.prefix, max_rows=_screen_rows()
                     )
                 except REDIS_DOWN as exc:  # keep watching: the view shows when Redis comes back
                     view = Text(
@@ -205,7 +247,7 @@ def _watch_json(ctx: Context, watch: Watch) -> int:
             books = [
                 {**status_json(r.status), "bid": r.book.best_bid() if r.book else None,
                  "ask": r.book.best_ask() if r.book else None, "updates_per_s": r.rate}
-                for r in rows
+                for r in watch.shown(rows)
             ]  # fmt: skip
             print(json.dumps({"time": time.time(), "books": books}), flush=True)
             if ctx.args.once:
@@ -294,7 +336,9 @@ def _status_entry(
     feeder: str, state: str, heartbeat: str | None, fields: dict[str, str], ttl_ms: int | None
 ) -> dict[str, Any]:
     """One feeder for `md status`: what the table and ``--json`` show."""
-    entry: dict[str, Any] = {"id": feeder, "state": state, "fields": fields, "ttl_ms": ttl_ms}
+    entry: dict[str, Any] = {
+        "id": feeder, "state": state, "fields": fields, "ttl_ms": ttl_ms, "latency_ms": stage_latency(fields)
+    }  # fmt: skip
     try:
         at = float(heartbeat) if heartbeat is not None else None
     except ValueError:

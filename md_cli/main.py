@@ -1,7 +1,8 @@
 """``md``: look at the shared market-data cache from a terminal.
 
     md get [EXCHANGE] SYMBOL [--json] [--depth N]    one book: status line and a bid/ask ladder
-    md watch [--exchange EX ...] [SYMBOL ...]        live table: best bid/ask, spread, age, updates/s, status
+    md watch [--exchange EX ...] [--sort KEY] [--only live|not-live] [SYMBOL ...]
+                                                    live table: best bid/ask, spread, age, updates/s, status
     md status                                        feeder processes: state, heartbeat age, ttl, counters
     md symbols [EXCHANGE]                            the books each exchange has, from the indexes
 
@@ -32,6 +33,7 @@ from md_cli.commands import (
     DEFAULT_DEPTH,
     LIST_REFRESH,
     REDIS_DOWN,
+    SORT_KEYS,
     cmd_get,
     cmd_history,
     cmd_status,
@@ -176,6 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         metavar="SECONDS",
         help="refresh period (default 0.5)",
+    )
+    watch.add_argument(
+        "--sort",
+        choices=SORT_KEYS,
+        default="book",
+        help="row order: book (exchange, symbol; the default), age (oldest first), rate (busiest first), "
+        "spread (widest in bps first), status (not live first)",
+    )
+    watch.add_argument(
+        "--only", choices=("live", "not-live"), default=None, help="show only the live or the not-live books"
     )
     watch.add_argument("--once", action="store_true", help="print one table and exit")
     watch.add_argument(

@@ -43,6 +43,8 @@ def book_json(status: SnapshotStatus, book: OrderBookSnapshot, depth: int | None
         "ts": book.timestamp,
         "recv_ts": book.recv_ts,
         "age": status.age,
+        "received_at": status.received_at,
+        "written_at": status.written_at,
         "seq": book.seq,
         "xid": book.xid,
         "feeder": status.feeder,
@@ -77,6 +79,13 @@ def status_json(status: SnapshotStatus) -> dict[str, Any]:
     }
 
 
+def _stages(status: SnapshotStatus, book: OrderBookSnapshot) -> str:
+    """How long the book took from receipt to Redis accepting it (Redis's clock for both ends)."""
+    if status.written_at is None or status.received_at is None:
+        return ""
+    return f"  written {max(0.0, status.written_at - status.received_at) * 1000:.1f} ms later"
+
+
 def render_book(status: SnapshotStatus, book: OrderBookSnapshot, depth: int | None) -> list[str]:
     """Header lines and a bid/ask ladder, best prices on the first row, facing each other."""
     state = status.state.value if status.live else f"{status.state.value.upper()} (not live: {status.detail})"
@@ -84,7 +93,8 @@ def render_book(status: SnapshotStatus, book: OrderBookSnapshot, depth: int | No
     lines = [
         f"{status.exchange}:{book.symbol}  {state}{sim}",
         f"seq {status.seq}  feeder {status.feeder or '-'}  age {fmt_age(status.age)}  xid {book.xid}",
-        f"exchange time {fmt_time(book.timestamp)}  received {fmt_time(book.recv_ts)}",
+        f"exchange time {fmt_time(book.timestamp)}  received {fmt_time(book.recv_ts)}"
+        + _stages(status, book),
         "",
     ]
     bids, asks = book.bids[:depth], book.asks[:depth]
@@ -227,7 +237,49 @@ def render_status(entries: list[dict[str, Any]], now: float, *, verbose: bool, w
     running = sum(1 for e in entries if e["state"] == "running")
     dead = sum(1 for e in entries if e["state"] in ("dead", "unreadable"))
     lines.append(f"{len(entries)} feeders: {running} running, {dead} dead")
+    latency = render_latency([e for e in entries if e["state"] == "running"])
+    if latency:
+        lines += ["", *latency]
     return "\n".join(lines)
+
+
+STAGES = (
+    ("exchange_to_recv", "EXCHANGE->RECEIVED p50/p99"),
+    ("recv_to_written", "RECEIVED->WRITTEN p50/p99"),
+)
+
+
+def stage_latency(fields: dict[str, str]) -> dict[str, dict[str, dict[str, float]]]:
+    """The ``latency_ms:<exchange>:<stage>`` fields of a status record (``p50 0.41 p99 2.3``) as
+    ``{exchange: {stage: {"p50": 0.41, "p99": 2.3}}}``; a field that does not parse is left out."""
+    found: dict[str, dict[str, dict[str, float]]] = {}
+    for name, value in fields.items():
+        parts = name.split(":")
+        words = value.split()
+        if len(parts) != 3 or parts[0] != "latency_ms" or len(words) != 4 or words[::2] != ["p50", "p99"]:
+            continue
+        try:
+            p50, p99 = float(words[1]), float(words[3])
+        except ValueError:
+            continue
+        found.setdefault(parts[1], {})[parts[2]] = {"p50": p50, "p99": p99}
+    return found
+
+
+def render_latency(entries: list[dict[str, Any]]) -> list[str]:
+    """Per feeder and exchange, p50/p99 in ms of each stage over the feeder's recent books (empty: none)."""
+    rows = []
+    for e in entries:
+        for exchange, stages in sorted(stage_latency(e["fields"]).items()):
+            cells = []
+            for stage, _ in STAGES:
+                got = stages.get(stage)
+                cells.append("-" if got is None else f"{got['p50']:.3g} / {got['p99']:.3g}")
+            rows.append((e["id"], exchange, *cells))
+    if not rows:
+        return []
+    head = ("LATENCY (ms)", "EXCHANGE", *(title for _, title in STAGES))
+    return render_table(list(head), [list(r) for r in rows], right=set())
 
 
 def render_book_rows(rows: Sequence[WatchRow]) -> list[str]:

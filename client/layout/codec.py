@@ -51,24 +51,25 @@ class EncodedBook:
     def script_command(self) -> Command:
         return ("EVALSHA", WRITE_BOOK.sha, 1, self.key, *self.args)
 
-    def hash_fields(self, seq: int, rts: str, holders: str) -> dict[str, bytes | str]:
-        """The hash fields WRITE_BOOK stores as write number `seq` at Redis time `rts` (what the script does,
-        for tests); `holders` is the comma-separated list the write leaves."""
+    def hash_fields(self, seq: int, rts: str, wts: str, holders: str) -> dict[str, bytes | str]:
+        """The hash fields WRITE_BOOK stores as write number `seq`, received at `rts` and written at `wts` on
+        Redis's clock (what the script does, for tests); `holders` is the comma-separated list it leaves."""
         xid, writer, _, exchange, symbol, bids, asks, bid, ask, ts, recv_ts, hb, _, _, sim = self.args
         return {
             "seq": str(seq), "exchange": exchange, "symbol": symbol, "bids": bids, "asks": asks, "bid": bid,
             "ask": ask, "ts": ts, "recv_ts": recv_ts, "xid": xid, "feeder": writer, "live": "1", "hb": hb,
-            "holders": holders, "rts": rts, "sim": sim,
+            "holders": holders, "rts": rts, "wts": wts, "sim": sim,
         }  # fmt: skip
 
-    def message(self, seq: int, rts: str, holders: str) -> bytes:
+    def message(self, seq: int, rts: str, wts: str, holders: str) -> bytes:
         """The message WRITE_BOOK publishes as write number `seq` (what the script does, for tests)."""
         middle, bids, asks = self.args[2], self.args[5], self.args[6]
         assert isinstance(middle, bytes) and isinstance(bids, bytes) and isinstance(asks, bytes)
         listed = orjson.dumps(holders.split(",") if holders else [])
-        return b'{"seq":%d,"rts":%b,"holders":%b,%b,"bids":%b,"asks":%b}' % (
+        return b'{"seq":%d,"rts":%b,"wts":%b,"holders":%b,%b,"bids":%b,"asks":%b}' % (
             seq,
             rts.encode(),
+            wts.encode(),
             listed,
             middle,
             bids,
@@ -232,6 +233,7 @@ class StoredBook:
     holders: tuple[str, ...] = ()  # the feeders whose connection delivered this version and is up
     simulated: bool = False  # written by a feeder of the exchange simulator (the demo)
     rts: float = 0.0  # when the book was received, on Redis's clock (the clock ages are measured on)
+    wts: float | None = None  # when Redis accepted this version, on its clock (None: written before `wts`)
 
 
 def _text(value: bytes | str) -> str:
@@ -316,7 +318,8 @@ def _check_feeder(feeder: str) -> None:
 
 
 READ_FIELDS = (
-    "bids", "asks", "ts", "recv_ts", "xid", "seq", "feeder", "live", "hb", "symbol", "holders", "rts", "sim"
+    "bids", "asks", "ts", "recv_ts", "xid", "seq", "feeder", "live", "hb", "symbol", "holders", "rts", "sim",
+    "wts",
 )  # fmt: skip
 
 
@@ -333,14 +336,17 @@ def decode_book_fields(layout: RedisLayout, key: str, values: Sequence[Any]) -> 
     """Decode the reply of `read_book_command`: None when the key does not exist; CorruptSnapshotError."""
     if isinstance(values, Exception):  # e.g. WRONGTYPE: something else is stored under the book's name
         raise CorruptSnapshotError(key, "*", f"unreadable: {values}")
-    bids, asks, ts, recv_ts, xid, seq, feeder, live, hb, symbol, holders, rts, sim = values
+    bids, asks, ts, recv_ts, xid, seq, feeder, live, hb, symbol, holders, rts, sim, wts = values
     if bids is None and asks is None and seq is None and ts is None and not any(values):
         return None
     try:
         exchange, key_symbol = layout.parse_book_key(key)
         ts_f, recv_f = float(ts), float(recv_ts)
         rts_f = float(rts) if rts is not None else recv_f
+        wts_f = float(wts) if wts is not None else None
         if not (-_INF < ts_f < _INF and -_INF < recv_f < _INF and -_INF < rts_f < _INF):
+            raise ValueError("not finite")
+        if wts_f is not None and not -_INF < wts_f < _INF:
             raise ValueError("not finite")
         if symbol is not None and _text(symbol) != key_symbol:
             raise ValueError("symbol mismatch")
@@ -373,6 +379,7 @@ def decode_book_fields(layout: RedisLayout, key: str, values: Sequence[Any]) -> 
             held,
             sim in (b"1", "1"),
             rts_f,
+            wts_f,
         )
     except Exception:
         return _decode_checked(
@@ -391,6 +398,7 @@ def _decode_checked(layout: RedisLayout, key: str, raw: Mapping[Any, Any]) -> St
     ts = _decode_number(key, fields, "ts", float)
     recv_ts = _decode_number(key, fields, "recv_ts", float)
     rts = _decode_number(key, fields, "rts", float) if "rts" in fields else recv_ts
+    wts = _decode_number(key, fields, "wts", float) if "wts" in fields else None
     xid = _decode_number(key, fields, "xid", int)
     seq = _decode_number(key, fields, "seq", int)
     feeder = _text(fields.get("feeder", b""))
@@ -416,6 +424,7 @@ def _decode_checked(layout: RedisLayout, key: str, raw: Mapping[Any, Any]) -> St
         holders=holders,
         simulated=_text(fields.get("sim", b"")) == "1",
         rts=rts,
+        wts=wts,
     )
 
 
@@ -473,8 +482,12 @@ def decode_message_book(layout: RedisLayout, key: str, head: MessageHead) -> Sto
         exchange, symbol = layout.parse_book_key(key)
         recv_ts = float(m["recv_ts"])
         rts = float(m.get("rts", recv_ts))
+        raw_wts = m.get("wts")
+        wts = None if raw_wts is None else float(raw_wts)
         ts = float(m["ts"])
         if not (-_INF < ts < _INF and -_INF < recv_ts < _INF and -_INF < rts < _INF):
+            raise ValueError("a time is not finite")
+        if wts is not None and not -_INF < wts < _INF:
             raise ValueError("a time is not finite")
         feeder = str(m.get("feeder", ""))
         heartbeat = bool(m.get("hb", False))
@@ -505,4 +518,5 @@ def decode_message_book(layout: RedisLayout, key: str, head: MessageHead) -> Sto
         holders=holders,
         simulated=bool(m.get("sim", False)),
         rts=rts,
+        wts=wts,
     )

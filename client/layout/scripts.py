@@ -47,7 +47,8 @@ UNCHANGED = (
 # - client over client: a newer xid wins, as for feeders.
 # Every accepted write stamps `rts`, when the book was received on Redis's own clock (Redis's TIME minus the
 # writer's own measure of how long ago it received it), so that readers measure ages on one clock whatever
-# the clocks of feeder and reader hosts say.
+# the clocks of feeder and reader hosts say, and `wts`, when Redis accepted it (Redis's TIME): with `ts`
+# (the exchange's time) and `recv_ts` every book carries the times of each stage it went through.
 # Field names are literals and the sides travel once (the message is assembled here): every argument costs
 # Redis a conversion into Lua, so the fewer and smaller the cheaper the script.
 WRITE_BOOK = LuaScript(
@@ -107,12 +108,13 @@ local seq = (tonumber(cur[3]) or 0) + 1
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local received = now_ms - tonumber(ARGV[14])
 local rts = math.floor(received / 1000) .. '.' .. string.format('%03d', received % 1000)
+local wts = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 local listed = '[]'
 if holders ~= '' then listed = '["' .. string.gsub(holders, ',', '","') .. '"]' end
 redis.call('HSET', KEYS[1], 'seq', seq, 'exchange', ARGV[4], 'symbol', ARGV[5], 'bids', ARGV[6], 'asks', ARGV[7],
   'bid', ARGV[8], 'ask', ARGV[9], 'ts', ARGV[10], 'recv_ts', ARGV[11], 'xid', ARGV[1], 'feeder', writer,
-  'live', '1', 'hb', ARGV[12], 'holders', holders, 'rts', rts, 'sim', ARGV[15])
-redis.call('PUBLISH', KEYS[1], '{"seq":' .. seq .. ',"rts":' .. rts .. ',"holders":' .. listed .. ',' ..
+  'live', '1', 'hb', ARGV[12], 'holders', holders, 'rts', rts, 'wts', wts, 'sim', ARGV[15])
+redis.call('PUBLISH', KEYS[1], '{"seq":' .. seq .. ',"rts":' .. rts .. ',"wts":' .. wts .. ',"holders":' .. listed .. ',' ..
   ARGV[3] .. ',"bids":' .. ARGV[6] .. ',"asks":' .. ARGV[7] .. '}')
 return seq
 """,

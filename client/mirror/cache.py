@@ -16,7 +16,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -59,6 +59,8 @@ class BookCache:
     gaps: int = 0
     reloads: int = 0
     errors: int = 0  # sessions ended by an unexpected error (logged with the traceback)
+    # (exchange, seconds from Redis accepting a version to this cache applying it): opt-in latency metrics
+    on_seen: Callable[[str, float], None] | None = None
     _consumers_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # ------------------------------------------------------------------------------------------ consumers
@@ -124,6 +126,8 @@ class BookCache:
         except ValueError:
             log.warning("mirror: ignoring a malformed book message on %s", key)
             return key
+        if self.on_seen is not None and book.wts is not None:
+            self.on_seen(book.snapshot.exchange or "", time.time() + self.clock_offset - book.wts)
         self._store(key, book, current is None)
         self._publish(key, book.snapshot, current.seq if current is not None else None)
         return None

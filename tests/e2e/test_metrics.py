@@ -88,12 +88,29 @@ async def test_metrics_name_everything_the_dashboard_and_rules_use_and_health_fo
             wanted = named_in_deploy()
             assert len(wanted) >= 10, wanted  # the files do name metrics: the check below checks something
             assert wanted <= names, f"named in deploy/ but not exported: {sorted(wanted - names)}"
-            labels = {k for f in families if f.name.startswith("md_") for s in f.samples for k in s.labels}
-            assert "symbol" not in labels and labels <= {
-                "exchange",
-                "connection",
-                "le",
-            }  # bounded cardinality
+            labels = {
+                k
+                for f in families
+                if f.name.startswith("md_") and f.name != "md_oldest_book_age_seconds"
+                for s in f.samples
+                for k in s.labels
+            }
+            assert labels <= {"exchange", "connection", "le", "quantile"}  # bounded: never per symbol
+            oldest = {
+                (s.labels["exchange"], s.labels["symbol"]): s.value
+                for f in families
+                if f.name == "md_oldest_book_age_seconds"
+                for s in f.samples
+            }  # per symbol, but only the few oldest of each exchange (tests/unit/test_metrics_ages.py)
+            assert set(oldest) == {("upbit", "KRW-BTC"), ("upbit", "KRW-ETH"), ("binance", "BTCUSDT")}
+            assert all(0 <= age < 10 for age in oldest.values())
+            held = {
+                s.labels["exchange"]: s.value
+                for f in families
+                if f.name == "md_books_held"
+                for s in f.samples
+            }
+            assert held == {"upbit": 2.0, "binance": 1.0}
             ups = {
                 s.labels["connection"]: s.value
                 for f in families

@@ -81,6 +81,7 @@ def test_get_live_book_prints_header_and_ladder(backend: Backend, md: Run) -> No
     assert lines[0].split() == ["upbit:KRW-BTC", "live"]
     assert "seq 1" in out and "feeder f1" in out and "age " in out
     assert "2025-05-07 07:06:13.804 UTC" in out
+    assert " ms later" in out  # receipt -> Redis accepting it, both on Redis's clock (`rts`, `wts`)
     # best prices face each other on the first row of the ladder, in plain notation
     ladder = [line.split() for line in lines if "|" in line]
     assert ladder[0] == ["BID", "QTY", "BID", "|", "ASK", "ASK", "QTY"]
@@ -124,6 +125,9 @@ def test_get_json_is_what_was_written(backend: Backend, md: Run) -> None:
     }
     assert got["bids"] == [list(level) for level in BTC.bids]
     assert got["asks"] == [list(level) for level in BTC.asks]
+    # every book carries its stages' times: the exchange's (ts), receipt (recv_ts; rts on Redis's clock), and
+    # Redis accepting the write (wts, Redis's TIME)
+    assert abs(got["written_at"] - time.time()) < 5 and got["received_at"] <= got["written_at"]
     code, out, _ = md("get", "upbit", "KRW-BTC", "--json", "--depth", "1")
     assert json.loads(out)["bids"] == [[137001000.0, 0.03656812]]
 
@@ -227,6 +231,37 @@ def test_watch_filters_by_exchange_and_symbol(backend: Backend, md: Run) -> None
         ["upbit", "BTCUSDT"],
     ]
     assert out.splitlines()[-1].split()[-1] == "missing"
+
+
+def test_watch_sorts_and_keeps_only_what_is_asked(backend: Backend, md: Run) -> None:
+    feeder_write(backend, BTC, "upbit")  # spread 0.073 bps
+    feeder_write(backend, ETH, "upbit")  # 2.00 bps
+    feeder_write(backend, BTCUSDT, "binance", feeder="f2")  # 0.0014 bps
+    run_flow(backend.sync, mark_down_flow(LAYOUT, "f1", [("upbit", "KRW-BTC")]))
+
+    def symbols(*argv: str) -> list[str]:
+        code, out, err = md("watch", "--once", *argv)
+        assert code == 0, err
+        return [line.split()[1] for line in out.splitlines()[2:]]
+
+    assert symbols() == ["BTCUSDT", "KRW-BTC", "KRW-ETH"]  # book order
+    assert symbols("--sort", "spread") == ["KRW-ETH", "KRW-BTC", "BTCUSDT"]  # widest first
+    assert symbols("--sort", "status") == ["KRW-BTC", "BTCUSDT", "KRW-ETH"]  # not live first, then book order
+    assert symbols("--only", "not-live") == ["KRW-BTC"]
+    assert symbols("--only", "live", "--sort", "spread") == ["KRW-ETH", "BTCUSDT"]
+    code, out, _ = md("watch", "--once", "--json", "--only", "live")
+    assert code == 0 and [b["symbol"] for b in json.loads(out)["books"]] == ["BTCUSDT", "KRW-ETH"]
+    code, _, err = md("watch", "--once", "--sort", "price")
+    assert code == 2 and "invalid choice: 'price'" in err
+
+
+def test_watch_sort_by_age_puts_the_oldest_first() -> None:
+    rows = [
+        render.WatchRow(SnapshotStatus("upbit", s, BookState.LIVE, age=age), None, rate)
+        for s, age, rate in (("A", 0.5, 3.0), ("B", 9.0, None), ("C", None, 1.0), ("D", 2.0, 7.0))
+    ]
+    assert [r.status.symbol for r in cli.arrange(rows, "age", None)] == ["B", "D", "A", "C"]
+    assert [r.status.symbol for r in cli.arrange(rows, "rate", None)] == ["D", "A", "C", "B"]
 
 
 def test_watch_with_no_books(md: Run) -> None:
@@ -351,6 +386,38 @@ def test_status_lists_feeders_as_a_table_and_exits_0_while_they_run(backend: Bac
     code, out, _ = md("status", "-v")
     counters = " ".join(line.strip() for line in out.splitlines() if line.startswith("    "))
     assert 'connections_up=2 last_error="connection reset by peer" missing=KRW-NOPE,KRW-GONE' in counters
+
+
+def test_status_shows_each_stage_latency_per_feeder_and_exchange(backend: Backend, md: Run) -> None:
+    """The p50/p99 per stage a feeder keeps over its recent books (`feeder.latency`), as columns of their own
+    and in --json; a malformed field is left out rather than shown wrong."""
+    backend.sync.hset(
+        "md:feeder:feeder-1",
+        mapping={
+            "state": "running", "heartbeat": repr(time.time()), "started": repr(time.time() - 10),
+            "latency_ms:upbit:exchange_to_recv": "p50 3.2 p99 12", "latency_ms:upbit:recv_to_written":
+            "p50 0.41 p99 2.3", "latency_ms:binance:recv_to_written": "p50 0.5 p99 1.9",
+            "latency_ms:okx:recv_to_written": "p50 fast p99 1",
+        },
+    )  # fmt: skip
+    backend.sync.pexpire("md:feeder:feeder-1", 5_000)
+    code, out, err = md("status")
+    assert code == 0, err
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("LATENCY (ms)"))
+    assert lines[start].split()[3:] == ["EXCHANGE->RECEIVED", "p50/p99", "RECEIVED->WRITTEN", "p50/p99"]
+    assert [line.split() for line in lines[start + 1 :]] == [
+        ["feeder-1", "binance", "-", "0.5", "/", "1.9"],
+        ["feeder-1", "upbit", "3.2", "/", "12", "0.41", "/", "2.3"],
+    ]
+    report = json.loads(md("status", "--json")[1])
+    assert report["feeders"][0]["latency_ms"] == {
+        "upbit": {
+            "exchange_to_recv": {"p50": 3.2, "p99": 12.0},
+            "recv_to_written": {"p50": 0.41, "p99": 2.3},
+        },
+        "binance": {"recv_to_written": {"p50": 0.5, "p99": 1.9}},
+    }
 
 
 def test_a_dead_feeder_stays_listed_with_its_last_counters_and_fails_the_check(

@@ -78,12 +78,13 @@ def reference_encode_book(
         "seq": "1", "exchange": exchange, "symbol": snapshot.symbol, "bids": bids_json, "asks": asks_json,
         "bid": bid, "ask": ask, "ts": repr(ts), "recv_ts": repr(float(recv_ts)), "xid": str(xid),
         "feeder": writer, "live": "1", "hb": "1" if heartbeat else "0",
-        "holders": writer if heartbeat else "", "rts": RTS, "sim": "",
+        "holders": writer if heartbeat else "", "rts": RTS, "wts": WTS, "sim": "",
     }  # fmt: skip
     message = orjson.dumps(
         {
             "seq": 1,
             "rts": orjson.Fragment(RTS.encode()),
+            "wts": orjson.Fragment(WTS.encode()),
             "holders": [writer] if heartbeat else [],
             "exchange": exchange,
             "symbol": snapshot.symbol,
@@ -103,12 +104,18 @@ def reference_encode_book(
 
 
 RTS = "1700000000.125"  # the receive time on Redis's clock, which the script computes
+WTS = "1700000000.127250"  # the write time on Redis's clock (its TIME when the script ran)
 
 
 def written(encoded: EncodedBook) -> tuple[str, int, dict[str, bytes | str], bytes]:
     """What the write script stores and publishes for `encoded` as the key's first write."""
     holders = encoded.writer if encoded.args[11] == "1" else ""
-    return encoded.key, encoded.xid, encoded.hash_fields(1, RTS, holders), encoded.message(1, RTS, holders)
+    return (
+        encoded.key,
+        encoded.xid,
+        encoded.hash_fields(1, RTS, WTS, holders),
+        encoded.message(1, RTS, WTS, holders),
+    )
 
 
 positive = st.one_of(
@@ -170,14 +177,15 @@ def test_message_is_the_documented_json() -> None:
         "BTCUSDT", 1746601573.804, [(86704.77, 4.67805)], [], xid=7, recv_ts=1746601573.9
     )
     encoded = encode_book(LAYOUT, book, exchange="binance", writer="f-1", heartbeat=True, validate=False)
-    message = orjson.loads(encoded.message(1, RTS, "f-1,f-2"))
+    message = orjson.loads(encoded.message(1, RTS, WTS, "f-1,f-2"))
     assert list(message) == [
-        "seq", "rts", "holders", "exchange", "symbol", "ts", "recv_ts", "xid", "feeder", "live", "hb", "bid", "ask",
+        "seq", "rts", "wts", "holders", "exchange", "symbol", "ts", "recv_ts", "xid", "feeder", "live", "hb", "bid", "ask",
         "bids", "asks",
     ]  # fmt: skip
     assert message["bid"] == 86704.77 and message["ask"] is None and message["asks"] == []
     assert message["holders"] == ["f-1", "f-2"] and message["rts"] == float(RTS)
-    fields = encoded.hash_fields(1, RTS, "f-1")
+    assert message["wts"] == float(WTS)
+    fields = encoded.hash_fields(1, RTS, WTS, "f-1")
     assert fields["bid"] == "86704.77" and fields["ask"] == "" and fields["ts"] == "1746601573.804"
 
 
@@ -208,12 +216,14 @@ def test_script_stores_and_publishes_what_encoded_book_says(backend: Any) -> Non
             rts = stored[b"rts"].decode()  # Redis's clock at the write, less the writer's age of the book
             received_ago = time.time() - float(rts) - (time.time() - book.recv_ts)  # type: ignore[operator]
             assert abs(received_ago) < 5  # the receive time on Redis's clock, not the time of the write
+            wts = stored[b"wts"].decode()  # Redis's clock at the write itself
+            assert float(wts) >= float(rts) and abs(float(wts) - time.time()) < 5
             want = {
                 k.encode(): v if isinstance(v, bytes) else v.encode()
-                for k, v in encoded.hash_fields(seq, rts, "f-1").items()
+                for k, v in encoded.hash_fields(seq, rts, wts, "f-1").items()
             }
             assert stored == want
             message = pubsub.get_message(timeout=5)
-            assert message is not None and message["data"] == encoded.message(seq, rts, "f-1")
+            assert message is not None and message["data"] == encoded.message(seq, rts, wts, "f-1")
     finally:
         pubsub.close()

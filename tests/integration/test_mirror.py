@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import redis
+from prometheus_client import CollectorRegistry
 from support.backends import Backend
 from support.book_helpers import book, feeder_write, set_feeder_state
 
@@ -59,6 +60,26 @@ def test_mirror_serves_current_books_at_once_and_follows_updates(backend: Backen
         assert p.get_latest_snapshot("KRW-NONE") is None
         assert p.snapshot_status("KRW-NONE").state is BookState.MISSING
         assert len(p.latest_snapshots) == 5
+
+
+def test_opt_in_latency_metrics_observe_written_to_seen(backend: Backend) -> None:
+    """`enable_latency_metrics`: each mirrored version is observed once, from Redis accepting it (`wts`) to
+    the mirror applying it, on Redis's clock; nothing is observed before the opt-in."""
+    registry = CollectorRegistry()
+    seed(backend.sync, 1)
+    with RedisMarketDataProvider(redis=backend.new_sync(), mode="mirror") as p:
+        feeder_write(backend.sync, book("KRW-S0", 2, xid=2), "f1")
+        poll(lambda: p.get_latest_snapshot("KRW-S0") == book("KRW-S0", 2), message="update mirrored")
+        histogram = p.enable_latency_metrics(registry)
+        assert p.enable_latency_metrics(registry) is histogram  # once per provider
+        assert registry.get_sample_value("md_written_to_seen_seconds_count", {"exchange": "upbit"}) is None
+        for version in (3, 4, 5):
+            feeder_write(backend.sync, book("KRW-S0", version, xid=version), "f1")
+            poll(lambda v=version: p.get_latest_snapshot("KRW-S0") == book("KRW-S0", v), message="mirrored")
+        count = registry.get_sample_value("md_written_to_seen_seconds_count", {"exchange": "upbit"})
+        total = registry.get_sample_value("md_written_to_seen_seconds_sum", {"exchange": "upbit"})
+        assert count == 3
+        assert total is not None and 0 <= total < 3 * 5.0  # a local hop: well under the poll deadline
 
 
 def test_mirror_reads_do_not_touch_redis(real_backend: Backend) -> None:

@@ -267,12 +267,12 @@ def test_the_mirror_replaces_its_copy_with_what_redis_holds_after_an_empty_resta
     cache = BookCache(LAYOUT)
     for seq in range(1, 501):
         encoded = encode_book(LAYOUT, book(xid=seq), exchange="upbit", writer="f1", heartbeat=True)
-        assert cache.apply(KEY, encoded.message(seq, "1.000", "f1")) is None
+        assert cache.apply(KEY, encoded.message(seq, "1.000", "1.000", "f1")) is None
     assert cache.books[KEY].seq == 500
     # Redis restarts empty; the feeder writes the next book, which is seq 1 there
     encoded = encode_book(LAYOUT, book(xid=501), exchange="upbit", writer="f1", heartbeat=True)
     assert run_flow(backend.sync, write_flow(LAYOUT, [encoded])) == [1]
-    assert cache.apply(KEY, encoded.message(1, "1.000", "f1")) == KEY  # out of step: re-read
+    assert cache.apply(KEY, encoded.message(1, "1.000", "1.000", "f1")) == KEY  # out of step: re-read
     run_flow_cache(backend, cache, cache.reload_flow([KEY]))
     assert cache.books[KEY].seq == 1 and cache.books[KEY].snapshot.xid == 501
     backend.sync.delete(KEY)  # and a book Redis no longer holds leaves the cache
@@ -288,7 +288,7 @@ def test_a_forged_or_invalid_message_is_not_served(backend: Backend) -> None:
     cache = BookCache(LAYOUT)
     run_flow_cache(backend, cache, cache.reload_flow([KEY]))
     good = cache.books[KEY]
-    forged = orjson.loads(encoded.message(1, "1.000", "f1"))
+    forged = orjson.loads(encoded.message(1, "1.000", "1.000", "f1"))
     for fake in (
         {**forged, "seq": 10**12, "bids": [[999999.0, 1.0]]},  # far ahead: a gap, Redis decides
         {**forged, "seq": 2, "asks": [[-5.0, 1.0]]},  # not a book an exchange sends
@@ -299,7 +299,7 @@ def test_a_forged_or_invalid_message_is_not_served(backend: Backend) -> None:
         assert cache.books[KEY] == good
         run_flow_cache(backend, cache, cache.reload_flow([KEY]))
         assert cache.books[KEY].snapshot == good.snapshot
-    nan = encoded.message(2, "1.000", "f1").replace(b'"bids":[[101.0', b'"bids":[[NaN')
+    nan = encoded.message(2, "1.000", "1.000", "f1").replace(b'"bids":[[101.0', b'"bids":[[NaN')
     assert cache.apply(KEY, nan) is None  # not even JSON: ignored
     assert cache.books[KEY].snapshot == good.snapshot
 

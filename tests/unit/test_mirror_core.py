@@ -24,7 +24,7 @@ KEY = LAYOUT.book_key("upbit", "KRW-BTC")
 def message(seq: int, feeder: str = "f1") -> dict[str, Any]:
     book = OrderBookSnapshot("KRW-BTC", 1000.0 + seq, [(100.0, 1.0)], [(101.0, 1.0)], xid=seq, recv_ts=5.0)
     data = encode_book(LAYOUT, book, exchange="upbit", writer=feeder, heartbeat=True).message(
-        seq, "5.000", feeder
+        seq, "5.000", "5.001", feeder
     )
     return {"type": "message", "channel": KEY.encode(), "data": data}
 
