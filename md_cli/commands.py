@@ -357,20 +357,64 @@ def cmd_unsubscribe(ctx: Context) -> int:
     return _change_wanted(ctx, add=False)
 
 
+CHANGE_WAIT = 5.0  # seconds `md subscribe` / `md unsubscribe` wait for the books to follow, by default
+
+
 def _change_wanted(ctx: Context, *, add: bool) -> int:
+    """Record the change, then (``--wait``) report what each book did: fed and live, or not live and why. A
+    symbol the exchange does not list never gets a book: this is where the user hears of it first."""
     exchange = normal_exchange(ctx.args.exchange)
     symbols = list(dict.fromkeys(normal_symbol(s) for s in ctx.args.symbols))
     run_flow(ctx.client, change_wanted_flow(ctx.layout, exchange, symbols, add=add))
     print(f"{exchange}: {'subscribed' if add else 'unsubscribed'} {', '.join(symbols)}")
-    print(
-        "running feeders apply it within a second"
-        + (
-            "; a symbol the exchange does not list shows as missing in `md status` after MD_MISSING_AFTER"
-            if add
-            else ""
-        )
-    )
-    return EXIT_OK
+    if ctx.args.wait <= 0:
+        print("running feeders apply it within a second")
+        return EXIT_OK
+    feeders = _running_feeders(ctx, exchange)
+    if not feeders:
+        print(f"no feeder of {exchange} is running: the change applies when one starts")
+        return EXIT_OK
+    deadline = time.monotonic() + ctx.args.wait
+    while True:
+        states = {s.symbol: s for s, _ in ctx.provider.inspect_books([(exchange, x) for x in symbols])}
+        done = [x for x in symbols if states[x].live == add]
+        if len(done) == len(symbols) or time.monotonic() >= deadline:
+            break
+        time.sleep(CHANGE_POLL)
+    width = max(len(x) for x in symbols)
+    for x in symbols:
+        status = states[x]
+        if add and status.live:
+            line = f"live, fed by {status.feeder}"
+        elif add:
+            line = (
+                f"not live after {ctx.args.wait:g}s ({status.state.value}): is it listed by {exchange}? "
+                f"Feeders report it as missing after MD_MISSING_AFTER (md status)"
+            )
+        elif not status.live:
+            line = f"no longer served live ({status.state.value})"
+        else:
+            line = (
+                f"still live after {ctx.args.wait:g}s, fed by {status.feeder} (a feeder of another prefix?)"
+            )
+        print(f"  {x.ljust(width)}  {line}")
+    return EXIT_OK if len(done) == len(symbols) else EXIT_NOTHING
+
+
+CHANGE_POLL = 0.2  # seconds between two reads of the changed books
+
+
+def _running_feeders(ctx: Context, exchange: str) -> list[str]:
+    """The feeders whose record says they run and feed `exchange` (the ones that apply the change now)."""
+    keys = [k for node in primaries(ctx.client) for k in run_flow(node, feeder_keys_flow(ctx.layout))]
+    found = []
+    for name, raw, _ in run_flow(ctx.client, feeder_records_flow(ctx.layout, keys)):
+        if isinstance(raw, Exception) or not raw:
+            continue
+        state, _, fields = split_record({_text(k): _text(v) for k, v in raw.items()})
+        if state == "running" and exchange in fields.get("exchanges", "").replace(" ", "").split(","):
+            found.append(_text(name))
+    return found
 
 
 # --------------------------------------------------------------------------------------------- md history

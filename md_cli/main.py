@@ -30,6 +30,7 @@ from client import ClientSettings, RedisMarketDataProvider, __version__, load_se
 from client.errors import AmbiguousSymbolError, InvalidSymbolError, SettingsError, redis_failure
 from client.topology import describe, sync_client
 from md_cli.commands import (
+    CHANGE_WAIT,
     DEFAULT_DEPTH,
     LIST_REFRESH,
     REDIS_DOWN,
@@ -218,13 +219,21 @@ def build_parser() -> argparse.ArgumentParser:
             name,
             parents=[common],
             help=f"{verb} the symbols running feeders of an exchange feed (within a second)",
-            usage=f"md {name} EXCHANGE SYMBOL...",
+            usage=f"md {name} EXCHANGE SYMBOL... [--wait SECONDS]",
             description=f"{verb.capitalize()} the wanted set of EXCHANGE (md:wanted:<exchange>); every running "
             "feeder of it applies the change within a second, on its open connections (no reconnect of the "
             "untouched ones). Needs a Redis user allowed to SADD/SREM md:wanted:*.",
         )
         change.add_argument("exchange", metavar="EXCHANGE")
         change.add_argument("symbols", nargs="+", metavar="SYMBOL")
+        change.add_argument(
+            "--wait",
+            type=_seconds,
+            default=CHANGE_WAIT,
+            metavar="SECONDS",
+            help=f"wait up to this long for each book to be {'live' if name == 'subscribe' else 'no longer live'} "
+            f"and report each one (default {CHANGE_WAIT:g}; 0: do not wait); exit 1 when one is not",
+        )
         change.set_defaults(command=cmd_subscribe if name == "subscribe" else cmd_unsubscribe)
 
     history = sub.add_parser(
@@ -283,6 +292,16 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
     return value
 
 

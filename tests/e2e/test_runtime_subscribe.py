@@ -53,7 +53,16 @@ async def test_feeders_follow_md_subscribe_without_replacing_connections(
                 )
                 assert took < 2.0  # applied within a second, plus the first book's trip
                 assert await asyncio.to_thread(md, "subscribe", "upbit", "KRW-XRP") == 0
+                assert "KRW-XRP  live, fed by runtime-1" in capsys.readouterr().out  # it waited and says so
                 await poll(lambda: live("upbit", "KRW-XRP"), 5, "KRW-XRP not fed")
+                # a symbol the exchange does not list is reported back, not silently accepted
+                sim.upbit.unlisted.add("KRW-NOPE")
+                assert await asyncio.to_thread(md, "subscribe", "upbit", "KRW-NOPE", "--wait", "1.5") == 1
+                assert (
+                    "KRW-NOPE  not live after 1.5s (missing): is it listed by upbit?"
+                    in capsys.readouterr().out
+                )
+                assert await asyncio.to_thread(md, "unsubscribe", "upbit", "KRW-NOPE", "--wait", "0") == 0
                 assert await asyncio.to_thread(md, "unsubscribe", "upbit", "KRW-ETH") == 0
 
                 async def eth_down() -> bool:
@@ -76,7 +85,7 @@ async def test_feeders_follow_md_subscribe_without_replacing_connections(
                 )
 
                 assert await raw.smembers("md:wanted:upbit") == {b"KRW-XRP"}
-                assert await raw.smembers("md:unwanted:upbit") == {b"KRW-ETH"}
+                assert await raw.smembers("md:unwanted:upbit") == {b"KRW-ETH", b"KRW-NOPE"}
                 # a feeder started later: its own symbols, plus those added, minus those removed at run time
                 later = FeederProcess({**env, "MD_FEEDER_ID": "runtime-2", "MD_EXCHANGES": "upbit",
                                        "MD_UPBIT_SYMBOLS": "KRW-SOL,KRW-ETH"})  # fmt: skip

@@ -264,6 +264,25 @@ def test_watch_sort_by_age_puts_the_oldest_first() -> None:
     assert [r.status.symbol for r in cli.arrange(rows, "rate", None)] == ["D", "A", "C", "B"]
 
 
+def test_subscribe_waits_for_the_books_and_reports_each_one(backend: Backend, md: Run) -> None:
+    code, out, _ = md("subscribe", "upbit", "krw-btc", "--wait", "0.3")
+    assert code == 0 and "no feeder of upbit is running: the change applies when one starts" in out
+    assert backend.sync.smembers("md:wanted:upbit") == {b"KRW-BTC"}
+    backend.sync.hset("md:feeder:f1", mapping={"state": "running", "heartbeat": repr(time.time()),
+                                               "exchanges": "upbit,binance"})  # fmt: skip
+    backend.sync.pexpire("md:feeder:f1", 30_000)
+    feeder_write(backend, BTC, "upbit")
+    started = time.monotonic()
+    code, out, _ = md("subscribe", "upbit", "KRW-BTC", "KRW-NOPE", "--wait", "0.5")
+    assert code == 1 and time.monotonic() - started >= 0.5  # it waited for the one that never came
+    assert "KRW-BTC   live, fed by f1" in out
+    assert "KRW-NOPE  not live after 0.5s (missing): is it listed by upbit?" in out
+    run_flow(backend.sync, mark_down_flow(LAYOUT, "f1", [("upbit", "KRW-BTC")]))
+    code, out, _ = md("unsubscribe", "upbit", "KRW-BTC", "--wait", "2")
+    assert code == 0 and "KRW-BTC  no longer served live (connection_down)" in out
+    assert md("subscribe", "upbit", "KRW-BTC", "--wait", "-1")[0] == 2
+
+
 def test_watch_with_no_books(md: Run) -> None:
     code, out, _ = md("watch", "--once")
     assert code == 0 and out.splitlines()[-1] == "no books"
