@@ -79,6 +79,7 @@ async def test_packed_writes_store_and_publish_what_the_pipeline_does(real_backe
         assert packed.pop(b"exchange") == b"binance" and piped.pop(b"exchange") == b"upbit"
         # the receive time on Redis's clock: Redis's TIME at each write less the writer's age of the book
         assert abs(float(packed.pop(b"rts")) - float(piped.pop(b"rts"))) < 1.0
+        assert abs(float(packed.pop(b"wts")) - float(piped.pop(b"wts"))) < 1.0  # Redis's TIME at the write
         packed.pop(b"seq"), piped.pop(b"seq")
         assert packed == piped
         stored = decode_book(
