@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 
+from client.layout import stage_latency_field
 from client.models import OrderBookSnapshot
 
 WINDOW = 2000  # books per exchange the percentiles are taken over
@@ -47,5 +48,5 @@ class StageLatency:
                 ordered = sorted(samples)
                 p50 = ordered[len(ordered) // 2] * 1000
                 p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
-                out[f"latency_ms:{exchange}:{stage}"] = f"p50 {p50:.3g} p99 {p99:.3g}"
+                out[stage_latency_field(exchange, stage)] = f"p50 {p50:.3g} p99 {p99:.3g}"
         return out

@@ -32,6 +32,7 @@ from client.layout import (
     registry_flow,
     split_record,
     split_target,
+    stage_latency,
 )
 from client.resolver import guess_exchange
 from client.topology import primaries
@@ -47,7 +48,6 @@ from md_cli.render import (
     render_book_rows,
     render_status,
     render_watch,
-    stage_latency,
     status_json,
 )
 

@@ -15,6 +15,7 @@ from decimal import Decimal, localcontext
 from typing import Any
 
 from client import OrderBookSnapshot, SnapshotStatus
+from client.layout import stage_latency
 
 _RED, _RESET = "\x1b[31m", "\x1b[0m"
 
@@ -247,23 +248,6 @@ STAGES = (
     ("exchange_to_recv", "EXCHANGE->RECEIVED p50/p99"),
     ("recv_to_written", "RECEIVED->WRITTEN p50/p99"),
 )
-
-
-def stage_latency(fields: dict[str, str]) -> dict[str, dict[str, dict[str, float]]]:
-    """The ``latency_ms:<exchange>:<stage>`` fields of a status record (``p50 0.41 p99 2.3``) as
-    ``{exchange: {stage: {"p50": 0.41, "p99": 2.3}}}``; a field that does not parse is left out."""
-    found: dict[str, dict[str, dict[str, float]]] = {}
-    for name, value in fields.items():
-        parts = name.split(":")
-        words = value.split()
-        if len(parts) != 3 or parts[0] != "latency_ms" or len(words) != 4 or words[::2] != ["p50", "p99"]:
-            continue
-        try:
-            p50, p99 = float(words[1]), float(words[3])
-        except ValueError:
-            continue
-        found.setdefault(parts[1], {})[parts[2]] = {"p50": p50, "p99": p99}
-    return found
 
 
 def render_latency(entries: list[dict[str, Any]]) -> list[str]:

@@ -39,6 +39,8 @@ from client.layout.feeder_record import (
     feeder_alive,
     record_owner,
     split_record,
+    stage_latency,
+    stage_latency_field,
 )
 from client.layout.flows import (
     Beat,
@@ -164,6 +166,8 @@ __all__ = [
     "server_run_id",
     "split_record",
     "split_target",
+    "stage_latency",
+    "stage_latency_field",
     "validate_exchange",
     "validate_prefix",
     "validate_symbol",

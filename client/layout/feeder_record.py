@@ -55,6 +55,31 @@ class FeederRecord:
         return fields
 
 
+LATENCY_FIELD = "latency_ms"  # latency_ms:<exchange>:<stage> = "p50 0.41 p99 2.3" (milliseconds)
+
+
+def stage_latency_field(exchange: str, stage: str) -> str:
+    """The record field of one exchange's p50/p99 for one stage of a book's way (`feeder.latency`)."""
+    return f"{LATENCY_FIELD}:{exchange}:{stage}"
+
+
+def stage_latency(fields: Mapping[str, str]) -> dict[str, dict[str, dict[str, float]]]:
+    """The stage latency fields of a record read back, as ``{exchange: {stage: {"p50": .., "p99": ..}}}``;
+    a field that does not parse is left out (a reader shows nothing rather than something wrong)."""
+    found: dict[str, dict[str, dict[str, float]]] = {}
+    for name, value in fields.items():
+        parts = name.split(":")
+        words = value.split()
+        if len(parts) != 3 or parts[0] != LATENCY_FIELD or len(words) != 4 or words[::2] != ["p50", "p99"]:
+            continue
+        try:
+            p50, p99 = float(words[1]), float(words[3])
+        except ValueError:
+            continue
+        found.setdefault(parts[1], {})[parts[2]] = {"p50": p50, "p99": p99}
+    return found
+
+
 def feeder_alive(state: Any) -> bool:
     """Liveness of a feeder from its record's ``state``: None (expired), ``offline`` or an error are not."""
     if isinstance(state, bytes):
