@@ -6,7 +6,7 @@ COPY client ./client
 COPY feeder ./feeder
 COPY exchange_sim ./exchange_sim
 COPY md_cli ./md_cli
-RUN pip install --no-cache-dir --prefix=/install .
+RUN pip install --no-cache-dir --prefix=/install ".[fast]"
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 md

@@ -18,6 +18,7 @@ from typing import Any
 from client import __version__
 from client.errors import SettingsError
 from client.settings import load_settings
+from feeder import event_loop
 from feeder.app import Feeder
 from feeder.log_format import configure_logging
 from feeder.recorder import record
@@ -110,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
             print("md-feeder: --record needs --record-seconds or --record-frames (or both)", file=sys.stderr)
             return 2
         try:
-            asyncio.run(record(settings, Path(recording), seconds=seconds, frames=frames))
+            event_loop.run(
+                record(settings, Path(recording), seconds=seconds, frames=frames), settings.event_loop
+            )
         except (ValueError, OSError) as exc:
             print(f"md-feeder: cannot record: {exc}", file=sys.stderr)
             return 2 if isinstance(exc, ValueError) else 1
@@ -121,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"md-feeder: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(_run(feeder))
+    try:
+        event_loop.run(_run(feeder), settings.event_loop)
+    except ValueError as exc:  # uvloop asked for by name and not installed
+        print(f"md-feeder: {exc}", file=sys.stderr)
+        return 2
     return feeder.exit_code
 
 

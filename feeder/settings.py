@@ -92,6 +92,9 @@ class FeederSettings(ClientSettings, ExchangeSettings):
     log_format: Literal["text", "json"] = "text"
     """text: one line per event for people; json: one JSON object per line (ts, time, level, logger, message,
     exc) for log shippers."""
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    """auto: uvloop when it is installed (the ``fast`` extra), else asyncio's own loop; uvloop: refuse to
+    start without it; asyncio: always asyncio's loop."""
 
     @field_validator("feeder_id")
     @classmethod

@@ -156,6 +156,7 @@ async def test_metrics_name_everything_the_dashboard_and_rules_use_and_health_fo
             log = feeder.log()
             feeder.cleanup()
         assert "metrics on http://127.0.0.1:" in log
+        assert "event loop: uvloop" in log  # MD_EVENT_LOOP=auto with uvloop installed (the test extra)
 
 
 async def _async(value: bool) -> bool:
