@@ -14,6 +14,7 @@ from bench.plots import write_plots
 from bench.report import Context, Table, machine
 
 BENCHMARKS = [
+    "load",
     "parse",
     "delta_apply",
     "write",
