@@ -102,6 +102,9 @@ class Subject:
         """Symbols whose last written book differs from the simulator's last."""
         raise NotImplementedError
 
+    def first_error(self) -> str:
+        return ""
+
 
 class ThisFeeder(Subject):
     name = "md-feeder"
@@ -222,7 +225,11 @@ class Cryptofeed(Subject):
                 bids = sorted(((float(p), float(q)) for p, q in book["bid"].items()), reverse=True)
                 asks = sorted((float(p), float(q)) for p, q in book["ask"].items())
                 if bids != list(want.bids) or asks != list(want.asks):
-                    bad.append(symbol)
+                    stamp = float(last[0][1][b"timestamp"])
+                    bad.append(
+                        f"{symbol} (stored: exchange time {stamp:.3f}, {len(bids)}/{len(asks)} levels; "
+                        f"sent last: {want.timestamp:.3f}, {len(want.bids)}/{len(want.asks)})"
+                    )
             return bad
 
         # After an overload cryptofeed has a long backlog in its socket and its queue: wait until its
@@ -241,6 +248,11 @@ class Cryptofeed(Subject):
     async def aclose(self) -> None:
         await asyncio.to_thread(self.process.stop)
         await self.client.aclose()
+
+    def first_error(self) -> str:
+        lines = self.process.log_path.read_text(errors="replace").splitlines()
+        errors = [line for line in lines if "Error" in line and not line.startswith(" ")]
+        return errors[-1][:160] if errors else ""
 
 
 async def measure(
@@ -290,9 +302,17 @@ async def drain(sim: ExchangeSimulator, timeout: float) -> bool:
     return True
 
 
+@dataclass
+class Outcome:
+    rows: list[Row]
+    wrong: list[str]  # books whose last written version is not the simulator's last
+    behind: str = ""  # the rate after which the subject never caught up, if it did not
+    first_error: str = ""  # the first error line of the subject's log (the peer's), for the notes
+
+
 async def run_subject(
     ctx: Context, make: Callable[[ExchangeSimulator, Any], Awaitable[Subject]], rates: list[int], table: Table
-) -> list[Row]:
+) -> Outcome:
     server = ctx.redis()
     assert server.process is not None
     rows: list[Row] = []
@@ -310,17 +330,16 @@ async def run_subject(
                 )
                 rows.append(row)
                 if not await drain(sim, PEER_CATCH_UP):
-                    table.check(False, f"{subject.name}: still behind {PEER_CATCH_UP:g}s after {offered:,}/s")
+                    behind = f"{offered:,}/s"
                     break
+            else:
+                behind = ""
             bad = await subject.truth(sim, symbols)
-            table.check(
-                not bad, f"{subject.name}: {len(bad)} books differ from the last sent, e.g. {bad[:3]}"
-            )
         finally:
             await subject.aclose()
         with contextlib.suppress(Exception):
             await redis.asyncio.Redis.from_url(server.url).flushall()
-    return rows
+    return Outcome(rows, bad, behind, subject.first_error())
 
 
 def run(ctx: Context) -> list[Table]:
@@ -339,9 +358,10 @@ def run(ctx: Context) -> list[Table]:
     async def peer(sim: ExchangeSimulator, server: Any) -> Subject:
         return Cryptofeed(ctx, server.port, server.url, sim, symbols)
 
-    mine = asyncio.run(run_subject(ctx, ours, rates, table))
-    theirs = asyncio.run(run_subject(ctx, peer, rates, table)) if peer_installed() else []
-    if not theirs:
+    ours_out = asyncio.run(run_subject(ctx, ours, rates, table))
+    peer_out = asyncio.run(run_subject(ctx, peer, rates, table)) if peer_installed() else None
+    mine, theirs = ours_out.rows, peer_out.rows if peer_out else []
+    if peer_out is None:
         table.note(
             "cryptofeed rows skipped: the bench-peer extra is not installed (pip install -e '.[bench-peer]')"
         )
@@ -356,6 +376,18 @@ def run(ctx: Context) -> list[Table]:
     for row in mine:
         if row.offered <= 10_000:
             table.check(row.kept_up, f"md-feeder fell behind at {row.offered:,} frames/s")
+    table.check(not ours_out.behind, f"md-feeder never caught up after {ours_out.behind}")
+    table.check(
+        not ours_out.wrong,
+        f"md-feeder: {len(ours_out.wrong)} books differ from the last sent, e.g. {ours_out.wrong[:2]}",
+    )
+    table.note(f"final books right: md-feeder {'yes' if not ours_out.wrong else 'NO'}")
+    if peer_out is not None:
+        verdict = "yes" if not peer_out.wrong else f"NO, {len(peer_out.wrong)} of {len(symbols)} differ"
+        why = f" (e.g. {peer_out.wrong[0]})" if peer_out.wrong else ""
+        behind = f"; never caught up after {peer_out.behind}" if peer_out.behind else ""
+        error = f"; its log: {peer_out.first_error}" if peer_out.first_error else ""
+        table.note(f"final books right: cryptofeed {verdict}{why}{behind}{error}")
     table.note(
         f"goals at {MODERATE:,} frames/s: md-feeder <= 60 µs of CPU a frame and <= 0.2x cryptofeed's in the same "
         "run, p99 <= 5 ms. Latency: the subject's receipt of a frame -> a reader in the bench process sees the "

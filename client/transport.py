@@ -42,6 +42,10 @@ try:
     from hiredis import pack_command as _pack
 except ImportError:  # pragma: no cover - redis[hiredis] is a dependency; without it the pipeline is used
     _pack = None
+try:  # what redis-py's hiredis parser has its reader return for an incomplete reply
+    from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
+except ImportError:  # pragma: no cover - then `_hiredis_reader` finds no hiredis parser either
+    _NOT_ENOUGH_DATA = object()
 
 _SYNC_POOLS = (redis.ConnectionPool, redis.BlockingConnectionPool)
 _ASYNC_POOLS = (redis.asyncio.connection.ConnectionPool, redis.asyncio.connection.BlockingConnectionPool)
@@ -204,6 +208,28 @@ async def _apacked_round_trip(client: redis.asyncio.Redis, commands: list[Comman
     return replies
 
 
+_READ_SIZE = 65536
+
+
+def _hiredis_reader(
+    connection: Any,
+) -> tuple[Callable[[], Any], Callable[[bytes], None], asyncio.StreamReader, type | None] | None:
+    """The connection's hiredis reader (``gets``, ``feed``), its socket stream and hiredis's push-message type
+    (RESP3), when redis-py parses with hiredis; None: read with ``read_response``."""
+    parser = getattr(connection, "_parser", None)
+    reader = getattr(parser, "_reader", None)
+    stream = getattr(parser, "_stream", None)
+    if (
+        type(parser).__name__ != "_AsyncHiredisParser"
+        or reader is None
+        or not isinstance(stream, asyncio.StreamReader)
+        or str(getattr(connection, "protocol", 2) or 2) not in ("2", "3")
+        or not getattr(parser, "_connected", False)
+    ):
+        return None
+    return reader.gets, reader.feed, stream, getattr(parser, "_hiredis_PushNotificationType", None)
+
+
 def _one_round(commands: list[Command]) -> Flow[list[Any]]:
     replies = yield commands
     return replies
@@ -222,12 +248,33 @@ async def _apacked_exchange(client: redis.asyncio.Redis, flows: Iterable[Flow[An
     connection = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
         read = connection.read_response
+        direct = _hiredis_reader(connection)
 
         async def send(commands: list[Command]) -> None:
             await connection.send_packed_command(_packed(commands))
 
         async def replies(commands: list[Command]) -> list[Any]:
             got: list[Any] = []
+            if direct is not None:
+                # The replies of a batch arrive together: take each one from hiredis's buffer, and await the
+                # socket only when the buffer runs dry, instead of three coroutines per reply.
+                gets, feed, stream, push = direct
+                for command in commands:
+                    reply = gets()
+                    while reply is _NOT_ENOUGH_DATA or (push is not None and isinstance(reply, push)):
+                        if reply is _NOT_ENOUGH_DATA:  # a push message (RESP3) is skipped, as redis-py does
+                            data = await stream.read(_READ_SIZE)
+                            if not data:
+                                raise redis.exceptions.ConnectionError("Connection closed by server.")
+                            feed(data)
+                        reply = gets()
+                    if isinstance(reply, redis.exceptions.ResponseError):  # an error reply, as a value
+                        got.append(reply)
+                    elif isinstance(reply, redis.exceptions.ConnectionError):
+                        raise reply
+                    else:
+                        got.append(_apply(callbacks, command, reply))
+                return got
             for command in commands:
                 try:
                     got.append(

@@ -22,6 +22,7 @@ import redis.connection
 from support.backends import Backend
 from support.pins import installed_within_pin
 
+from client import transport
 from client.layout import Command, Flow
 from client.transport import arun_flow, arun_flows, packed_commands, run_flow
 
@@ -125,9 +126,21 @@ async def test_async_fast_path_is_taken_and_gives_the_pipelines_replies(
     client = redis.asyncio.Redis.from_url(real_backend.url)
     await client.ping()  # the connection's handshake is not what is counted
     sent.clear()
+
+    def no_read_response(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the replies were not read from hiredis's buffer directly")
+
+    # the replies come straight from the connection's hiredis reader, not from read_response
+    monkeypatch.setattr(redis.asyncio.connection.AbstractConnection, "read_response", no_read_response)
     fast = await arun_flow(client, _two_rounds())
+    monkeypatch.undo()
+    monkeypatch.setattr(redis.asyncio.connection.AbstractConnection, "send_packed_command", counting_send)
+    monkeypatch.setattr(redis.asyncio.client.Pipeline, "execute", no_pipeline)
     assert len(sent) == 2
-    assert _comparable(fast) == _comparable(reference)
+    assert _comparable(fast) == _comparable(reference)  # errors as values, callbacks applied, in step
+    connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+    assert transport._hiredis_reader(connection) is not None  # the installed redis-py offers it
+    await client.connection_pool.release(connection)
 
     # several flows share one connection, each sent before the previous one's replies are read
     connections: list[Any] = []

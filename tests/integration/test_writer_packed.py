@@ -181,31 +181,35 @@ async def test_cancelling_a_round_trip_releases_and_drops_its_connection(
     reading = asyncio.Event()
     disconnects: list[Any] = []
     connection_class = redis.asyncio.connection.Connection
-    read, disconnect = connection_class.read_response, connection_class.disconnect
-    replies_read = 0
+    disconnect = connection_class.disconnect
+    read = asyncio.StreamReader.read
+    reads = 0
 
-    async def slow_read(self: Any, *args: Any, **kwargs: Any) -> Any:
-        nonlocal replies_read
-        replies_read += 1
-        if replies_read == 10:  # stall in the middle of the batch's replies
+    async def slow_read(self: asyncio.StreamReader, n: int = -1) -> bytes:
+        """The writer's socket reads: the first one returns part of the replies, the second one stalls."""
+        nonlocal reads
+        reads += 1
+        if reads == 2:  # stall in the middle of the batch's replies
             reading.set()
             await asyncio.sleep(3600)
-        return await read(self, *args, **kwargs)
+        return await read(self, 64 if reads == 1 else n)
 
     async def spy_disconnect(self: Any, *args: Any, **kwargs: Any) -> None:
         disconnects.append(self)
         await disconnect(self, *args, **kwargs)
 
-    monkeypatch.setattr(connection_class, "read_response", slow_read)
+    await writer._run_flow(write_flow(layout, encoded[:1]))  # connected: the reads counted are the batch's
+    await client.delete(layout.book_key("binance", "S0USDT"))
+    monkeypatch.setattr(asyncio.StreamReader, "read", slow_read)
     monkeypatch.setattr(connection_class, "disconnect", spy_disconnect)
     flow_task = asyncio.create_task(writer._run_flow(write_flow(layout, encoded)))
-    await reading.wait()  # the batch is on the wire and 9 of its replies are read
+    await reading.wait()  # the batch is on the wire and the first of its replies are read
     flow_task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await flow_task
     assert disconnects  # the connection with replies in flight was closed...
     assert in_use(client.connection_pool) == 0  # ...and given back to the pool
-    monkeypatch.setattr(connection_class, "read_response", read)
+    monkeypatch.setattr(asyncio.StreamReader, "read", read)
     # the pool still works, and no stale reply is read by the next round trip
     seqs = await writer._run_flow(write_flow(layout, encoded[:3]))
     # Redis ran the whole cancelled batch: the same books again are unchanged, not errors or stale replies
