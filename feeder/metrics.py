@@ -120,9 +120,9 @@ class FeederCollector(Collector):
         """How long ago each held book last changed, on this host's clock (receipt of the latest version
         Redis took), as quantiles per exchange and, for the `OLDEST_SHOWN` oldest of each, by symbol."""
         by_exchange: dict[str, list[tuple[float, str]]] = {}
-        for (exchange, symbol), snapshot in self._writer.latest():
-            if snapshot.recv_ts is not None:
-                by_exchange.setdefault(exchange, []).append((max(0.0, now - snapshot.recv_ts), symbol))
+        for (exchange, symbol), received in self._writer.latest_received():
+            if received is not None:
+                by_exchange.setdefault(exchange, []).append((max(0.0, now - received), symbol))
         quantiles = GaugeMetricFamily(
             "md_book_age_seconds",
             "Seconds since each held book last changed: quantiles over the exchange's books (1 = the oldest)",

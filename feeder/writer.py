@@ -117,7 +117,9 @@ class SnapshotWriter:
         self._indexed: set[str] = set()
         self._time_ordered = time_ordered  # exchanges whose ordering id is a time (Upbit's timestamp)
         self._simulated = simulated  # the books come from the exchange simulator: marked so
-        self._last: dict[BookId, OrderBookSnapshot] = {}  # the latest book Redis took, per key (for rewrites)
+        # the latest book Redis took, per key (for rewrites): a received frame is kept as the frame (decoded
+        # again only for a rewrite), so that its decoded levels are freed at once, while still in the cache
+        self._last: dict[BookId, OrderBookSnapshot | Deferred] = {}
         self._failing: dict[str, str] = {}  # keys Redis refuses, with the reason (logged once each)
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -177,18 +179,21 @@ class SnapshotWriter:
         self.stats.rewrites += 1
         self._indexed.clear()
         count = 0
-        for book_id, snapshot in self._last.items():
+        for book_id, item in self._last.items():
             if book_id not in self._pending and book_id not in self._down:
-                self._pending[book_id] = snapshot
+                self._pending[book_id] = item
                 count += 1
         log.warning("%s: rewriting the latest book of %d keys", why, count)
         if count:
             self._idle.clear()
             self._wake.set()
 
-    def latest(self) -> Iterable[tuple[BookId, OrderBookSnapshot]]:
-        """The latest version Redis took of every book this feeder holds (for the age metrics)."""
-        return list(self._last.items())
+    def latest_received(self) -> Iterable[tuple[BookId, float | None]]:
+        """When the latest version Redis took of each book this feeder holds was received (the age metrics)."""
+        return [
+            (book_id, item.recv_ts if isinstance(item, OrderBookSnapshot) else item[1])
+            for book_id, item in self._last.items()
+        ]
 
     @property
     def pending(self) -> int:
@@ -248,7 +253,9 @@ class SnapshotWriter:
             items = []
             for book_id in list(self._pending)[: self._batch]:
                 items.append((book_id, self._pending.pop(book_id)))
-        encoded: list[tuple[BookId, OrderBookSnapshot, EncodedBook]] = []
+        # per book: its id, the snapshot encoded, the encoding, and what is kept for rewrites (the frame when
+        # the book came as one)
+        encoded: list[tuple[BookId, OrderBookSnapshot, EncodedBook, OrderBookSnapshot | Deferred]] = []
         decoded: dict[BookId, OrderBookSnapshot | None] = {}  # deferred frames decoded for this batch
         time_ordered = self._time_ordered
 
@@ -275,7 +282,7 @@ class SnapshotWriter:
                     simulated=self._simulated,
                 )
                 books.append(book)
-                encoded.append((book_id, snap, book))
+                encoded.append((book_id, snap, book, item))
             return books
 
         def flows() -> Iterator[Flow[list[int | Exception]]]:
@@ -314,12 +321,14 @@ class SnapshotWriter:
         self.stats.batches += 1
 
     def _account(
-        self, encoded: list[tuple[BookId, OrderBookSnapshot, EncodedBook]], results: list[int | Exception]
+        self,
+        encoded: list[tuple[BookId, OrderBookSnapshot, EncodedBook, OrderBookSnapshot | Deferred]],
+        results: list[int | Exception],
     ) -> None:
         stats = self.stats
         observers = self.observers
         now = time.time()
-        for (book_id, snapshot, book), result in zip(encoded, results, strict=True):
+        for (book_id, snapshot, book, kept), result in zip(encoded, results, strict=True):
             if isinstance(result, Exception):
                 stats.failed += 1
                 if self._failing.get(book.key) is None:
@@ -333,12 +342,12 @@ class SnapshotWriter:
                 log.info("writes of %s are accepted again", book.key)
             if result > 0:
                 stats.written += 1
-                self._last[book_id] = snapshot
+                self._last[book_id] = kept
                 for observer in observers:
                     observer.book_written(book_id[0], snapshot, now)
             elif result == JOINED:
                 stats.joined += 1
-                self._last[book_id] = snapshot
+                self._last[book_id] = kept
             elif result == UNCHANGED:
                 stats.unchanged += 1
             elif result == REFUSED_FUTURE:

@@ -369,6 +369,57 @@ async def test_books_lost_by_redis_are_rewritten_at_the_next_heartbeat(
         await asyncio.gather(task, return_exceptions=True)
 
 
+class UpbitFrames:
+    """A frame source as a connection is one: decodes (and counts) the frames it handed to the writer."""
+
+    def __init__(self) -> None:
+        from feeder.exchanges.upbit import UpbitProtocol
+
+        self.protocol = UpbitProtocol()
+        self.decoded = 0
+
+    def decode_deferred(self, frame: bytes, recv_ts: float, symbol: str) -> OrderBookSnapshot | None:
+        self.decoded += 1
+        (snapshot,) = self.protocol.parse(frame, recv_ts)
+        assert isinstance(snapshot, OrderBookSnapshot) and snapshot.symbol == symbol
+        return snapshot
+
+
+def upbit_frame(symbol: str, tms: int) -> bytes:
+    units = [{"ap": 101.0 + i, "as": 1.5, "bp": 100.0 - i, "bs": 2.5} for i in range(15)]
+    return orjson.dumps({"ty": "orderbook", "cd": symbol, "tms": tms, "tas": 22.5, "tbs": 37.5, "obu": units})
+
+
+async def test_books_that_came_as_frames_are_decoded_again_for_a_rewrite(
+    backend: Backend, aclient: Any
+) -> None:
+    """The writer keeps a frame it wrote as the frame (its decoded levels are freed at once): a rewrite after
+    Redis lost data decodes it again and stores the same book."""
+    writer = SnapshotWriter(aclient, LAYOUT, "f1")
+    source = UpbitFrames()
+    status = FeederStatus(aclient, LAYOUT, "f1", dict, ttl=5.0, on_loss=writer.rewrite_all)
+    task = asyncio.create_task(writer.run())
+    try:
+        await status.claim(0.2)
+        for i in range(10):
+            writer.submit_frame(
+                "upbit", f"KRW-F{i}", upbit_frame(f"KRW-F{i}", 1_700_000_000_000 + i), 5.0, source
+            )
+        assert await writer.flush(5)
+        assert source.decoded == 10
+        before = [backend.sync.hmget(f"md:upbit:KRW-F{i}", "xid", "bids", "asks") for i in range(10)]
+        backend.sync.flushall()
+        assert await status.beat()  # finds its record gone: Redis lost data
+        assert await writer.flush(5)
+        assert writer.stats.rewrites == 1 and source.decoded == 20  # each frame decoded once more
+        after = [backend.sync.hmget(f"md:upbit:KRW-F{i}", "xid", "bids", "asks") for i in range(10)]
+        assert after == before and before[0][0] == b"1700000000000"
+        assert {exchange for (exchange, _), _ in writer.latest_received()} == {"upbit"}
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_a_feeder_refused_info_says_so_once_and_beats_on(
     real_backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:

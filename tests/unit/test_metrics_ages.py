@@ -8,7 +8,6 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from client.models import OrderBookSnapshot
 from feeder.metrics import OLDEST_SHOWN, FeederCollector
 
 pytestmark = pytest.mark.unit
@@ -24,12 +23,9 @@ class HeldBooks:
         self.stats = WriterStats()
         self.pending = 0
         self.redis_ok = True
-        self._latest = [
-            ((ex, sym), OrderBookSnapshot(sym, NOW - age, [], [], recv_ts=NOW - age))
-            for (ex, sym), age in ages.items()
-        ]
+        self._latest = [((ex, sym), NOW - age) for (ex, sym), age in ages.items()]
 
-    def latest(self) -> list[tuple[tuple[str, str], OrderBookSnapshot]]:
+    def latest_received(self) -> list[tuple[tuple[str, str], float]]:
         return self._latest
 
 
