@@ -10,7 +10,7 @@ CHAOS_SECONDS ?= 120
 help:
 	@echo "make demo       offline demo: Redis (private if none), exchange simulator, feeders of six exchanges, live md watch"
 	@echo "make run        the same against the real exchanges (needs internet)"
-	@echo "make bench      run every benchmark (private redis-server, simulator, feeders) and print tables"
+	@echo "make bench      run every benchmark (private redis-server, simulator, feeders, cryptofeed as the peer) and print tables"
 	@echo "make test       create .venv, install the project with test extras, run the whole suite"
 	@echo "make chaos      faults of every kind for CHAOS_SECONDS (default 120) while 4 engines read; 0 violations or exit 1"
 	@echo "make lint       ruff check + ruff format --check + mypy"
@@ -36,6 +36,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
+	@$(PY) -m pip install --quiet -e '.[bench-peer]' || echo "make bench: the bench-peer extra (cryptofeed) did not install: its rows are skipped"
 	$(PY) -m bench
 
 chaos: $(STAMP)

@@ -282,7 +282,8 @@ async def measure(
     kept_up = backlog1 <= max(200, 0.02 * sent) and absorbed >= 0.97 * sent
     return Row(
         subject.name, offered, sent / wall, absorbed / wall, written / wall,
-        cpu["subject"] / max(1, absorbed) * 1e6, cpu["redis"] / max(1, written) * 1e6, cpu["other"] / wall,
+        cpu["subject"] / max(1, absorbed) * 1e6,
+        cpu["redis"] / written * 1e6 if written > 0 else float("nan"), cpu["other"] / wall,
         percentile(latencies, 50) * 1000 if latencies else float("nan"),
         percentile(latencies, 99) * 1000 if latencies else float("nan"), kept_up,
     )  # fmt: skip

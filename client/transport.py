@@ -236,80 +236,11 @@ def _one_round(commands: list[Command]) -> Flow[list[Any]]:
 
 
 async def _apacked_exchange(client: redis.asyncio.Redis, flows: Iterable[Flow[Any]]) -> list[Any]:
-    """Drive `flows` on one connection of the client's pool; each flow's result, in order.
-
-    Every flow's first commands are sent as soon as the flow is taken from `flows`, before the previous flows'
-    replies are read, so Redis works on one flow while this process prepares the next. Replies are then read
-    in order (errors as values); a flow that asks for a further round (NOSCRIPT after a Redis restart) gets it
-    afterwards.
-    """
+    """Drive `flows` on one connection of the client's pool; each flow's result, in order (see `_exchange`)."""
     pool = client.connection_pool
-    callbacks = client.response_callbacks
     connection = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
-        read = connection.read_response
-        direct = _hiredis_reader(connection)
-
-        async def send(commands: list[Command]) -> None:
-            await connection.send_packed_command(_packed(commands))
-
-        async def replies(commands: list[Command]) -> list[Any]:
-            got: list[Any] = []
-            if direct is not None:
-                # The replies of a batch arrive together: take each one from hiredis's buffer, and await the
-                # socket only when the buffer runs dry, instead of three coroutines per reply.
-                gets, feed, stream, push = direct
-                for command in commands:
-                    reply = gets()
-                    while reply is _NOT_ENOUGH_DATA or (push is not None and isinstance(reply, push)):
-                        if reply is _NOT_ENOUGH_DATA:  # a push message (RESP3) is skipped, as redis-py does
-                            data = await stream.read(_READ_SIZE)
-                            if not data:
-                                raise redis.exceptions.ConnectionError("Connection closed by server.")
-                            feed(data)
-                        reply = gets()
-                    if isinstance(reply, redis.exceptions.ResponseError):  # an error reply, as a value
-                        got.append(reply)
-                    elif isinstance(reply, redis.exceptions.ConnectionError):
-                        raise reply
-                    else:
-                        got.append(_apply(callbacks, command, reply))
-                return got
-            for command in commands:
-                try:
-                    got.append(
-                        _apply(callbacks, command, await read(timeout=math.inf))
-                    )  # no timer of its own
-                except redis.exceptions.ResponseError as exc:  # an error reply; the stream is still in step
-                    got.append(exc)
-            return got
-
-        # One deadline for the whole exchange (the connection's socket timeout) instead of one per reply:
-        # the replies of a batch arrive together, and a timer per reply cost more than reading it.
-        async with asyncio.timeout(connection.socket_timeout):
-            started: list[tuple[Flow[Any], list[Command] | None]] = []
-            results: list[Any] = []
-            for flow in flows:
-                try:
-                    commands = next(flow)
-                except StopIteration as stop:  # nothing to send
-                    results.append(stop.value)
-                    started.append((flow, None))
-                    continue
-                await send(commands)
-                results.append(None)
-                started.append((flow, commands))
-            first = [await replies(commands) if commands is not None else [] for _, commands in started]
-            for i, ((flow, sent), answer) in enumerate(zip(started, first, strict=True)):
-                if sent is None:
-                    continue
-                try:
-                    while True:
-                        more: list[Command] = flow.send(answer)
-                        await send(more)
-                        answer = await replies(more)
-                except StopIteration as stop:
-                    results[i] = stop.value
+        results = await _exchange(connection, client.response_callbacks, flows)
     except BaseException:
         # A failure or a cancellation between the write and the last reply leaves replies in flight:
         # the connection must not be reused.
@@ -318,4 +249,117 @@ async def _apacked_exchange(client: redis.asyncio.Redis, flows: Iterable[Flow[An
     finally:
         await pool.release(connection)
     raise_if_cancelled()  # redis-py 8 on CPython 3.11 can swallow one that hits it while it connects
+    return results
+
+
+class PinnedConnection:
+    """One connection of an asyncio client's pool kept across round trips by a single owner (the feeder's
+    writer): taking a connection from redis-py's pool and giving it back costs more than a small batch's
+    round trip itself (its pool dispatches events and re-auth listeners on every get). `run_flows` is
+    `arun_flows` on that connection; after any failure or cancellation the connection is dropped
+    (disconnected, given back) and the next call takes a fresh one. `release` gives it back for good.
+
+    Only for a client `packed_commands` accepts; other clients go through `arun_flows` unchanged."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        self.packed = packed_commands(client)
+        self._connection: Any = None
+
+    async def run_flows(self, flows: Iterable[Flow[Any]]) -> list[Any]:
+        if not self.packed:
+            return await arun_flows(self.client, flows)
+        connection = self._connection
+        if connection is None or not connection.is_connected:
+            if connection is not None:
+                await self.release()
+            connection = self._connection = await self.client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            results = await _exchange(connection, self.client.response_callbacks, flows)
+        except BaseException:
+            self._connection = None  # replies may be in flight: never reused
+            try:
+                await connection.disconnect()
+            finally:
+                await self.client.connection_pool.release(connection)
+            raise
+        raise_if_cancelled()
+        return results
+
+    async def release(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await self.client.connection_pool.release(connection)
+
+
+async def _exchange(connection: Any, callbacks: Any, flows: Iterable[Flow[Any]]) -> list[Any]:
+    """Drive `flows` on `connection`; each flow's result, in order. The caller drops the connection when
+    this raises (replies may be in flight).
+
+    Every flow's first commands are sent as soon as the flow is taken from `flows`, before the previous flows'
+    replies are read, so Redis works on one flow while this process prepares the next. Replies are then read
+    in order (errors as values); a flow that asks for a further round (NOSCRIPT after a Redis restart) gets it
+    afterwards.
+    """
+    read = connection.read_response
+    direct = _hiredis_reader(connection)
+
+    async def send(commands: list[Command]) -> None:
+        await connection.send_packed_command(_packed(commands))
+
+    async def replies(commands: list[Command]) -> list[Any]:
+        got: list[Any] = []
+        if direct is not None:
+            # The replies of a batch arrive together: take each one from hiredis's buffer, and await the
+            # socket only when the buffer runs dry, instead of three coroutines per reply.
+            gets, feed, stream, push = direct
+            for command in commands:
+                reply = gets()
+                while reply is _NOT_ENOUGH_DATA or (push is not None and isinstance(reply, push)):
+                    if reply is _NOT_ENOUGH_DATA:  # a push message (RESP3) is skipped, as redis-py does
+                        data = await stream.read(_READ_SIZE)
+                        if not data:
+                            raise redis.exceptions.ConnectionError("Connection closed by server.")
+                        feed(data)
+                    reply = gets()
+                if isinstance(reply, redis.exceptions.ResponseError):  # an error reply, as a value
+                    got.append(reply)
+                elif isinstance(reply, redis.exceptions.ConnectionError):
+                    raise reply
+                else:
+                    got.append(_apply(callbacks, command, reply))
+            return got
+        for command in commands:
+            try:
+                got.append(_apply(callbacks, command, await read(timeout=math.inf)))  # no timer of its own
+            except redis.exceptions.ResponseError as exc:  # an error reply; the stream is still in step
+                got.append(exc)
+        return got
+
+    # One deadline for the whole exchange (the connection's socket timeout) instead of one per reply:
+    # the replies of a batch arrive together, and a timer per reply cost more than reading it.
+    async with asyncio.timeout(connection.socket_timeout):
+        started: list[tuple[Flow[Any], list[Command] | None]] = []
+        results: list[Any] = []
+        for flow in flows:
+            try:
+                commands = next(flow)
+            except StopIteration as stop:  # nothing to send
+                results.append(stop.value)
+                started.append((flow, None))
+                continue
+            await send(commands)
+            results.append(None)
+            started.append((flow, commands))
+        first = [await replies(commands) if commands is not None else [] for _, commands in started]
+        for i, ((flow, sent), answer) in enumerate(zip(started, first, strict=True)):
+            if sent is None:
+                continue
+            try:
+                while True:
+                    more: list[Command] = flow.send(answer)
+                    await send(more)
+                    answer = await replies(more)
+            except StopIteration as stop:
+                results[i] = stop.value
     return results

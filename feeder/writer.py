@@ -13,8 +13,10 @@ When Redis fails, the batch goes back into the buffer (unless a newer book alrea
 waits with capped exponential backoff and tries again; Redis coming back empty (a restart) is handled by the
 layout's NOSCRIPT reload and by re-adding the index entries.
 
-Round trips go through `client.transport.arun_flows`: on a plain asyncio client, every chunk of a batch is
-packed with hiredis and sent on one connection while the previous chunk's replies are still coming back.
+Round trips go through `client.transport.PinnedConnection`: on a plain asyncio client, the writer keeps one
+connection of the pool for all of them (taking one from redis-py's pool per batch cost more than a small
+batch's round trip), and every chunk of a batch is packed with hiredis and sent while the previous chunk's
+replies are still coming back.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from client.layout import (
     write_flow,
 )
 from client.models import OrderBookSnapshot
-from client.transport import arun_flows
+from client.transport import PinnedConnection
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,7 @@ class SnapshotWriter:
         history: int = 0,
     ) -> None:
         self._redis = client
+        self._connection = PinnedConnection(client)  # one connection for every round trip of `run`
         self._history = history  # MD_HISTORY_MAXLEN: each accepted version also goes to its capped stream
         self._layout = layout
         self._feeder_id = feeder_id
@@ -209,6 +212,12 @@ class SnapshotWriter:
 
     # ------------------------------------------------------------------------------------------ the task
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:  # cancelled by its owner: the connection goes back to the pool
+            await self._connection.release()
+
+    async def _run(self) -> None:
         failures = 0
         while True:
             await self._wake.wait()
@@ -364,7 +373,7 @@ class SnapshotWriter:
         return (await self._run_flows([flow]))[0]
 
     async def _run_flows(self, flows: Iterable[Flow[Any]]) -> list[Any]:
-        return await arun_flows(self._redis, flows)
+        return await self._connection.run_flows(flows)
 
     def _on_error(self, exc: BaseException, failures: int) -> None:
         self.stats.redis_errors += 1

@@ -216,3 +216,39 @@ async def test_cancelling_a_round_trip_releases_and_drops_its_connection(
     assert all(s == UNCHANGED or s >= 1 for s in seqs)
     assert await client.ping()
     await client.aclose()
+
+
+async def test_the_writer_keeps_one_connection_for_its_round_trips_and_gives_it_back(
+    real_backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taking a connection from redis-py's pool per batch cost more than a small batch's round trip: the writer
+    takes one for all of them, takes a fresh one after a failure (Redis closed it), and gives it back when
+    its task ends."""
+    client = real_backend.new_async()
+    layout = RedisLayout()
+    writer = SnapshotWriter(client, layout, "w1")
+    taken = 0
+    real_get = redis.asyncio.connection.ConnectionPool.get_connection
+
+    async def counting_get(self: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal taken
+        taken += 1
+        return await real_get(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.asyncio.connection.ConnectionPool, "get_connection", counting_get)
+    task = asyncio.create_task(writer.run())
+    try:
+        for i in range(20):  # 20 batches: each waits for the previous one to be written
+            writer.submit("binance", book(f"S{i}USDT", i))
+            assert await writer.flush(5)
+        assert writer.stats.written == 20 and writer.stats.batches == 20
+        assert taken == 1 and in_use(client.connection_pool) == 1
+        await client.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")  # Redis drops it
+        writer.submit("binance", book("S99USDT", 99))
+        assert await writer.flush(10)
+        assert writer.stats.written == 21 and taken >= 2  # a fresh connection after the failure
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert in_use(client.connection_pool) == 0  # given back when the task ended
+    await client.aclose()
