@@ -78,6 +78,7 @@ QUICK = Size(6, 4, 2, 2, 5.0, 200, 1.0, 20)
 class Throughput:
     sent: float
     received: float
+    written: float  # books/s written to Redis, summed over the feeders
     cpu: dict[str, float]  # fraction of one core per process, "other" = the rest of the machine
     busy_before: float  # cores other processes used just before the window
 
@@ -105,8 +106,12 @@ async def throughput(
         (a.counters["msgs_in"] - b.counters["msgs_in"]) / (a.heartbeat - b.heartbeat)
         for a, b in zip(after, before, strict=True)
     )
+    written = sum(
+        (a.counters["written"] - b.counters["written"]) / (a.heartbeat - b.heartbeat)
+        for a, b in zip(after, before, strict=True)
+    )
     sim.set_rate(0.0)
-    return Throughput(sent / wall, received, {k: v / wall for k, v in cpu.items()}, busy)
+    return Throughput(sent / wall, received, written, {k: v / wall for k, v in cpu.items()}, busy)
 
 
 async def used_memory(client: redis.asyncio.Redis) -> int:
@@ -215,13 +220,15 @@ async def _run(ctx: Context, table: Table, shard_table: Table) -> None:
     two_cores = two.cpu["feeder 1/2"] + two.cpu["feeder 2/2"]
     one_eff = one.received / one_core if one_core else float("nan")
     two_eff = two.received / two_cores if two_cores else float("nan")
+    one_books = one.written / one_core if one_core else float("nan")
+    two_books = two.written / two_cores if two_cores else float("nan")
     shard_table.add(
-        "1 process", size.offered, one.sent, one.received, round(100 * one_core), one_eff,
+        "1 process", size.offered, one.sent, one.received, round(100 * one_core), one_eff, one_books,
         round(100 * one.cpu["sim"]), round(100 * one.cpu["redis"]), round(100 * one.cpu["other"]), 1.0,
     )  # fmt: skip
     shard_table.add(
         "2 processes (--shard 1/2, 2/2)", size.offered, two.sent, two.received,
-        f"{100 * two.cpu['feeder 1/2']:.0f} + {100 * two.cpu['feeder 2/2']:.0f}", two_eff,
+        f"{100 * two.cpu['feeder 1/2']:.0f} + {100 * two.cpu['feeder 2/2']:.0f}", two_eff, two_books,
         round(100 * two.cpu["sim"]), round(100 * two.cpu["redis"]), round(100 * two.cpu["other"]),
         two.received / one.received if one.received else float("nan"),
     )  # fmt: skip
@@ -257,7 +264,8 @@ def run(ctx: Context) -> list[Table]:
     shard_table = Table(
         "scale:shards",
         "Scale: throughput of one feeder vs two shards at the same offered load",
-        ["feeders", "offered/s", "sent/s", "feeder in/s", "feeder CPU%", "frames per feeder CPU-s", "sim CPU%",
+        ["feeders", "offered/s", "sent/s", "feeder in/s", "feeder CPU%", "frames per feeder CPU-s",
+         "books written per feeder CPU-s", "sim CPU%",
          "redis CPU%", "other CPU%", "ratio"],
     )  # fmt: skip
     asyncio.run(_run(ctx, table, shard_table))

@@ -96,27 +96,21 @@ async def test_metrics_name_everything_the_dashboard_and_rules_use_and_health_fo
                 for k in s.labels
             }
             assert labels <= {"exchange", "connection", "le", "quantile"}  # bounded: never per symbol
-            oldest = {
-                (s.labels["exchange"], s.labels["symbol"]): s.value
-                for f in families
-                if f.name == "md_oldest_book_age_seconds"
-                for s in f.samples
-            }  # per symbol, but only the few oldest of each exchange (tests/unit/test_metrics_ages.py)
+
+            def values(name: str, *labels: str) -> dict[tuple[str, ...], float]:
+                return {
+                    tuple(s.labels[k] for k in labels): s.value
+                    for f in families
+                    if f.name == name
+                    for s in f.samples
+                }
+
+            # per symbol, but only the few oldest of each exchange (tests/unit/test_metrics_ages.py)
+            oldest = values("md_oldest_book_age_seconds", "exchange", "symbol")
             assert set(oldest) == {("upbit", "KRW-BTC"), ("upbit", "KRW-ETH"), ("binance", "BTCUSDT")}
             assert all(0 <= age < 10 for age in oldest.values())
-            held = {
-                s.labels["exchange"]: s.value
-                for f in families
-                if f.name == "md_books_held"
-                for s in f.samples
-            }
-            assert held == {"upbit": 2.0, "binance": 1.0}
-            ups = {
-                s.labels["connection"]: s.value
-                for f in families
-                if f.name == "md_connection_up"
-                for s in f.samples
-            }
+            assert values("md_books_held", "exchange") == {("upbit",): 2.0, ("binance",): 1.0}
+            ups = {name: up for (name,), up in values("md_connection_up", "connection").items()}
             assert ups == {"upbit-1": 1.0, "binance-1": 1.0}
             latency = [s for f in families if f.name == "md_receive_to_written_seconds" for s in f.samples]
             assert any(s.name.endswith("_count") and s.value > 0 for s in latency)
