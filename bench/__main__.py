@@ -12,6 +12,7 @@ from pathlib import Path
 
 from bench.plots import write_plots
 from bench.report import Context, Table, machine
+from bench.rig import OtherLoad
 
 BENCHMARKS = [
     "load",
@@ -50,7 +51,15 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             module = importlib.import_module(f"bench.{name}")
             t0 = time.monotonic()
-            for table in module.run(ctx):
+            load = OtherLoad()
+            load.start()
+            produced = module.run(ctx)
+            others = load.cores()
+            for table in produced:
+                table.note(
+                    f"machine load: other processes (outside the benchmark's own) used {others:.2f} cores on "
+                    "average while it ran"
+                )
                 tables.append(table)
                 print(table.render(), flush=True)
             print(f"  ({name}: {time.monotonic() - t0:.1f}s)\n", flush=True)

@@ -80,6 +80,54 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
 
 
+def _process_table() -> dict[int, tuple[int, float]]:
+    """Every process now: pid -> (parent pid, CPU seconds so far)."""
+    table: dict[int, tuple[int, float]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = Path(entry.path, "stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        table[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+    return table
+
+
+class OtherLoad:
+    """CPU used by every process outside this one's own tree (the machine's other users) between `start`
+    and `cores`: sampled at both ends, so a process that lives through the window is measured exactly and
+    one that starts or ends inside it only in part (the figure is a floor)."""
+
+    def __init__(self) -> None:
+        self._wall = 0.0
+        self._before: dict[int, float] = {}
+
+    def _others(self) -> dict[int, float]:
+        table = _process_table()
+        ours = {os.getpid()}
+        changed = True
+        while changed:  # descendants, whatever their depth
+            changed = False
+            for pid, (parent, _) in table.items():
+                if parent in ours and pid not in ours:
+                    ours.add(pid)
+                    changed = True
+        return {pid: cpu for pid, (_, cpu) in table.items() if pid not in ours}
+
+    def start(self) -> None:
+        self._wall = time.monotonic()
+        self._before = self._others()
+
+    def cores(self) -> float:
+        """Cores the others used on average since `start`."""
+        wall = time.monotonic() - self._wall
+        after = self._others()
+        used = sum(cpu - self._before.get(pid, 0.0) for pid, cpu in after.items())
+        return max(0.0, used) / wall if wall > 0 else 0.0
+
+
 class CpuMeter:
     """CPU used by named processes between `start` and `read`, and by the whole machine (``"machine"``)."""
 
