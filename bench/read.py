@@ -16,7 +16,7 @@ from bench.report import Context, Table, percentile
 from client import OrderBookSnapshot, RedisMarketDataProvider
 from client.layout import RedisLayout, encode_book, write_flow
 from client.mirror import BookCache
-from client.transport import run_flow
+from client.transport import PubSubSource, run_flow
 
 
 def _book(symbol: str, i: int, levels: int = 15) -> OrderBookSnapshot:
@@ -58,7 +58,8 @@ def _mirror_updates(
         encoded = encode_book(layout, book, exchange="upbit", writer="bench", heartbeat=True)
         now = time.time()
         messages.append((encoded.key, encoded.message(version, f"{now:.3f}", f"{now:.6f}", "bench")))
-    pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    source = PubSubSource(client)  # the mirror's own: RESP2 for a plain client
+    pubsub = source.pubsub()
     try:
         pubsub.psubscribe(layout.book_pattern("upbit"))
         deadline = time.monotonic() + 5
@@ -83,6 +84,7 @@ def _mirror_updates(
             samples.append(clock() - t0)
     finally:
         pubsub.close()
+        source.close()
     table.check(len(samples) == count, f"mirror update: {len(samples)} of {count} messages arrived")
     last = first + (count - 1) // len(symbols)
     table.check(

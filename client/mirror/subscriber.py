@@ -31,7 +31,7 @@ import redis.exceptions
 
 from client.layout import Flow
 from client.mirror.cache import HEALTH_TIMEOUT, BookCache, MirrorPlan
-from client.transport import arun_flow, raise_if_cancelled, run_flow
+from client.transport import AsyncPubSubSource, PubSubSource, arun_flow, raise_if_cancelled, run_flow
 
 log = logging.getLogger("client.mirror")
 
@@ -215,6 +215,7 @@ class ThreadSubscriber:
         self.core = SubscriberCore(plan, cache)
         self.plan = plan
         self._redis = client
+        self._pubsubs = PubSubSource(client)
         self._sharded = plan.layout.sharded
         self._stop = threading.Event()
         self._loaded = threading.Event()
@@ -231,11 +232,12 @@ class ThreadSubscriber:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(5)
+        self._pubsubs.close()
 
     def _run(self) -> None:
         failures = 0
         while not self._stop.is_set():
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = self._pubsubs.pubsub()
             try:
                 self._drive(pubsub)
                 failures = 0
@@ -293,6 +295,7 @@ class TaskSubscriber:
         self.core = SubscriberCore(plan, cache)
         self.plan = plan
         self._redis = client
+        self._pubsubs = AsyncPubSubSource(client)
         self._sharded = plan.layout.sharded
         self._loaded = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -314,12 +317,13 @@ class TaskSubscriber:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self._pubsubs.aclose()
         self.core.cache.connected = False
 
     async def _run(self) -> None:
         failures = 0
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._pubsubs.pubsub()
             try:
                 await self._drive(pubsub)
             except REDIS_ERRORS as exc:
@@ -332,7 +336,7 @@ class TaskSubscriber:
                 failures = 0
             finally:
                 with contextlib.suppress(*REDIS_ERRORS):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
 
     async def _drive(self, pubsub: Any) -> None:
         session = self.core.session()

@@ -82,6 +82,25 @@ def test_opt_in_latency_metrics_observe_written_to_seen(backend: Backend) -> Non
         assert total is not None and 0 <= total < 3 * 5.0  # a local hop: well under the poll deadline
 
 
+def test_the_mirror_subscribes_on_a_resp2_connection_of_its_own(real_backend: Backend) -> None:
+    """redis-py 8 speaks RESP3 and reads a RESP3 pub/sub message about twice as slowly: a plain client's
+    mirror subscribes on a RESP2 connection (client.transport.PubSubSource), and still mirrors every update."""
+    seed(real_backend.sync, 1)
+    client = real_backend.new_sync()
+    assert str(client.connection_pool.connection_kwargs.get("protocol") or 3) == "3"  # the client's default
+    with RedisMarketDataProvider(redis=client, mode="mirror") as p:
+        subscribers = [
+            c for c in real_backend.sync.client_list() if int(c.get("psub", 0)) or int(c.get("sub", 0))
+        ]
+        assert [c.get("resp") for c in subscribers] == ["2"]
+        feeder_write(real_backend.sync, book("KRW-S0", 2, xid=2), "f1")
+        poll(lambda: p.get_latest_snapshot("KRW-S0") == book("KRW-S0", 2), message="update mirrored")
+    poll(
+        lambda: not [c for c in real_backend.sync.client_list() if int(c.get("psub", 0))],
+        message="the subscriber's connection closed on stop",
+    )
+
+
 def test_mirror_reads_do_not_touch_redis(real_backend: Backend) -> None:
     seed(real_backend.sync)
     with RedisMarketDataProvider(redis=real_backend.new_sync(), mode="mirror") as p:
