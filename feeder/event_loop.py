@@ -1,8 +1,12 @@
-"""Which event loop the feeder runs on: uvloop where it is installed (``MD_EVENT_LOOP=auto``), else asyncio's.
+"""Which event loop the feeder runs on: asyncio's own by default, uvloop on request (``MD_EVENT_LOOP``).
 
-uvloop (libuv, in C) makes the loop's own work per wake-up, per socket read and per write cheaper; nothing
-else in the feeder depends on it, so it is an optional extra (``pip install 'md-cache[fast]'``), used by
-default when present. What it saves is measured by ``make bench`` (the ``load`` table, docs/performance.md).
+uvloop (libuv, in C) makes the loop's own work per wake-up, per socket read and per write cheaper. It is an
+optional extra (``pip install 'md-cache[fast]'``) and not the default, for two measured reasons
+(docs/performance.md):
+- it gave no measurable gain: the feeder's time goes to Python code, not to the loop;
+- its transports raise RuntimeError when redis-py writes to a connection the server closed, where asyncio's
+  fail as connection errors. On a Cluster node restart that escaped redis-py's reconnect and stopped the
+  feeder.
 """
 
 from __future__ import annotations

@@ -92,9 +92,11 @@ class FeederSettings(ClientSettings, ExchangeSettings):
     log_format: Literal["text", "json"] = "text"
     """text: one line per event for people; json: one JSON object per line (ts, time, level, logger, message,
     exc) for log shippers."""
-    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
-    """auto: uvloop when it is installed (the ``fast`` extra), else asyncio's own loop; uvloop: refuse to
-    start without it; asyncio: always asyncio's loop."""
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "asyncio"
+    """asyncio (the default): asyncio's own loop; auto: uvloop when it is installed (the ``fast`` extra);
+    uvloop: refuse to start without it. Not uvloop by default: it gave no measurable gain here, and on a
+    Cluster node restart it raised RuntimeError (not a connection error) out of redis-py's reconnect, which
+    stopped the feeder (docs/performance.md)."""
 
     @field_validator("feeder_id")
     @classmethod

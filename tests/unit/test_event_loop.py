@@ -1,4 +1,4 @@
-"""MD_EVENT_LOOP: uvloop where installed (auto), asyncio's loop on request, a clear refusal without uvloop."""
+"""MD_EVENT_LOOP: asyncio's loop by default, uvloop where installed with auto, a clear refusal without it."""
 
 from __future__ import annotations
 
@@ -42,6 +42,8 @@ def test_without_uvloop_auto_falls_back_and_uvloop_by_name_is_refused(
 
 def test_the_setting_names_its_choices(monkeypatch: pytest.MonkeyPatch) -> None:
     from client import SettingsError, load_settings
+
+    assert load_settings(FeederSettings).event_loop == "asyncio"  # the default
 
     monkeypatch.setenv("MD_EVENT_LOOP", "tokio")
     with pytest.raises(SettingsError, match="MD_EVENT_LOOP"):
