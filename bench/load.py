@@ -40,6 +40,7 @@ from bench.rig import (
     CpuMeter,
     FeederProbe,
     Feeders,
+    cpu_seconds,
     poll,
     quiet_machine,
     sim_backlog,
@@ -56,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]  # the peer runs as ``python -m bench
 SYMBOLS = 200
 FULL_RATES = [500, 2_000, 10_000, 30_000]  # the last one is more than either subject can take: overload
 QUICK_RATES = [200]
+DEPLOYED_HEARTBEAT = {"MD_HEARTBEAT_INTERVAL": "1", "MD_HEARTBEAT_TTL": "5"}  # the feeder's defaults
 PEER_CATCH_UP = 180.0  # seconds cryptofeed gets to work off an overload before its books are compared
 MODERATE = 2_000  # the rate the goals are stated at: <= 60 µs a frame and <= 0.2x the peer's
 
@@ -75,6 +77,17 @@ class Row:
     kept_up: bool
 
 
+@dataclass(frozen=True)
+class Counts:
+    """A subject's counters at one moment, with the simulator's frames sent by then."""
+
+    at: float  # epoch seconds the counters are of
+    absorbed: int | None  # frames read (None: the subject does not count them)
+    written: int  # books written to Redis
+    cpu: float  # the subject's CPU seconds so far
+    sent: int  # frames the simulator had sent
+
+
 class Subject:
     """One system under test: started, counted, stopped."""
 
@@ -91,8 +104,7 @@ class Subject:
     async def written(self) -> int:
         raise NotImplementedError
 
-    async def absorbed(self, sent: int) -> int:
-        """Frames read so far; `sent` when the subject does not count them (then only a backlog shows)."""
+    async def counts(self, sim: ExchangeSimulator) -> Counts:
         raise NotImplementedError
 
     async def reader(self, latencies: list[float], stop: asyncio.Event) -> None:
@@ -111,7 +123,8 @@ class ThisFeeder(Subject):
 
     def __init__(self, feeders: Feeders, url: str, symbols: list[str]) -> None:
         self.feeders = feeders
-        self.feeder = feeders.start("bench-load", upbit=symbols)
+        # the default heartbeat (the benchmarks' 0.1 s would add ~7 µs a frame at 2,000 frames/s)
+        self.feeder = feeders.start("bench-load", upbit=symbols, env=DEPLOYED_HEARTBEAT)
         self.probe = FeederProbe(url)
         self.url = url
 
@@ -119,14 +132,17 @@ class ThisFeeder(Subject):
         await self.probe.wait_connected(self.feeder, 1, 30)
         self.pid = self.feeder.pid
 
-    async def counters(self) -> dict[str, int]:
-        return await self.probe.counters(self.feeder.feeder_id)
-
     async def written(self) -> int:
-        return (await self.counters())["written"]
+        return (await self.probe.counters(self.feeder.feeder_id))["written"]
 
-    async def absorbed(self, sent: int) -> int:
-        return (await self.counters())["msgs_in"]
+    async def counts(self, sim: ExchangeSimulator) -> Counts:
+        """At the feeder's next heartbeat (its counters are as of it): the feeder runs with its default
+        1 s heartbeat, as deployed, so its counters are read when they are fresh."""
+        sample = await self.probe.sample(self.feeder, sim, timeout=5)
+        counters = sample.counters
+        return Counts(
+            sample.heartbeat, counters["msgs_in"], counters["written"], sample.cpu, sample.sim_frames
+        )
 
     async def reader(self, latencies: list[float], stop: asyncio.Event) -> None:
         client = redis.asyncio.Redis.from_url(self.url)
@@ -190,8 +206,10 @@ class Cryptofeed(Subject):
                 pipe.xlen(key)
             return sum(await pipe.execute())
 
-    async def absorbed(self, sent: int) -> int:
-        return sent  # cryptofeed counts nothing: a subject that falls behind shows as a growing backlog
+    async def counts(self, sim: ExchangeSimulator) -> Counts:
+        """Now: cryptofeed counts no frames (one that falls behind shows as a growing backlog)."""
+        written = await self.written()
+        return Counts(time.time(), None, written, cpu_seconds(self.pid), sim_frames(sim))
 
     async def reader(self, latencies: list[float], stop: asyncio.Event) -> None:
         client = redis.asyncio.Redis(
@@ -263,27 +281,31 @@ async def measure(
     latencies: list[float] = []
     stop = asyncio.Event()
     reading = asyncio.create_task(subject.reader(latencies, stop))
-    meter = CpuMeter({"subject": subject.pid, "redis": redis_pid, "sim": os.getpid()})
+    meter = CpuMeter({"redis": redis_pid, "sim": os.getpid()})
     try:
         await asyncio.sleep(0.2)  # the reader is subscribed
-        sent0, backlog0 = sim_frames(sim), sim_backlog(sim)
-        absorbed0, written0 = await subject.absorbed(sent0), await subject.written()
+        backlog0 = sim_backlog(sim)
+        first = await subject.counts(sim)
         meter.start()
         await asyncio.sleep(seconds)
+        last = await subject.counts(sim)
         wall, cpu = meter.read()
-        sent1, backlog1 = sim_frames(sim), sim_backlog(sim)
-        absorbed1, written1 = await subject.absorbed(sent1), await subject.written()
+        backlog1 = sim_backlog(sim)
     finally:
         stop.set()
         await reading
-    sent, absorbed, written = sent1 - sent0, absorbed1 - absorbed0, written1 - written0
-    if isinstance(subject, Cryptofeed):
-        absorbed -= backlog1 - backlog0  # what it did not read stayed in the outbox
+    span = last.at - first.at
+    sent, written = last.sent - first.sent, last.written - first.written
+    if first.absorbed is not None and last.absorbed is not None:
+        absorbed = last.absorbed - first.absorbed
+    else:
+        absorbed = sent - (backlog1 - backlog0)  # what it did not read stayed in the outbox
     kept_up = backlog1 <= max(200, 0.02 * sent) and absorbed >= 0.97 * sent
     return Row(
-        subject.name, offered, sent / wall, absorbed / wall, written / wall,
-        cpu["subject"] / max(1, absorbed) * 1e6,
-        cpu["redis"] / written * 1e6 if written > 0 else float("nan"), cpu["other"] / wall,
+        subject.name, offered, sent / span, absorbed / span, written / span,
+        (last.cpu - first.cpu) / max(1, absorbed) * 1e6,
+        cpu["redis"] / wall / (written / span) * 1e6 if written > 0 else float("nan"),
+        cpu["other"] / wall,
         percentile(latencies, 50) * 1000 if latencies else float("nan"),
         percentile(latencies, 99) * 1000 if latencies else float("nan"), kept_up,
     )  # fmt: skip
