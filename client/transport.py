@@ -53,23 +53,28 @@ _SYNC_POOLS = (redis.ConnectionPool, redis.BlockingConnectionPool)
 _ASYNC_POOLS = (redis.asyncio.connection.ConnectionPool, redis.asyncio.connection.BlockingConnectionPool)
 
 
-def packed_commands(client: object) -> bool:
-    """True when `client` takes the fast path: a plain redis-py client whose pool hands out plain connections.
-
-    Sentinel pools pick their server per connection, and other clients have pipelines of their own: those are
-    left to redis-py. hiredis encodes text as strict UTF-8, which is what redis-py does unless told otherwise.
-    """
-    if _pack is None:
-        return False
+def _plain_pool(client: object) -> Any:
+    """The pool of a plain `redis.Redis` / `redis.asyncio.Redis` whose pool hands out plain connections, or
+    None (Sentinel pools pick their server per connection; Cluster and other clients are their own)."""
     kind = type(client)
     if kind is redis.Redis:
         pools: tuple[type, ...] = _SYNC_POOLS
     elif kind is redis.asyncio.Redis:
         pools = _ASYNC_POOLS
     else:
-        return False
-    pool = client.connection_pool  # type: ignore[attr-defined]
-    if type(pool) not in pools:
+        return None
+    pool = getattr(client, "connection_pool", None)
+    return pool if type(pool) in pools else None
+
+
+def packed_commands(client: object) -> bool:
+    """True when `client` takes the fast path: a plain redis-py client whose pool hands out plain connections.
+
+    Sentinel pools pick their server per connection, and other clients have pipelines of their own: those are
+    left to redis-py. hiredis encodes text as strict UTF-8, which is what redis-py does unless told otherwise.
+    """
+    pool = _plain_pool(client)
+    if _pack is None or pool is None:
         return False
     kwargs = pool.connection_kwargs
     encoding = str(kwargs.get("encoding", "utf-8")).lower().replace("-", "")
@@ -390,8 +395,8 @@ class PubSubSource:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self.pool: redis.ConnectionPool | None = None
-        pool: Any = getattr(client, "connection_pool", None)  # a Cluster client has one per node
-        if type(client) is redis.Redis and type(pool) in _SYNC_POOLS:
+        pool = _plain_pool(client)
+        if pool is not None:
             kwargs = _resp2_kwargs(pool.connection_kwargs)
             self.pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
 
@@ -411,8 +416,8 @@ class AsyncPubSubSource:
     def __init__(self, client: redis.asyncio.Redis) -> None:
         self.client = client
         self.pool: redis.asyncio.ConnectionPool | None = None
-        pool: Any = getattr(client, "connection_pool", None)  # a Cluster client has one per node
-        if type(client) is redis.asyncio.Redis and type(pool) in _ASYNC_POOLS:
+        pool = _plain_pool(client)
+        if pool is not None:
             kwargs = _resp2_kwargs(pool.connection_kwargs)
             self.pool = redis.asyncio.ConnectionPool(connection_class=pool.connection_class, **kwargs)
 

@@ -270,8 +270,7 @@ def cmd_status(ctx: Context) -> int:
     from Redis), as a table; ``-v`` adds each one's counters, ``--json`` prints everything as JSON.
 
     Exit status: 0 when at least one feeder runs and none is dead; 1 otherwise (a health check)."""
-    keys = [k for node in primaries(ctx.client) for k in run_flow(node, feeder_keys_flow(ctx.layout))]
-    records = run_flow(ctx.client, feeder_records_flow(ctx.layout, keys))
+    records = _feeder_records(ctx)
     registry = run_flow(ctx.client, registry_flow(ctx.layout))
     now = time.time()
     feeders: dict[str, dict[str, Any]] = {}
@@ -404,11 +403,16 @@ def _change_wanted(ctx: Context, *, add: bool) -> int:
 CHANGE_POLL = 0.2  # seconds between two reads of the changed books
 
 
+def _feeder_records(ctx: Context) -> list[tuple[str, Any, Any]]:
+    """Every feeder record (key, fields or an error value, PTTL), found by a SCAN on every primary."""
+    keys = [k for node in primaries(ctx.client) for k in run_flow(node, feeder_keys_flow(ctx.layout))]
+    return run_flow(ctx.client, feeder_records_flow(ctx.layout, keys))
+
+
 def _running_feeders(ctx: Context, exchange: str) -> list[str]:
     """The feeders whose record says they run and feed `exchange` (the ones that apply the change now)."""
-    keys = [k for node in primaries(ctx.client) for k in run_flow(node, feeder_keys_flow(ctx.layout))]
     found = []
-    for name, raw, _ in run_flow(ctx.client, feeder_records_flow(ctx.layout, keys)):
+    for name, raw, _ in _feeder_records(ctx):
         if isinstance(raw, Exception) or not raw:
             continue
         state, _, fields = split_record({_text(k): _text(v) for k, v in raw.items()})
