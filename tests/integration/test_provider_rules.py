@@ -219,6 +219,8 @@ def test_missing_is_none_even_in_strict_mode(backend: Backend) -> None:
         ("recv_ts", "nan", "not finite"),
         ("seq", "1.5", "not a number"),
         ("xid", "", "not a number"),
+        ("wts", "inf", "not finite"),
+        ("wts", "soon", "not a number"),
     ],
 )
 def test_corrupt_field(
@@ -248,6 +250,17 @@ def test_missing_field_is_corrupt_not_keyerror(backend: Backend) -> None:
     with pytest.raises(CorruptSnapshotError) as info:
         p.get_latest_snapshot("KRW-BTC")
     assert info.value.field == "asks"
+
+
+def test_a_book_written_before_wts_existed_is_served_without_a_write_time(backend: Backend) -> None:
+    p = RedisMarketDataProvider(redis=backend.sync)
+    p.on_upbit_snapshot(book(tag=1))
+    status = p.snapshot_status("KRW-BTC")
+    assert status.written_at is not None and status.received_at is not None
+    assert status.received_at <= status.written_at + 0.001  # rts in ms, wts in µs, both Redis's clock
+    backend.sync.hdel("md:upbit:KRW-BTC", "wts")
+    assert p.get_latest_snapshot("KRW-BTC") == book(tag=1)
+    assert p.snapshot_status("KRW-BTC").written_at is None
 
 
 def test_hand_made_hash_is_corrupt(backend: Backend) -> None:
