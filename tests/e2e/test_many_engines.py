@@ -13,6 +13,7 @@ import pytest
 import redis
 from support.feeder_process import FeederProcess
 
+from bench.rig import sim_backlog, sim_frames
 from client import RedisMarketDataProvider
 from exchange_sim import ExchangeSimulator
 from launch.redis_server import LocalRedisServer as RedisServer
@@ -31,6 +32,11 @@ def start_engine(url: str, mode: str) -> subprocess.Popen[str]:
         [sys.executable, ENGINE, url, mode, *SYMBOLS],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+
+def feeder_frames(client: redis.Redis) -> int:
+    """Frames the feeder has read, as of its last heartbeat (every 0.2 s here)."""
+    return int(client.hget("md:feeder:many-engines", "msgs_in") or 0)
 
 
 def redis_seqs(client: redis.Redis) -> dict[str, int]:
@@ -63,6 +69,12 @@ async def test_nine_engines_see_monotonic_seqs_and_end_equal_to_redis(
                 assert line.strip() == "ready", line + engine.stderr.read()  # type: ignore[union-attr]
             await asyncio.sleep(2.0)  # the load phase: 20 symbols x 20 updates/s while nine engines read
             sim.set_rate(0.0)
+            # drained: every frame sent has left the simulator and been read by the feeder (under load a
+            # frame can be in flight for longer than the settle interval below)
+            deadline = time.monotonic() + 30
+            while sim_backlog(sim) or feeder_frames(client) < sim_frames(sim):
+                assert time.monotonic() < deadline, "the feeder did not read every frame sent"
+                await asyncio.sleep(0.05)
             # settle: Redis stops changing once the feeder has written the last frames
             previous = None
             deadline = time.monotonic() + 10
