@@ -632,8 +632,11 @@ class RedisMarketDataProvider(MarketDataProvider):
             or monotonic() - cache.heard > HEALTH_TIMEOUT
         ):
             return None
-        book = cache.books[keys[0]]
-        if book_state(book, cache.alive, self.max_age, None, cache.clock_offset) is LIVE:
+        book = cache.book(keys[0])
+        if (
+            type(book) is StoredBook
+            and book_state(book, cache.alive, self.max_age, None, cache.clock_offset) is LIVE
+        ):
             return book.snapshot
         return None
 
@@ -663,12 +666,14 @@ class RedisMarketDataProvider(MarketDataProvider):
             else:
                 key = self.layout.book_key(exchange, symbol)
             if plan.covers(key):
-                results[i] = self._mirror_result(exchange, symbol, cache.books.get(key), now)
+                results[i] = self._mirror_result(exchange, symbol, cache.book(key), now)
             else:
                 rest.append(i)
         return results, rest
 
-    def _mirror_result(self, exchange: str, symbol: str, book: StoredBook | None, now: float) -> Judged:
+    def _mirror_result(
+        self, exchange: str, symbol: str, book: StoredBook | CorruptSnapshotError | None, now: float
+    ) -> Judged:
         if not self._cache.available():
             detail = "mirror not synced with Redis (disconnected, not answering, or still loading)"
             return SnapshotStatus(exchange, symbol, BookState.UNAVAILABLE, detail=detail), None

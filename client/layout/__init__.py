@@ -28,6 +28,7 @@ from client.layout.codec import (
     decode_message_book,
     decode_message_head,
     encode_book,
+    write_message_seq,
 )
 from client.layout.feeder_record import (
     HEARTBEAT_FIELD,
@@ -174,4 +175,5 @@ __all__ = [
     "validate_writer_id",
     "wanted_flow",
     "write_flow",
+    "write_message_seq",
 ]

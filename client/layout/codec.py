@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -462,6 +463,21 @@ def decode_message_head(data: bytes | str) -> MessageHead:
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"not a book message: {exc}") from None
+
+
+# a write message starts so (a status message goes on with "live" after the seq): see WRITE_BOOK
+_write_message_head = re.compile(rb'\{"seq":(\d{1,16}),"rts":').match
+
+
+def write_message_seq(data: bytes | str) -> int | None:
+    """The ``seq`` of a write message in the form the write script publishes (``{"seq":N,"rts":…``, the
+    levels last), read without decoding the message; None for anything else (a status message, other text).
+
+    The mirror applies such a message on its ``seq`` alone and decodes the book when it is first read;
+    whatever this lets through is still fully checked then (`decode_message_head`, `decode_message_book`).
+    """
+    head = _write_message_head(data) if type(data) is bytes else None
+    return int(head[1]) if head is not None else None
 
 
 def _message_levels(raw: Any) -> list[Level]:

@@ -5,7 +5,7 @@
 - `updates`: the consumers of updates (latest-wins buffers, callbacks).
 """
 
-from client.mirror.cache import BookCache, MirrorPlan
+from client.mirror.cache import BookCache, MirrorPlan, PendingBook
 from client.mirror.subscriber import SubscriberCore, TaskSubscriber, ThreadSubscriber
 from client.mirror.updates import CallbackConsumer, Consumer, UpdateCallback, UpdateQueue
 
@@ -14,6 +14,7 @@ __all__ = [
     "CallbackConsumer",
     "Consumer",
     "MirrorPlan",
+    "PendingBook",
     "SubscriberCore",
     "TaskSubscriber",
     "ThreadSubscriber",

@@ -5,6 +5,11 @@ what it holds, reports ``seq`` gaps (a lost message) so the key is re-read, and 
 to the registered consumers. `MirrorPlan` says which channels and patterns to subscribe and builds the flows
 that (re-)load the mirrored books; the subscriber (`client.mirror.subscriber`) runs them.
 
+Most mirrored updates are replaced by the next one before anything reads them, so a write message in the
+script's own form is applied on its ``seq`` alone (`write_message_seq`) and kept as it came (`PendingBook`);
+its book is decoded, and checked, when it is first read (`BookCache.book`). A message that does not decode
+then is a corrupt book (the read answers None) and the key is re-read from Redis, which decides.
+
 Consumers (`client.mirror.updates`) register from any thread while the subscriber publishes from its own:
 registration takes a lock and replaces the tuple the subscriber iterates over, so publishing never sees a
 list change under it and never takes the lock.
@@ -32,13 +37,27 @@ from client.layout import (
     feeder_states_flow,
     indexed_books_flow,
     read_books_flow,
+    write_message_seq,
 )
 from client.mirror.updates import Consumer
-from client.models import OrderBookSnapshot
 
 log = logging.getLogger("client.mirror")
 
 HEALTH_TIMEOUT = 1.0  # seconds without any answer from Redis after which the mirror's books are unavailable
+
+
+class PendingBook:
+    """A write message applied without decoding it: the next version of a book the cache holds, decoded when
+    first read. Until then the holders and heartbeat flag are the previous version's (`BookCache.feeders`)."""
+
+    __slots__ = ("data", "heartbeat", "holders", "result", "seq")
+
+    def __init__(self, seq: int, data: bytes, previous: StoredBook | PendingBook) -> None:
+        self.seq = seq
+        self.data = data
+        self.holders: tuple[str, ...] = previous.holders
+        self.heartbeat: bool = previous.heartbeat
+        self.result: StoredBook | CorruptSnapshotError | None = None  # the decoded book, once read
 
 
 @dataclass
@@ -46,7 +65,7 @@ class BookCache:
     """The mirrored books and the feeder states that judge them; fed by a subscriber, read by the provider."""
 
     layout: RedisLayout
-    books: dict[str, StoredBook] = field(default_factory=dict)
+    books: dict[str, StoredBook | PendingBook] = field(default_factory=dict)  # read them with `book`
     by_symbol: dict[str, list[str]] = field(default_factory=dict)  # symbol -> keys (bare-symbol resolution)
     feeder_states: dict[str, Any] = field(default_factory=dict)
     alive: set[str] = field(default_factory=set)  # feeders whose last known state is alive
@@ -62,6 +81,38 @@ class BookCache:
     # (exchange, seconds from Redis accepting a version to this cache applying it): opt-in latency metrics
     on_seen: Callable[[str, float], None] | None = None
     _consumers_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _reloads: set[str] = field(default_factory=set, repr=False)  # keys a read found corrupt: re-read them
+
+    # ------------------------------------------------------------------------------------------ reading
+    def book(self, key: str) -> StoredBook | CorruptSnapshotError | None:
+        """The book the cache holds for `key`, decoded if it came as a pending message (from any thread: the
+        decoded book is kept on the message, never written back over what the subscriber may have stored)."""
+        entry = self.books.get(key)
+        if type(entry) is PendingBook:
+            return self._resolve(key, entry)
+        return entry  # type: ignore[return-value]  # StoredBook or None
+
+    def _resolve(self, key: str, pending: PendingBook) -> StoredBook | CorruptSnapshotError:
+        result = pending.result
+        if result is None:
+            try:
+                result = decode_message_book(self.layout, key, decode_message_head(pending.data))
+            except ValueError as exc:
+                log.warning("mirror: a malformed book message on %s; re-reading it", key)
+                result = CorruptSnapshotError(key, "message", str(exc))
+                self._reloads.add(key)
+            else:
+                self._note_feeders(result)
+            pending.result = result
+        return result
+
+    def take_reloads(self) -> set[str]:
+        """The keys reads found corrupt since the last call (the subscriber re-reads them)."""
+        keys = set()
+        with contextlib.suppress(KeyError):
+            while True:
+                keys.add(self._reloads.pop())  # one atomic pop at a time: readers add from other threads
+        return keys
 
     # ------------------------------------------------------------------------------------------ consumers
     def add_consumer(self, consumer: Consumer) -> None:
@@ -81,14 +132,19 @@ class BookCache:
         except CorruptSnapshotError as exc:
             log.warning("mirror: ignoring %s", exc)
             book = None
-        current = self.books.get(key)
+        held = self.books.get(key)
         if book is None:
-            if current is not None:
-                self._drop(key, current)
+            if held is not None:
+                self._drop(key)
             return
-        self._store(key, book, current is None)
-        if current is not None and (current.seq != book.seq or current.snapshot.xid != book.snapshot.xid):
-            self._publish(key, book.snapshot, current.seq)  # an update the messages did not bring
+        current = self._resolve(key, held) if type(held) is PendingBook else held
+        self._store(key, book)
+        if held is not None and (
+            held.seq != book.seq
+            or not isinstance(current, StoredBook)
+            or current.snapshot.xid != book.snapshot.xid
+        ):
+            self._publish(key, book, held.seq)  # an update the messages did not bring
 
     def apply(self, channel: bytes | str, data: bytes | str) -> str | None:
         """Apply one pub/sub message; returns a key to re-read when the message does not fit what the cache
@@ -98,18 +154,26 @@ class BookCache:
         """
         self.messages += 1
         key = channel.decode() if isinstance(channel, bytes) else channel
+        held = self.books.get(key)
+        if held is not None and self.on_seen is None:
+            seq = write_message_seq(data)  # the next version, that no consumer waits for: kept as it came
+            if seq == held.seq + 1 and not (self.consumers and self._wanted(key)):
+                self.books[key] = PendingBook(seq, data, held)  # type: ignore[arg-type]  # bytes, as checked
+                return None
+        current = self._resolve(key, held) if type(held) is PendingBook else held
+        if not isinstance(current, StoredBook):
+            current = None  # a corrupt pending book is being re-read: judge this message on its own
         try:
             head = decode_message_head(data)
         except ValueError:
             log.warning("mirror: ignoring a malformed message on %s", key)
             return None
         seq = head.seq
-        current = self.books.get(key)
         if not head.has_book:  # a status message: who holds the version `seq`, and whether it is live
             if current is not None and seq == current.seq:
                 holders = head.holders if head.holders is not None else (current.holders if head.live else ())
-                self.books[key] = replace(current, live=head.live, holders=holders)
-                self._note_feeders(self.books[key])
+                updated = self.books[key] = replace(current, live=head.live, holders=holders)
+                self._note_feeders(updated)
                 return None
             return key if current is not None and seq > current.seq else None
         if current is not None:
@@ -128,8 +192,8 @@ class BookCache:
             return key
         if self.on_seen is not None and book.wts is not None:
             self.on_seen(book.snapshot.exchange or "", time.time() + self.clock_offset - book.wts)
-        self._store(key, book, current is None)
-        self._publish(key, book.snapshot, current.seq if current is not None else None)
+        self._store(key, book)
+        self._publish(key, book, current.seq if current is not None else None)
         return None
 
     def set_feeder_states(self, states: dict[str, Any]) -> None:
@@ -144,10 +208,10 @@ class BookCache:
                 self.alive.discard(feeder)
         self.unknown_feeders.difference_update(states)
 
-    def _store(self, key: str, book: StoredBook, new: bool) -> None:
-        self.books[key] = book
-        if new:
+    def _store(self, key: str, book: StoredBook) -> None:
+        if key not in self.books:
             self.by_symbol.setdefault(book.snapshot.symbol, []).append(key)
+        self.books[key] = book
         self._note_feeders(book)
 
     def _note_feeders(self, book: StoredBook) -> None:
@@ -156,18 +220,23 @@ class BookCache:
                 if holder not in self.feeder_states:
                     self.unknown_feeders.add(holder)
 
-    def _drop(self, key: str, book: StoredBook) -> None:
+    def _drop(self, key: str) -> None:
         del self.books[key]
-        keys = self.by_symbol.get(book.snapshot.symbol)
+        symbol = self.layout.parse_book_key(key)[1]
+        keys = self.by_symbol.get(symbol)
         if keys is not None:
             keys.remove(key)
             if not keys:
-                del self.by_symbol[book.snapshot.symbol]
+                del self.by_symbol[symbol]
 
-    def _publish(self, key: str, snapshot: OrderBookSnapshot, previous_seq: int | None) -> None:
+    def _wanted(self, key: str) -> bool:
+        """Whether a consumer takes updates of `key` (they get every version decoded, as it arrives)."""
+        return any(consumer.wants(key) for consumer in self.consumers)
+
+    def _publish(self, key: str, book: StoredBook, previous_seq: int | None) -> None:
         for consumer in self.consumers:
             if consumer.wants(key):
-                consumer.push(key, snapshot, previous_seq)
+                consumer.push(key, book.snapshot, previous_seq)
 
     def feeders(self) -> list[str]:
         held = {h for b in self.books.values() if b.heartbeat for h in b.holders}

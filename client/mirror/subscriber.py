@@ -31,7 +31,15 @@ import redis.exceptions
 
 from client.layout import Flow
 from client.mirror.cache import HEALTH_TIMEOUT, BookCache, MirrorPlan
-from client.transport import AsyncPubSubSource, PubSubSource, arun_flow, raise_if_cancelled, run_flow
+from client.transport import (
+    AsyncPubSubSource,
+    PubSubSource,
+    areceive_replies,
+    arun_flow,
+    raise_if_cancelled,
+    receive_replies,
+    run_flow,
+)
 
 log = logging.getLogger("client.mirror")
 
@@ -40,6 +48,8 @@ POLL = 0.1  # how long one receive waits; bounds the stop latency of the thread
 DISCOVER_INTERVAL = 1.0  # sharded (Cluster): seconds between reads of the indexes for new books to subscribe
 HEALTH_INTERVAL = 0.25  # seconds between pings on the pub/sub connection
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
+_BOOK_MESSAGES = frozenset((b"message", b"pmessage", b"smessage", "message", "pmessage", "smessage"))
+_PONGS = frozenset((b"pong", "pong"))
 
 
 # --------------------------------------------------------------------------------------------- operations
@@ -57,7 +67,8 @@ class RunFlow:
 
 @dataclass(frozen=True, slots=True)
 class Receive:
-    """The next pub/sub message (a dict as redis-py gives it), or None after `timeout` seconds."""
+    """The pub/sub replies that arrived (reply lists: `client.transport.receive_replies`), waiting up to `timeout` seconds for
+    the first; an empty list when none came."""
 
     timeout: float
 
@@ -132,20 +143,21 @@ class SubscriberCore:
                 yield Subscribe(sorted(added), [], sharded=sharded)
                 yield RunFlow(cache.reload_flow(added))
                 subscribed |= added
-            message = yield Receive(POLL)
+            replies: list[Any] = yield Receive(POLL)
             gaps: set[str] = set()
-            while message is not None:
-                if not sharded:
-                    cache.heard = time.monotonic()  # a message, or the pong of a ping: Redis answers
-                elif message["type"] == "pong":
-                    node = _text(message["data"])
-                    if node in node_heard:
-                        node_heard[node] = time.monotonic()
-                if message["type"] in ("message", "pmessage", "smessage"):
-                    gap = cache.apply(message["channel"], message["data"])
+            if replies and not sharded:
+                cache.heard = time.monotonic()  # a message, or the pong of a ping: Redis answers
+            for reply in replies:
+                kind = reply[0] if type(reply) is list else b"pong"  # a bare PONG: pinged while unsubscribed
+                if kind in _BOOK_MESSAGES:
+                    gap = cache.apply(reply[-2], reply[-1])  # channel, data
                     if gap:
                         gaps.add(gap)
-                message = yield Receive(0)
+                elif sharded and kind in _PONGS:
+                    node = _text(reply[-1])
+                    if node in node_heard:
+                        node_heard[node] = time.monotonic()
+            gaps |= cache.take_reloads()  # books a read found corrupt (decoded lazily: client.mirror.cache)
             if gaps:
                 yield RunFlow(cache.reload_flow(gaps))
             now = time.monotonic()
@@ -261,12 +273,7 @@ class ThreadSubscriber:
             operation = session.send(result)
             result = None
             if type(operation) is Receive:
-                if self._sharded:
-                    result = pubsub.get_sharded_message(
-                        ignore_subscribe_messages=True, timeout=operation.timeout
-                    )
-                else:
-                    result = pubsub.get_message(timeout=operation.timeout)
+                result = receive_replies(pubsub, operation.timeout, sharded=self._sharded)
             elif type(operation) is RunFlow:
                 result = run_flow(self._redis, operation.flow)
             elif type(operation) is Ping:
@@ -346,14 +353,7 @@ class TaskSubscriber:
             operation = session.send(result)
             result = None
             if type(operation) is Receive:
-                if self._sharded:
-                    result = await pubsub.get_sharded_message(
-                        ignore_subscribe_messages=True, timeout=operation.timeout
-                    )
-                else:
-                    result = await pubsub.get_message(
-                        ignore_subscribe_messages=True, timeout=operation.timeout
-                    )
+                result = await areceive_replies(pubsub, operation.timeout, sharded=self._sharded)
             elif type(operation) is RunFlow:
                 result = await arun_flow(self._redis, operation.flow)
             elif type(operation) is Ping:

@@ -188,3 +188,83 @@ def _comparable(result: Any) -> Any:
     if isinstance(result, set):
         return sorted(result)
     return result
+
+
+def _no_get_message(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("the pub/sub fast path fell back to get_message")
+
+
+def _published(client: redis.Redis, channel: str, data: list[bytes]) -> None:
+    for item in data:
+        assert client.publish(channel, item) == 1
+
+
+def test_sync_pubsub_replies_come_from_hiredis_directly(redis_server: Any) -> None:
+    """The mirror's subscriber takes pub/sub replies straight from hiredis (client.transport.receive_replies);
+    a redis-py upgrade that moved the parser internals must fail here, not fall back silently."""
+    client = redis.Redis.from_url(redis_server.url)
+    source = transport.PubSubSource(client)
+    pubsub = source.pubsub()
+    try:
+        pubsub.psubscribe("fast:*")
+        assert transport._raw_pubsub(pubsub) is not None  # the fast path is on for this pub/sub
+        pubsub.get_message = _no_get_message  # and nothing below goes through redis-py's message handling
+        first = transport.receive_replies(pubsub, 1.0)
+        assert first == [[b"psubscribe", b"fast:*", 1]]
+        _published(client, "fast:a", [b"1", b"2", b"3"])
+        got: list[Any] = []
+        deadline = 50
+        while len(got) < 3 and deadline:
+            got += transport.receive_replies(pubsub, 0.1)
+            deadline -= 1
+        assert got == [[b"pmessage", b"fast:*", b"fast:a", d] for d in (b"1", b"2", b"3")]
+        pubsub.ping()
+        assert transport.receive_replies(pubsub, 1.0) == [[b"pong", b""]]
+        assert transport.receive_replies(pubsub, 0.05) == []  # nothing more: waits, then empty
+    finally:
+        pubsub.close()
+        source.close()
+        client.close()
+
+
+async def test_async_pubsub_replies_come_from_hiredis_directly(redis_server: Any) -> None:
+    client = redis.asyncio.Redis.from_url(redis_server.url)
+    source = transport.AsyncPubSubSource(client)
+    pubsub = source.pubsub()
+    try:
+        await pubsub.psubscribe("fast:*")
+        assert transport._raw_pubsub(pubsub) is not None
+        pubsub.get_message = _no_get_message
+        assert await transport.areceive_replies(pubsub, 1.0) == [[b"psubscribe", b"fast:*", 1]]
+        _published(redis.Redis.from_url(redis_server.url), "fast:b", [b"x", b"y"])
+        got: list[Any] = []
+        for _ in range(50):
+            got += await transport.areceive_replies(pubsub, 0.1)
+            if len(got) == 2:
+                break
+        assert got == [[b"pmessage", b"fast:*", b"fast:b", d] for d in (b"x", b"y")]
+        assert await transport.areceive_replies(pubsub, 0.05) == []
+    finally:
+        await pubsub.aclose()
+        await source.aclose()
+        await client.aclose()
+
+
+def test_other_pubsubs_fall_back_to_get_message_with_the_same_reply_shape(redis_server: Any) -> None:
+    fake = fakeredis.FakeRedis()
+    resp3 = redis.Redis.from_url(redis_server.url, protocol=3)
+    for client in (fake, resp3):
+        pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        try:
+            pubsub.subscribe("slow")
+            assert transport._raw_pubsub(pubsub) is None
+            _published(client, "slow", [b"1", b"2"])
+            got: list[Any] = []
+            for _ in range(50):
+                got += transport.receive_replies(pubsub, 0.1)
+                if len(got) == 2:
+                    break
+            assert got == [["message", b"slow", b"1"], ["message", b"slow", b"2"]], client
+        finally:
+            pubsub.close()
+            client.close()

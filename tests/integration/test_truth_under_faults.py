@@ -32,7 +32,7 @@ from client import (
 )
 from client.errors import MarketDataPermissionError
 from client.layout import JOINED, encode_book, mark_down_flow, server_run_id, write_flow
-from client.mirror import BookCache
+from client.mirror import BookCache, PendingBook
 from client.transport import run_flow
 from feeder.status import FeederIdInUseError, FeederStatus
 from feeder.writer import SnapshotWriter
@@ -136,7 +136,7 @@ def test_the_mirror_follows_holders(backend: Backend) -> None:
     with RedisMarketDataProvider(redis=backend.new_sync(), mode="mirror") as mirror:
         assert feeder_write(backend.sync, book(xid=500), "f2") == JOINED
         deadline = time.monotonic() + 5
-        while mirror._cache.books[KEY].holders != ("f1", "f2"):
+        while getattr(mirror._cache.book(KEY), "holders", None) != ("f1", "f2"):
             assert time.monotonic() < deadline, "the mirror did not learn the second holder"
             time.sleep(0.01)
         assert run_flow(backend.sync, mark_down_flow(LAYOUT, "f1", [("upbit", "KRW-BTC")])) == 1
@@ -274,7 +274,7 @@ def test_the_mirror_replaces_its_copy_with_what_redis_holds_after_an_empty_resta
     assert run_flow(backend.sync, write_flow(LAYOUT, [encoded])) == [1]
     assert cache.apply(KEY, encoded.message(1, "1.000", "1.000", "f1")) == KEY  # out of step: re-read
     run_flow_cache(backend, cache, cache.reload_flow([KEY]))
-    assert cache.books[KEY].seq == 1 and cache.books[KEY].snapshot.xid == 501
+    assert cache.books[KEY].seq == 1 and cache.book(KEY).snapshot.xid == 501  # type: ignore[union-attr]
     backend.sync.delete(KEY)  # and a book Redis no longer holds leaves the cache
     run_flow_cache(backend, cache, cache.reload_flow([KEY]))
     assert KEY not in cache.books
@@ -291,17 +291,54 @@ def test_a_forged_or_invalid_message_is_not_served(backend: Backend) -> None:
     forged = orjson.loads(encoded.message(1, "1.000", "1.000", "f1"))
     for fake in (
         {**forged, "seq": 10**12, "bids": [[999999.0, 1.0]]},  # far ahead: a gap, Redis decides
-        {**forged, "seq": 2, "asks": [[-5.0, 1.0]]},  # not a book an exchange sends
-        {**forged, "seq": 2, "bids": [[1.0, 1.0]] * 5000},  # more levels than any book
         {**forged, "seq": 1, "xid": 10**9},  # newer content under the stored seq: out of step
     ):
         assert cache.apply(KEY, orjson.dumps(fake)) == KEY  # not applied; the key is re-read
-        assert cache.books[KEY] == good
+        assert cache.book(KEY) == good
         run_flow_cache(backend, cache, cache.reload_flow([KEY]))
-        assert cache.books[KEY].snapshot == good.snapshot
+        assert cache.book(KEY) == good
+    for fake in (
+        {**forged, "seq": 2, "asks": [[-5.0, 1.0]]},  # not a book an exchange sends
+        {**forged, "seq": 2, "bids": [[1.0, 1.0]] * 5000},  # more levels than any book
+        {**forged, "seq": 2, "holders": ["not a feeder id!"]},
+    ):
+        # the next seq: applied as it came, decoded when first read, and found corrupt then
+        assert cache.apply(KEY, orjson.dumps(fake)) is None
+        assert type(cache.books[KEY]) is PendingBook
+        found = cache.book(KEY)
+        assert isinstance(found, CorruptSnapshotError) and found.key == KEY
+        assert cache.take_reloads() == {KEY} and cache.take_reloads() == set()  # asked once
+        run_flow_cache(backend, cache, cache.reload_flow([KEY]))  # what Redis holds decides
+        assert cache.book(KEY) == good
     nan = encoded.message(2, "1.000", "1.000", "f1").replace(b'"bids":[[101.0', b'"bids":[[NaN')
-    assert cache.apply(KEY, nan) is None  # not even JSON: ignored
-    assert cache.books[KEY].snapshot == good.snapshot
+    assert cache.apply(KEY, nan) is None
+    assert isinstance(cache.book(KEY), CorruptSnapshotError)  # not even JSON
+    run_flow_cache(backend, cache, cache.reload_flow(cache.take_reloads()))
+    assert cache.book(KEY) == good
+
+
+def test_a_mirror_reader_gets_none_for_a_forged_next_version_then_what_redis_holds(backend: Backend) -> None:
+    """A write message is decoded when first read (client.mirror.cache): a forged next version is applied as
+    it came, the read that decodes it answers None (corrupt), and the subscriber re-reads what Redis holds."""
+    set_feeder_state(backend.sync, "f1")
+    encoded = encode_book(LAYOUT, book(xid=500), exchange="upbit", writer="f1", heartbeat=True)
+    assert run_flow(backend.sync, write_flow(LAYOUT, [encoded])) == [1]
+    with RedisMarketDataProvider(redis=backend.new_sync(), mode="mirror") as mirror:
+        assert mirror.get_latest_snapshot("KRW-BTC") == book(xid=500)
+        applied = mirror._cache.messages
+        forged = {**orjson.loads(encoded.message(1, "1.000", "1.000", "f1")), "seq": 2, "asks": [[-5.0, 1.0]]}
+        assert backend.sync.publish(KEY, orjson.dumps(forged)) == 1
+        deadline = time.monotonic() + 5
+        while mirror._cache.messages == applied:
+            assert time.monotonic() < deadline, "the forged message did not arrive"
+            time.sleep(0.01)
+        assert type(mirror._cache.books[KEY]) is PendingBook  # the fault is in place, not yet decoded
+        assert mirror.get_latest_snapshot("KRW-BTC") is None
+        assert mirror.snapshot_status("KRW-BTC").state is BookState.CORRUPT
+        while mirror.get_latest_snapshot("KRW-BTC") != book(xid=500):  # re-read: Redis holds seq 1
+            assert time.monotonic() < deadline, "the mirror did not re-read the key"
+            time.sleep(0.01)
+        assert mirror._cache.books[KEY].seq == 1
 
 
 def run_flow_cache(backend: Backend, cache: BookCache, flow: Any) -> None:

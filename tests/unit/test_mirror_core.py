@@ -21,12 +21,13 @@ LAYOUT = RedisLayout()
 KEY = LAYOUT.book_key("upbit", "KRW-BTC")
 
 
-def message(seq: int, feeder: str = "f1") -> dict[str, Any]:
+def message(seq: int, feeder: str = "f1") -> list[Any]:
+    """One reply as `client.transport.receive_replies` hands it over: [kind, channel, data]."""
     book = OrderBookSnapshot("KRW-BTC", 1000.0 + seq, [(100.0, 1.0)], [(101.0, 1.0)], xid=seq, recv_ts=5.0)
     data = encode_book(LAYOUT, book, exchange="upbit", writer=feeder, heartbeat=True).message(
         seq, "5.000", "5.001", feeder
     )
-    return {"type": "message", "channel": KEY.encode(), "data": data}
+    return [b"message", KEY.encode(), data]
 
 
 def answer(command: tuple[Any, ...], state: Any) -> Any:
@@ -59,15 +60,14 @@ def test_a_session_subscribes_loads_reports_synced_then_applies_messages() -> No
     assert isinstance(session.send(None), Synced) and cache.connected
     receive = session.send(None)
     assert receive == Receive(0.1)
-    assert session.send(message(1)) == Receive(0)  # a message: keep draining without waiting
+    follow = session.send([message(1)])  # applied; an unknown feeder's state is read at once
     assert cache.books[KEY].seq == 1
-    follow = session.send(None)  # drained; an unknown feeder's state is read at once
     assert isinstance(follow, RunFlow)
     run_flow_offline(follow.flow, b"running")
     assert cache.alive == {"f1"} and not cache.unknown_feeders
-    assert isinstance(session.send(None), Receive)
-    assert session.send(message(3)) == Receive(0)  # seq 2 was lost: the gap makes the key re-read
-    reread = session.send(None)
+    assert session.send(None) == Receive(0.1)
+    assert session.send([]) == Receive(0.1)  # nothing came: wait again
+    reread = session.send([message(3)])  # seq 2 was lost: the gap makes the key re-read
     assert isinstance(reread, RunFlow) and cache.gaps == 1
 
 
@@ -132,8 +132,8 @@ def test_consumers_register_from_other_threads_while_the_subscriber_publishes() 
     thread.start()
     try:
         for seq in range(1, 3001):
-            m = message(seq)
-            cache.apply(m["channel"], m["data"])
+            _, channel, data = message(seq)
+            cache.apply(channel, data)
     finally:
         stop.set()
         thread.join()
@@ -149,31 +149,30 @@ class ShardDriver:
         self.now = 1000.0
         self.nodes = nodes
         self.answering = set(nodes)
-        self.inbox: list[dict[str, Any]] = []
+        self.inbox: list[list[Any]] = []
         self.pings = 0
+        self.started = False
         monkeypatch.setattr("client.mirror.subscriber.time.monotonic", lambda: self.now)
         monkeypatch.setattr("client.mirror.cache.time.monotonic", lambda: self.now)
 
     def run(self, session: Any, seconds: float) -> None:
         """Carry out operations until the fake clock is `seconds` further on."""
         until = self.now + seconds
-        result: Any = None
+        result: Any = [] if self.started else None  # what the receive the last run stopped at got
+        self.started = True
         while self.now < until:
             operation = session.send(result)
             result = None
             if isinstance(operation, Receive):
                 if operation.timeout:
                     self.now += operation.timeout
-                if self.inbox:
-                    result = self.inbox.pop(0)
+                result, self.inbox = self.inbox, []
             elif isinstance(operation, RunFlow):
                 result = run_flow_with_state(operation.flow, b"running")
             elif isinstance(operation, Ping):
                 self.pings += 1
                 result = list(self.nodes)
-                self.inbox += [
-                    {"type": "pong", "data": n.encode()} for n in self.nodes if n in self.answering
-                ]
+                self.inbox += [[b"pong", n.encode()] for n in self.nodes if n in self.answering]
 
 
 def run_flow_with_state(flow: Any, state: Any) -> Any:
