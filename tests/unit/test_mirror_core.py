@@ -202,3 +202,37 @@ def test_a_sharded_session_hears_from_every_node_or_ends_naming_the_silent_one(m
         driver.run(session, 5.0)
     assert driver.now - silenced <= 1.0 + 0.25 + 0.2  # HEALTH_TIMEOUT, a ping interval, two receives
     assert not cache.available()
+
+
+def test_write_message_seq_reads_only_the_write_scripts_form() -> None:
+    from client.layout import write_message_seq
+
+    _, _, data = message(7)
+    assert write_message_seq(data) == 7
+    assert write_message_seq(data.decode()) is None  # text (decode_responses): the full decode path
+    assert write_message_seq(b'{"seq":7,"live":true,"holders":["f1"]}') is None  # a status message
+    assert write_message_seq(b'{"seq":-7,"rts":1.0}') is None
+    assert write_message_seq(b'{"seq":1_0,"rts":1.0}') is None  # int() would take it; JSON would not
+    assert write_message_seq(b'{"rts":1.0,"seq":7}') is None
+
+
+def test_the_next_version_is_kept_undecoded_unless_a_consumer_or_the_metrics_want_it() -> None:
+    from client.mirror import PendingBook
+
+    cache = BookCache(LAYOUT)
+    assert cache.apply(KEY, message(1)[2]) is None  # the first version of a key: decoded at once
+    assert type(cache.books[KEY]) is StoredBook
+    assert cache.apply(KEY, message(2)[2]) is None
+    pending = cache.books[KEY]
+    assert type(pending) is PendingBook and pending.seq == 2 and pending.holders == ("f1",)
+    first = cache.book(KEY)
+    assert isinstance(first, StoredBook) and first.seq == 2 and first.snapshot.xid == 2
+    assert cache.book(KEY) is first  # decoded once, kept on the message
+    seen: list[int] = []
+    cache.add_consumer(CallbackConsumer({KEY}, lambda snapshot: seen.append(snapshot.seq or 0)))
+    assert cache.apply(KEY, message(3)[2]) is None
+    assert type(cache.books[KEY]) is StoredBook and seen == [3]  # a consumer gets it decoded on arrival
+    other = BookCache(LAYOUT, on_seen=lambda exchange, seconds: None)
+    other.apply(KEY, message(1)[2])
+    other.apply(KEY, message(2)[2])
+    assert type(other.books[KEY]) is StoredBook  # the latency metrics need wts at arrival
