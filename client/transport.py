@@ -15,8 +15,10 @@ Sentinel or Cluster clients, wrappers) goes through its pipeline. These are redi
 version range in pyproject.toml; tests/integration/test_transport_fastpath.py proves the fast path is taken
 with the installed version and fails if it silently falls back.
 
-A driver throws any exception of a round trip (Redis unreachable, a timeout) into the flow at its ``yield``:
-a flow may turn it into a result (the provider's reads answer "unavailable"); if it does not, it propagates.
+A driver throws any exception of a round trip (Redis unreachable, a timeout) into the flow at its ``yield``: a
+flow may turn it into a result (the provider's reads answer "unavailable"); if it does not, it propagates. An
+``AttributeError`` or ``RuntimeError`` from inside redis-py's I/O is the ``ConnectionError`` it is
+(`BROKEN_INSIDE`).
 The asyncio drivers also re-raise a cancellation that the client swallowed (`raise_if_cancelled`).
 """
 
@@ -109,6 +111,20 @@ def _apply(callbacks: Any, command: Command, reply: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------------- sync
+BROKEN_INSIDE = (AttributeError, RuntimeError)
+"""What redis-py raises when a reconnect races a server that closed the socket, e.g. ``'NoneType' object has
+no attribute 'writelines'`` (its writer gone under an AUTH that failed while a Cluster node restarted), or
+uvloop's ``RuntimeError`` on a closed transport. A round trip runs only redis-py code, so there these mean a
+broken connection, not a bug of the caller's."""
+
+
+def broken_connection(exc: BaseException) -> redis.exceptions.ConnectionError:
+    """`exc` (one of `BROKEN_INSIDE`, from a round trip) as the connection error it is."""
+    error = redis.exceptions.ConnectionError(f"the connection broke inside redis-py ({exc!r})")
+    error.__cause__ = exc
+    return error
+
+
 def run_flow(client: redis.Redis, flow: Flow[T]) -> T:
     """Drive a flow with a sync client: one pipelined round trip per yielded command list."""
     round_trip = _packed_round_trip if packed_commands(client) else _pipeline_round_trip
@@ -117,6 +133,9 @@ def run_flow(client: redis.Redis, flow: Flow[T]) -> T:
         while True:
             try:
                 replies = round_trip(client, commands)
+            except BROKEN_INSIDE as exc:
+                commands = flow.throw(broken_connection(exc))
+                continue
             except Exception as exc:
                 commands = flow.throw(exc)
                 continue
@@ -185,6 +204,9 @@ async def arun_flow(client: redis.asyncio.Redis, flow: Flow[T]) -> T:
         while True:
             try:
                 replies = await round_trip(client, commands)
+            except BROKEN_INSIDE as exc:
+                commands = flow.throw(broken_connection(exc))
+                continue
             except Exception as exc:
                 commands = flow.throw(exc)
                 continue
@@ -315,36 +337,43 @@ async def _exchange(connection: Any, callbacks: Any, flows: Iterable[Flow[Any]])
     direct = _hiredis_reader(connection)
 
     async def send(commands: list[Command]) -> None:
-        await connection.send_packed_command(_packed(commands))
+        packed = _packed(commands)
+        try:
+            await connection.send_packed_command(packed)
+        except BROKEN_INSIDE as exc:
+            raise broken_connection(exc) from exc
 
     async def replies(commands: list[Command]) -> list[Any]:
-        got: list[Any] = []
-        if direct is not None:
-            # The replies of a batch arrive together: take each one from hiredis's buffer, and await the
-            # socket only when the buffer runs dry, instead of three coroutines per reply.
-            gets, feed, stream, push = direct
-            for command in commands:
-                reply = gets()
-                while reply is _NOT_ENOUGH_DATA or (push is not None and isinstance(reply, push)):
-                    if reply is _NOT_ENOUGH_DATA:  # a push message (RESP3) is skipped, as redis-py does
-                        data = await stream.read(_READ_SIZE)
-                        if not data:
-                            raise redis.exceptions.ConnectionError("Connection closed by server.")
-                        feed(data)
+        try:
+            got: list[Any] = []
+            if direct is not None:
+                # The replies of a batch arrive together: take each one from hiredis's buffer, and await the
+                # socket only when the buffer runs dry, instead of three coroutines per reply.
+                gets, feed, stream, push = direct
+                for command in commands:
                     reply = gets()
-                if isinstance(reply, redis.exceptions.ResponseError):  # an error reply, as a value
-                    got.append(reply)
-                elif isinstance(reply, redis.exceptions.ConnectionError):
-                    raise reply
-                else:
-                    got.append(_apply(callbacks, command, reply))
+                    while reply is _NOT_ENOUGH_DATA or (push is not None and isinstance(reply, push)):
+                        if reply is _NOT_ENOUGH_DATA:  # a push message (RESP3) is skipped, as redis-py does
+                            data = await stream.read(_READ_SIZE)
+                            if not data:
+                                raise redis.exceptions.ConnectionError("Connection closed by server.")
+                            feed(data)
+                        reply = gets()
+                    if isinstance(reply, redis.exceptions.ResponseError):  # an error reply, as a value
+                        got.append(reply)
+                    elif isinstance(reply, redis.exceptions.ConnectionError):
+                        raise reply
+                    else:
+                        got.append(_apply(callbacks, command, reply))
+                return got
+            for command in commands:
+                try:  # no timer of its own (the exchange has one deadline)
+                    got.append(_apply(callbacks, command, await read(timeout=math.inf)))
+                except redis.exceptions.ResponseError as exc:  # an error reply; the stream is still in step
+                    got.append(exc)
             return got
-        for command in commands:
-            try:
-                got.append(_apply(callbacks, command, await read(timeout=math.inf)))  # no timer of its own
-            except redis.exceptions.ResponseError as exc:  # an error reply; the stream is still in step
-                got.append(exc)
-        return got
+        except BROKEN_INSIDE as exc:
+            raise broken_connection(exc) from exc
 
     # One deadline for the whole exchange (the connection's socket timeout) instead of one per reply:
     # the replies of a batch arrive together, and a timer per reply cost more than reading it.

@@ -268,3 +268,38 @@ def test_other_pubsubs_fall_back_to_get_message_with_the_same_reply_shape(redis_
         finally:
             pubsub.close()
             client.close()
+
+
+class _BrokenInside(redis.asyncio.Redis):
+    """A client whose round trips fail the way redis-py 8 did when a Cluster node restarted without its ACL
+    users: its reconnect's AUTH failed, and the next send found the writer gone."""
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        class Pipe:
+            def execute_command(self, *args: Any) -> None:
+                pass
+
+            async def execute(self, raise_on_error: bool = True) -> Any:
+                raise AttributeError("'NoneType' object has no attribute 'writelines'")
+
+        return Pipe()
+
+
+async def test_an_error_from_inside_redis_py_reaches_the_flow_as_a_connection_error() -> None:
+    """Was: the AttributeError reached the feeder's wanted-symbols loop, which stopped the feeder (CI, a
+    Cluster node restart); as a ConnectionError it is an outage the loop waits out."""
+    client = _BrokenInside()
+    assert not packed_commands(client)  # the pipeline path, which the fault goes through
+
+    def flow() -> Flow[str]:
+        try:
+            yield [("PING",)]
+        except redis.exceptions.ConnectionError as exc:
+            return str(exc)
+        return "answered"
+
+    said = await arun_flow(client, flow())
+    assert "broke inside redis-py" in said and "writelines" in said
+    with pytest.raises(redis.exceptions.ConnectionError):
+        await arun_flow(client, _replies([("PING",)]))
+    await client.aclose()
