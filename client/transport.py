@@ -482,8 +482,8 @@ def _raw_pubsub(pubsub: Any) -> Any:
     name = type(parser).__name__
     if name == "_HiredisParser" and getattr(parser, "_reader", None) is not None:
         return connection
-    if name == "_AsyncHiredisParser" and _hiredis_reader(connection) is not None:
-        return connection
+    if name == "_AsyncHiredisParser" and getattr(parser, "_reader", None) is not None:
+        return connection  # `areceive_replies` takes the reader and stream with `_hiredis_reader`
     return None
 
 
@@ -552,7 +552,7 @@ async def areceive_replies(pubsub: Any, timeout: float, *, sharded: bool = False
                 replies.append(_as_reply(message))
         return replies
     direct = _hiredis_reader(connection)
-    if direct is None:  # disconnected since `_raw_pubsub` looked: redis-py says how
+    if direct is None:  # not connected (or not a stream it can read): redis-py says how
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
         return [] if message is None else [_as_reply(message)]
     gets, feed, stream, _ = direct
