@@ -137,7 +137,7 @@ class BookCache:
             if held is not None:
                 self._drop(key)
             return
-        current = self._resolve(key, held) if type(held) is PendingBook else held
+        current = self.book(key)
         self._store(key, book)
         if held is not None and (
             held.seq != book.seq
@@ -160,7 +160,7 @@ class BookCache:
             if seq == held.seq + 1 and not (self.consumers and self._wanted(key)):
                 self.books[key] = PendingBook(seq, data, held)  # type: ignore[arg-type]  # bytes, as checked
                 return None
-        current = self._resolve(key, held) if type(held) is PendingBook else held
+        current = self.book(key)
         if not isinstance(current, StoredBook):
             current = None  # a corrupt pending book is being re-read: judge this message on its own
         try:
