@@ -12,6 +12,8 @@ redis-server. Feeder rows (asyncio, as the feeder runs):
 - *lock-step*: one round (a book per symbol) is submitted, then the writer is awaited until flushed: nothing
   coalesces, every book is written: the like-for-like comparison with the reference.
 - *writer only*: flat out with snapshots decoded beforehand: the write path alone.
+- *lock-step, history N*: lock-step with ``MD_HISTORY_MAXLEN=N``: every accepted version is also appended to
+  its capped stream by the same script (what history costs a write; no target).
 
 The reference, timed in the same run, is the minimal loop a feeder could be: ``orjson.loads`` of the frame, the
 bids/asks arrays dumped back as they came (string numbers, no conversion), and per book one ``HSET`` of the
@@ -46,6 +48,7 @@ from feeder.writer import SnapshotWriter
 TARGET = 0.8
 CHUNK = 50  # frames handled between two yields to the event loop in the flat-out feeder run
 REF_BATCH = 100
+HISTORY = 1000  # MD_HISTORY_MAXLEN of the history row
 FEEDER_ID = "bench-writer"
 
 
@@ -168,7 +171,8 @@ async def _feeder(
 ) -> Run:
     client = redis.asyncio.Redis.from_url(url)
     layout = RedisLayout()
-    writer = SnapshotWriter(client, layout, FEEDER_ID)
+    history = HISTORY if mode.startswith("lock-step, history") else 0
+    writer = SnapshotWriter(client, layout, FEEDER_ID, history=history)
     task = asyncio.create_task(writer.run())
     protocol = BinanceProtocol()
     parse, submit = protocol.parse, writer.submit
@@ -237,11 +241,15 @@ async def _feeder(
             f"{run.name}: submitted {stats.submitted} != written {stats.written} + coalesced {stats.coalesced}"
             f" != {len(frames)} books",
         )
-        if mode == "lock-step":
+        if mode.startswith("lock-step"):
             table.check(stats.coalesced == 0, f"{run.name}: {stats.coalesced} books coalesced")
         await _check_store(client, layout, last, stats.written, len(frames) // round_size, mode, table)
         if check:
             await _check_messages(pubsub, last, stats.written, table, run.name)
+        if history:
+            await _check_history(
+                client, layout, last, min(history, len(frames) // round_size), table, run.name
+            )
         return run
     finally:
         task.cancel()
@@ -275,7 +283,7 @@ async def _check_store(
         wrong == 0, f"feeder, {mode}: {wrong} of {len(keys)} stored books differ from the last submitted"
     )
     table.check(sum(seqs) == written, f"feeder, {mode}: seqs add up to {sum(seqs)}, written {written}")
-    if mode == "lock-step":
+    if mode.startswith("lock-step"):
         table.check(all(s == rounds for s in seqs), f"feeder, {mode}: a seq differs from the {rounds} rounds")
     members = await client.smembers(layout.symbols_key("binance"))
     table.check(
@@ -306,6 +314,22 @@ async def _check_messages(
     table.check(not wrong, f"{name}: last message differs from the stored book for {len(wrong)} symbols")
 
 
+async def _check_history(
+    client: redis.asyncio.Redis,
+    layout: RedisLayout,
+    last: dict[str, OrderBookSnapshot],
+    length: int,
+    table: Table,
+    name: str,
+) -> None:
+    """Every book's capped stream holds one entry per round (up to the cap), the newest the stored book's."""
+    pipe = client.pipeline(transaction=False)
+    for symbol in last:
+        pipe.xlen(layout.history_key("binance", symbol))
+    lengths = await pipe.execute()
+    table.check(all(n == length for n in lengths), f"{name}: history lengths {set(lengths)}, want {length}")
+
+
 def feeder(
     url: str, frames: Sequence[bytes], warmup: int, mode: str, round_size: int, table: Table, check: bool
 ) -> Run:
@@ -329,6 +353,15 @@ def _check_reference(url: str, frames: Sequence[bytes], table: Table) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ run
+FEEDER_MODES = (
+    "lock-step",
+    "flat out",
+    "flat out, every frame decoded",
+    "writer only",
+    f"lock-step, history {HISTORY}",
+)
+
+
 def run(ctx: Context) -> list[Table]:
     symbols = [f"S{i:03d}USDT" for i in range(20 if ctx.quick else 200)]
     rounds = 4 if ctx.quick else 60
@@ -356,15 +389,14 @@ def run(ctx: Context) -> list[Table]:
         url = ctx.redis().url
         keep(reference_async(url, frames, warmup))
         _check_reference(url, frames, table)
-        for mode in ("lock-step", "flat out", "flat out, every frame decoded", "writer only"):
+        for mode in FEEDER_MODES:
             url = ctx.redis().url
             keep(feeder(url, frames, warmup, mode, len(symbols), table, ctx.quick))
 
     refs = [best["reference, sync"], best["reference, asyncio"]]
     reference = max(refs, key=lambda r: r.written / r.seconds)
     ref_rate = reference.written / reference.seconds
-    feeder_rows = ("lock-step", "flat out", "flat out, every frame decoded", "writer only")
-    for result in (*refs, *(best[f"feeder, {mode}"] for mode in feeder_rows)):
+    for result in (*refs, *(best[f"feeder, {mode}"] for mode in FEEDER_MODES)):
         submitted_rate = result.submitted / result.seconds
         written_rate = result.written / result.seconds
         target = ""

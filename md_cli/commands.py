@@ -109,8 +109,10 @@ class Watch:
         symbols: Sequence[str],
         sort: str = "book",
         only: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.provider = provider
+        self._clock = clock  # the rates' time base (a test moves it by hand)
         self.sort = sort
         self.only = only
         self.exchanges = [normal_exchange(e) for e in exchanges]
@@ -124,7 +126,7 @@ class Watch:
     def targets(self) -> list[tuple[str | None, str]]:
         if self.exchanges and self.symbols:
             return [(e, s) for e in self.exchanges for s in self.symbols]
-        now = time.monotonic()
+        now = self._clock()
         stale_list = self._listed_at is None or now - self._listed_at >= LIST_REFRESH
         if (
             stale_list or not self._targets
@@ -150,7 +152,7 @@ class Watch:
         """Read every watched book; each one's update rate is smoothed over the last `RATE_WINDOW` seconds."""
         targets = self.targets()
         results = self.provider.inspect_books(targets)
-        now = time.monotonic()
+        now = self._clock()
         rows: list[WatchRow] = []
         prev: dict[tuple[str, str], deque[tuple[int, float]]] = {}
         for status, book in results:

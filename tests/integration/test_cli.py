@@ -288,22 +288,22 @@ def test_watch_with_no_books(md: Run) -> None:
     assert code == 0 and out.splitlines()[-1] == "no books"
 
 
-def test_watch_counts_updates_per_second(backend: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rates are smoothed over RATE_WINDOW seconds (here 0.05): one quiet refresh does not show 0 at once."""
-    monkeypatch.setattr(cli, "RATE_WINDOW", 0.05)
+def test_watch_counts_updates_per_second(backend: Backend) -> None:
+    """Rates are smoothed over RATE_WINDOW seconds: one quiet refresh does not show 0 at once."""
+    clock = [1000.0]
     provider = RedisMarketDataProvider(redis=backend.sync)
     provider.write_snapshot(BTC, "upbit")
-    watch = cli.Watch(provider, [], [])
+    watch = cli.Watch(provider, [], [], clock=lambda: clock[0])
     assert [r.rate for r in watch.refresh()] == [None]
     for i in range(1, 4):
         provider.write_snapshot(OrderBookSnapshot("KRW-BTC", BTC.timestamp + i, BTC.bids, BTC.asks), "upbit")
-    time.sleep(0.05)
+    clock[0] += 1.0
     (row,) = watch.refresh()
-    assert row.status.seq == 4 and row.rate is not None and row.rate > 0
-    busy = row.rate
+    assert row.status.seq == 4 and row.rate == pytest.approx(3.0)
+    clock[0] += 1.0
     (row,) = watch.refresh()  # nothing new, but the window still holds the three updates
-    assert row.rate is not None and 0 < row.rate <= busy
-    time.sleep(0.06)
+    assert row.rate == pytest.approx(1.5)
+    clock[0] += cli.RATE_WINDOW + 0.1
     (row,) = watch.refresh()  # the window moved past them
     assert row.rate == 0.0
 
