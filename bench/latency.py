@@ -188,7 +188,7 @@ def _pubsub_client(url: str, stop: threading.Event, rows: list[tuple[str, str, i
     import redis
 
     client = redis.Redis.from_url(url)
-    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub = client.pubsub()
     raw: list[tuple[bytes, bytes, float]] = []
     try:
         psubscribe_books(pubsub)

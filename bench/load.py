@@ -151,7 +151,7 @@ class ThisFeeder(Subject):
                     if recv is not None:
                         latencies.append(seen - recv)
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
             await client.aclose()
 
     async def truth(self, sim: ExchangeSimulator, symbols: list[str]) -> list[str]:

@@ -62,7 +62,7 @@ def watch_main(argv: list[str]) -> int:
 
     threading.Thread(target=wait_stdin, daemon=True).start()
     client = redis.Redis.from_url(url)
-    pubsub = client.pubsub()  # type: ignore[no-untyped-call]
+    pubsub = client.pubsub()
     raw: list[tuple[float, bytes, bytes]] = []
     try:
         psubscribe_books(pubsub)

@@ -68,11 +68,11 @@ def subscribe_main(argv: list[str]) -> int:
     url, cluster, *keys = argv
     pubsub: Any
     if cluster == "1":
-        pubsub = redis.cluster.RedisCluster.from_url(url).pubsub()  # type: ignore[no-untyped-call]
+        pubsub = redis.cluster.RedisCluster.from_url(url).pubsub()
         pubsub.ssubscribe(*keys)
         receive = pubsub.get_sharded_message
     else:
-        pubsub = redis.Redis.from_url(url).pubsub()  # type: ignore[no-untyped-call]
+        pubsub = redis.Redis.from_url(url).pubsub()
         pubsub.psubscribe("md:*:*")
         receive = pubsub.get_message
     print("ready", flush=True)

@@ -434,7 +434,7 @@ class PubSubSource:
 
     def pubsub(self) -> Any:
         if self.pool is None:
-            return self.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            return self.client.pubsub(ignore_subscribe_messages=True)
         return redis.client.PubSub(self.pool, ignore_subscribe_messages=True)
 
     def close(self) -> None:
