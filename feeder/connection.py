@@ -32,7 +32,7 @@ from feeder.exchanges import BadFrame, ErrorReply, Event, ExchangeProtocol, Shut
 from feeder.exchanges.base import Listed, SequenceRestart
 from feeder.incremental_book import Resync
 from feeder.pacing import OpenLimiter
-from feeder.websocket_queue import received_frames
+from feeder.websocket_queue import FastFrameStats, install_fast_data_frames, received_frames
 from feeder.writer import SnapshotWriter
 
 log = logging.getLogger(__name__)
@@ -131,6 +131,9 @@ class _Session:
     retiring: bool = False
     keepalive: asyncio.Task[None] | None = None  # the exchange's own ping messages, when it wants them
     last_frame: float = 0.0  # time.time() of the last frame received (the read loop stamps it)
+    fast_frames: FastFrameStats | None = (
+        None  # data frames parsed by `feeder.websocket_queue`, not websockets
+    )
 
 
 class ExchangeConnection:
@@ -346,6 +349,7 @@ class ExchangeConnection:
             max_size=2**22,
             compression=None,
         )
+        fast_frames = install_fast_data_frames(ws)
         try:
             for i, frame in enumerate(self.protocol.subscribe_frames(self.symbols)):
                 if i:
@@ -354,7 +358,7 @@ class ExchangeConnection:
         except BaseException:
             await ws.close()
             raise
-        session = _Session(ws)
+        session = _Session(ws, fast_frames=fast_frames)
         ping = self.protocol.ping_frame
         if ping is not None:
             session.keepalive = asyncio.create_task(self._keepalive(ws, ping), name=f"{self.name}-ping")

@@ -9,6 +9,7 @@ Prometheus gets the same stages as histograms (`feeder.metrics`).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 
 from client.layout import stage_latency_field
 from client.models import OrderBookSnapshot
@@ -23,13 +24,15 @@ class StageLatency:
         self._window = window
         self._stages: dict[tuple[str, str], deque[float]] = {}
 
-    def book_written(self, exchange: str, snapshot: OrderBookSnapshot, now: float) -> None:
-        received = snapshot.recv_ts
-        if received is None:
-            return
-        self._sample(exchange, "recv_to_written", now - received)
-        if snapshot.timestamp != received:  # Binance's partial books carry no event time
-            self._sample(exchange, "exchange_to_recv", received - snapshot.timestamp)
+    def books_written(self, books: Sequence[tuple[str, OrderBookSnapshot]], now: float) -> None:
+        sample = self._sample
+        for exchange, snapshot in books:
+            received = snapshot.recv_ts
+            if received is None:
+                continue
+            sample(exchange, "recv_to_written", now - received)
+            if snapshot.timestamp != received:  # Binance's partial books carry no event time
+                sample(exchange, "exchange_to_recv", received - snapshot.timestamp)
 
     def round_trip_done(self, seconds: float) -> None:
         return None

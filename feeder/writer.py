@@ -25,7 +25,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, Protocol
@@ -86,9 +86,10 @@ class WriterStats:
 
 
 class WriteObserver(Protocol):
-    """Who wants to know about each accepted book and each round trip (the metrics)."""
+    """Who wants to know about the books each round trip got accepted, and the round trip (the metrics): once
+    per round trip, with the (exchange, book) pairs Redis took and the time it answered."""
 
-    def book_written(self, exchange: str, snapshot: OrderBookSnapshot, now: float) -> None: ...
+    def books_written(self, books: Sequence[tuple[str, OrderBookSnapshot]], now: float) -> None: ...
 
     def round_trip_done(self, seconds: float) -> None: ...
 
@@ -336,7 +337,7 @@ class SnapshotWriter:
     ) -> None:
         stats = self.stats
         observers = self.observers
-        now = time.time()
+        accepted: list[tuple[str, OrderBookSnapshot]] = []
         for (book_id, snapshot, book, kept), result in zip(encoded, results, strict=True):
             if isinstance(result, Exception):
                 stats.failed += 1
@@ -352,8 +353,7 @@ class SnapshotWriter:
             if result > 0:
                 stats.written += 1
                 self._last[book_id] = kept
-                for observer in observers:
-                    observer.book_written(book_id[0], snapshot, now)
+                accepted.append((book_id[0], snapshot))
             elif result == JOINED:
                 stats.joined += 1
                 self._last[book_id] = kept
@@ -368,6 +368,10 @@ class SnapshotWriter:
                     )  # fmt: skip
             else:
                 stats.rejected += 1
+        if accepted and observers:
+            now = time.time()
+            for observer in observers:
+                observer.books_written(accepted, now)
 
     async def _run_flow(self, flow: Flow[Any]) -> Any:
         return (await self._run_flows([flow]))[0]

@@ -198,6 +198,9 @@ async def test_queued_frames_are_taken_from_websockets_queue_not_one_recv_each(
     await poll(all_read, 20, "the replayed capture was not read")
     assert conn.stats.bad_frames == 0
     assert calls < conn.stats.frames / 2, f"{calls} recv calls for {conn.stats.frames} frames: no fast path"
+    # and the frames were cut out of the byte stream by feeder.websocket_queue, not by websockets' parser
+    fast = conn._reading.fast_frames if conn._reading is not None else None
+    assert fast is not None and fast.frames >= 449, f"data frames parsed by the fast path: {fast}"
 
 
 async def test_books_of_symbols_never_subscribed_are_dropped_not_written(rig: Rig) -> None:

@@ -45,7 +45,13 @@ INTERNALS = {
         "response_callbacks",
         "connection_kwargs",
     },
-    "feeder/websocket_queue.py": {"recv_messages", "maybe_resume"},
+    "feeder/websocket_queue.py": {
+        "recv_messages",
+        "maybe_resume",
+        "maybe_pause",
+        "gi_yieldfrom",
+        "max_message_size",
+    },
     "exchange_sim/transport.py": {
         "send_context",
         "process_event",
