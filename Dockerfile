@@ -1,7 +1,9 @@
 # Runtime image for md-feeder, md-sim and md: slim, non-root, no test dependencies.
 FROM python:3.11-slim AS build
+# a C compiler for the feeder's one extension (feeder/exchanges/_units.c); the runtime image needs none
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY client ./client
 COPY feeder ./feeder
 COPY exchange_sim ./exchange_sim

@@ -17,7 +17,7 @@ help:
 	@echo "make format     ruff format + ruff check --fix"
 	@echo "make clean      remove .venv and caches"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py feeder/exchanges/_units.c
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip

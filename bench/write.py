@@ -43,6 +43,7 @@ from bench.report import Context, Table
 from client.layout import RedisLayout, decode_book
 from client.models import OrderBookSnapshot
 from feeder.exchanges import BinanceProtocol, books_in
+from feeder.exchanges.base import BookSides
 from feeder.writer import SnapshotWriter
 
 TARGET = 0.8
@@ -160,7 +161,12 @@ class _Source:
     """Decodes the frames the flat-out run hands to the writer undecoded, as a feeder connection does."""
 
     def __init__(self, protocol: BinanceProtocol) -> None:
+        self._protocol = protocol
         self._parse = protocol.parse
+
+    def book_sides(self, frame: bytes, recv_ts: float, symbol: str) -> BookSides | None:
+        sides = self._protocol.book_sides(frame, recv_ts)
+        return sides if sides is not None and sides.symbol == symbol else None
 
     def decode_deferred(self, frame: bytes, recv_ts: float, symbol: str) -> OrderBookSnapshot | None:
         return next((book for book in books_in(self._parse(frame, recv_ts)) if book.symbol == symbol), None)

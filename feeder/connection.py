@@ -29,7 +29,7 @@ from websockets.frames import Frame
 
 from client.models import OrderBookSnapshot
 from feeder.exchanges import BadFrame, ErrorReply, Event, ExchangeProtocol, ShutdownNotice
-from feeder.exchanges.base import Listed, SequenceRestart
+from feeder.exchanges.base import BookSides, Listed, SequenceRestart
 from feeder.incremental_book import Resync
 from feeder.pacing import OpenLimiter
 from feeder.websocket_queue import FastFrameStats, install_fast_data_frames, received_frames
@@ -664,6 +664,16 @@ class ExchangeConnection:
             self.up = True
             self.down_since = None
             log.info("%s: receiving (%d symbols)", self.name, len(self.symbols))
+
+    def book_sides(self, frame: bytes, recv_ts: float, symbol: str) -> BookSides | None:
+        """A frame handed to the writer undecoded, with its sides as stored text (`FrameSource`); None: the
+        writer calls `decode_deferred`, which decides whether the frame is malformed."""
+        try:
+            sides = self.protocol.book_sides(frame, recv_ts)
+        except Exception:  # as in decode_deferred: a bug here must cost one frame, not the writer task
+            log.exception("%s: writing a frame's sides failed unexpectedly: %r", self.name, frame[:120])
+            return None
+        return sides if sides is not None and sides.symbol == symbol else None
 
     def decode_deferred(self, frame: bytes, recv_ts: float, symbol: str) -> OrderBookSnapshot | None:
         """Decode a frame handed to the writer undecoded (`FrameSource`); a malformed one is counted here."""

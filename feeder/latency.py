@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from client.layout import stage_latency_field
-from client.models import OrderBookSnapshot
+
+if TYPE_CHECKING:
+    from feeder.writer import BookTimes
 
 WINDOW = 2000  # books per exchange the percentiles are taken over
 
@@ -24,15 +27,14 @@ class StageLatency:
         self._window = window
         self._stages: dict[tuple[str, str], deque[float]] = {}
 
-    def books_written(self, books: Sequence[tuple[str, OrderBookSnapshot]], now: float) -> None:
+    def books_written(self, books: Sequence[BookTimes], now: float) -> None:
         sample = self._sample
-        for exchange, snapshot in books:
-            received = snapshot.recv_ts
+        for exchange, timestamp, received in books:
             if received is None:
                 continue
             sample(exchange, "recv_to_written", now - received)
-            if snapshot.timestamp != received:  # Binance's partial books carry no event time
-                sample(exchange, "exchange_to_recv", received - snapshot.timestamp)
+            if timestamp != received:  # Binance's partial books carry no event time
+                sample(exchange, "exchange_to_recv", received - timestamp)
 
     def round_trip_done(self, seconds: float) -> None:
         return None

@@ -30,11 +30,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from client.models import OrderBookSnapshot
-
 if TYPE_CHECKING:
     from feeder.connection import ExchangeConnection
-    from feeder.writer import SnapshotWriter
+    from feeder.writer import BookTimes, SnapshotWriter
 
 log = logging.getLogger(__name__)
 
@@ -219,14 +217,12 @@ class FeederMetrics:
         writer.observers.append(self)
 
     # the writer's observer -----------------------------------------------------------------------------
-    def books_written(self, books: Sequence[tuple[str, OrderBookSnapshot]], now: float) -> None:
+    def books_written(self, books: Sequence[BookTimes], now: float) -> None:
         written, delivered = self.receive_to_written.observe, self.exchange_to_receive.observe
-        for exchange, snapshot in books:
-            received = snapshot.recv_ts
+        for exchange, stamped, received in books:
             if received is None:
                 continue
             written(exchange, now - received if now > received else 0.0)
-            stamped = snapshot.timestamp
             if stamped != received:  # Binance's partial books carry no event time: nothing to measure
                 delivered(exchange, received - stamped if received > stamped else 0.0)
 

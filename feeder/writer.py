@@ -41,19 +41,27 @@ from client.layout import (
     Flow,
     RedisLayout,
     encode_book,
+    encode_book_sides,
     mark_down_flow,
     write_flow,
 )
 from client.models import OrderBookSnapshot
 from client.transport import PinnedConnection
+from feeder.exchanges.base import BookSides
 
 log = logging.getLogger(__name__)
 
 BookId = tuple[str, str]  # (exchange, symbol)
+BookTimes = tuple[str, float, float | None]  # (exchange, the book's timestamp, its receive time)
 
 
 class FrameSource(Protocol):
     """Where a deferred frame came from: decodes it when the writer needs it (see `submit_frame`)."""
+
+    def book_sides(self, frame: bytes, recv_ts: float, symbol: str) -> BookSides | None:
+        """`symbol`'s book from `frame` with its sides as stored text, when the exchange's decoder can write
+        that text straight from the frame (`feeder.exchanges.units_json`); None: `decode_deferred` it."""
+        ...
 
     def decode_deferred(self, frame: bytes, recv_ts: float, symbol: str) -> OrderBookSnapshot | None:
         """`symbol`'s book from `frame`, or None when the frame is malformed (counted by the source)."""
@@ -87,9 +95,9 @@ class WriterStats:
 
 class WriteObserver(Protocol):
     """Who wants to know about the books each round trip got accepted, and the round trip (the metrics): once
-    per round trip, with the (exchange, book) pairs Redis took and the time it answered."""
+    per round trip, with the (exchange, timestamp, receive time) of each book Redis took and when it answered."""
 
-    def books_written(self, books: Sequence[tuple[str, OrderBookSnapshot]], now: float) -> None: ...
+    def books_written(self, books: Sequence[BookTimes], now: float) -> None: ...
 
     def round_trip_done(self, seconds: float) -> None: ...
 
@@ -263,36 +271,49 @@ class SnapshotWriter:
             items = []
             for book_id in list(self._pending)[: self._batch]:
                 items.append((book_id, self._pending.pop(book_id)))
-        # per book: its id, the snapshot encoded, the encoding, and what is kept for rewrites (the frame when
-        # the book came as one)
-        encoded: list[tuple[BookId, OrderBookSnapshot, EncodedBook, OrderBookSnapshot | Deferred]] = []
+        # per book: its id, its timestamp and receive time, the encoding, and what is kept for rewrites (the
+        # frame when the book came as one)
+        encoded: list[tuple[BookId, float, float | None, EncodedBook, OrderBookSnapshot | Deferred]] = []
         decoded: dict[BookId, OrderBookSnapshot | None] = {}  # deferred frames decoded for this batch
         time_ordered = self._time_ordered
+        writer, simulated, layout = self._feeder_id, self._simulated, self._layout
 
         def encode(chunk: list[tuple[BookId, OrderBookSnapshot | Deferred]]) -> list[EncodedBook]:
             books = []
             for book_id, item in chunk:
+                exchange = book_id[0]
                 if isinstance(item, OrderBookSnapshot):
                     snap = item
                 else:
                     frame, recv_ts, source = item
+                    sides = source.book_sides(frame, recv_ts, book_id[1])
+                    if sides is not None:  # written as text from the frame: no floats made
+                        book = encode_book_sides(
+                            layout, exchange=exchange, symbol=sides.symbol, timestamp=sides.timestamp,
+                            xid=sides.xid, recv_ts=recv_ts, bids_json=sides.bids_json, asks_json=sides.asks_json,
+                            best_bid=sides.best_bid, best_ask=sides.best_ask, writer=writer, heartbeat=True,
+                            time_ordered=exchange in time_ordered, simulated=simulated,
+                        )  # fmt: skip
+                        books.append(book)
+                        encoded.append((book_id, sides.timestamp, recv_ts, book, item))
+                        continue
                     decoded[book_id] = fresh = source.decode_deferred(frame, recv_ts, book_id[1])
                     if fresh is None:
                         self.stats.malformed += 1
                         continue
                     snap = fresh
                 book = encode_book(
-                    self._layout,
+                    layout,
                     snap,
-                    exchange=book_id[0],
-                    writer=self._feeder_id,
+                    exchange=exchange,
+                    writer=writer,
                     heartbeat=True,
                     validate=False,
-                    time_ordered=book_id[0] in time_ordered,
-                    simulated=self._simulated,
+                    time_ordered=exchange in time_ordered,
+                    simulated=simulated,
                 )
                 books.append(book)
-                encoded.append((book_id, snap, book, item))
+                encoded.append((book_id, snap.timestamp, snap.recv_ts, book, item))
             return books
 
         def flows() -> Iterator[Flow[list[int | Exception]]]:
@@ -332,13 +353,13 @@ class SnapshotWriter:
 
     def _account(
         self,
-        encoded: list[tuple[BookId, OrderBookSnapshot, EncodedBook, OrderBookSnapshot | Deferred]],
+        encoded: list[tuple[BookId, float, float | None, EncodedBook, OrderBookSnapshot | Deferred]],
         results: list[int | Exception],
     ) -> None:
         stats = self.stats
         observers = self.observers
-        accepted: list[tuple[str, OrderBookSnapshot]] = []
-        for (book_id, snapshot, book, kept), result in zip(encoded, results, strict=True):
+        accepted: list[BookTimes] = []
+        for (book_id, timestamp, recv_ts, book, kept), result in zip(encoded, results, strict=True):
             if isinstance(result, Exception):
                 stats.failed += 1
                 if self._failing.get(book.key) is None:
@@ -353,7 +374,7 @@ class SnapshotWriter:
             if result > 0:
                 stats.written += 1
                 self._last[book_id] = kept
-                accepted.append((book_id[0], snapshot))
+                accepted.append((book_id[0], timestamp, recv_ts))
             elif result == JOINED:
                 stats.joined += 1
                 self._last[book_id] = kept

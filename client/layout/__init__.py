@@ -28,6 +28,7 @@ from client.layout.codec import (
     decode_message_book,
     decode_message_head,
     encode_book,
+    encode_book_sides,
     write_message_seq,
 )
 from client.layout.feeder_record import (
@@ -141,6 +142,7 @@ __all__ = [
     "decode_message_book",
     "decode_message_head",
     "encode_book",
+    "encode_book_sides",
     "feeder_alive",
     "feeder_keys_flow",
     "feeder_record_flow",

@@ -176,26 +176,71 @@ def encode_book(
         recv_ts = snapshot.recv_ts if snapshot.recv_ts is not None else time.time()
     if validate and not (isinstance(recv_ts, int | float) and math.isfinite(recv_ts)):
         raise InvalidSnapshotError(f"receive time must be a finite number, not {recv_ts!r}")
-    ts = float(snapshot.timestamp)
-    bids_json = _dumps(bids)
-    asks_json = _dumps(asks)
-    best_bid = bids[0][0] if bids else None
-    best_ask = asks[0][0] if asks else None
+    return _encode(
+        key, exchange, snapshot.symbol, writer, float(snapshot.timestamp), recv_ts, xid, _dumps(bids),
+        _dumps(asks), bids[0][0] if bids else None, asks[0][0] if asks else None, heartbeat, time_ordered,
+        simulated,
+    )  # fmt: skip
+
+
+def encode_book_sides(
+    layout: RedisLayout,
+    *,
+    exchange: str,
+    symbol: str,
+    timestamp: float,
+    xid: int,
+    recv_ts: float,
+    bids_json: bytes,
+    asks_json: bytes,
+    best_bid: float,
+    best_ask: float,
+    writer: str,
+    heartbeat: bool,
+    time_ordered: bool,
+    simulated: bool = False,
+) -> EncodedBook:
+    """Encode for WRITE_BOOK a feeder's book whose sides come as text already: each exactly what
+    ``orjson.dumps`` writes for the side's ``[(price, size), ...]`` floats, as `encode_book` would store them
+    (a decoder that builds that text from an exchange's frame without making the floats: the Upbit units). The
+    caller vouches for the levels, as with ``encode_book(validate=False)``; both sides have a best level."""
+    key = layout.book_key(exchange, symbol)
+    return _encode(
+        key, exchange, symbol, writer, timestamp, recv_ts, xid, bids_json, asks_json, best_bid, best_ask,
+        heartbeat, time_ordered, simulated,
+    )  # fmt: skip
+
+
+def _encode(
+    key: str,
+    exchange: str,
+    symbol: str,
+    writer: str,
+    ts: float,
+    recv_ts: float,
+    xid: int,
+    bids_json: bytes,
+    asks_json: bytes,
+    best_bid: float | None,
+    best_ask: float | None,
+    heartbeat: bool,
+    time_ordered: bool | None,
+    simulated: bool,
+) -> EncodedBook:
     # The numbers of the message, formatted by orjson in one call (as a dict of them would be); the hash
     # fields hold Python's repr, which is the same text in the usual range, so it is reused there.
     numbers = _dumps((ts, recv_ts, xid, best_bid, best_ask))
     ts_json, recv_json, xid_json, bid_json, ask_json = numbers[1:-1].split(b",")
-    head, tail = _message_parts(exchange, snapshot.symbol, writer, heartbeat, simulated)
+    head, tail = _message_parts(exchange, symbol, writer, heartbeat, simulated)
     middle = b"".join(
         (head, ts_json, b',"recv_ts":', recv_json, b',"xid":', xid_json, tail, bid_json, b',"ask":', ask_json)
     )
-    xid_text = str(xid)
     args: tuple[bytes | str, ...] = (
-        xid_text,
+        str(xid),
         writer,
         middle,
         exchange,
-        snapshot.symbol,
+        symbol,
         bids_json,
         asks_json,
         "" if best_bid is None else _float_text(best_bid, bid_json),
@@ -207,7 +252,7 @@ def encode_book(
         _age_ms(recv_ts),
         "1" if simulated else "",
     )
-    return EncodedBook(exchange, snapshot.symbol, key, xid, writer, args)
+    return EncodedBook(exchange, symbol, key, xid, writer, args)
 
 
 _LEAD = str(TIME_ID_LEAD_MS)

@@ -99,6 +99,22 @@ class Listed:
 Event = OrderBookSnapshot | Ack | ErrorReply | ShutdownNotice | Resync | SequenceRestart | Listed
 
 
+@dataclass(frozen=True, slots=True)
+class BookSides:
+    """A whole book with its sides as text already: each side exactly what ``orjson.dumps`` writes for its
+    ``[(price, size), ...]`` floats (best first), as the writer would store them (`encode_book_sides`).
+    What `book_sides` returns instead of a snapshot, for a frame the writer takes undecoded."""
+
+    symbol: str
+    timestamp: float  # epoch seconds
+    xid: int
+    recv_ts: float
+    bids_json: bytes
+    asks_json: bytes
+    best_bid: float
+    best_ask: float
+
+
 # --------------------------------------------------------------------------------------------- protocol
 class ExchangeProtocol(Protocol):
     """What the connection layer needs from an exchange protocol."""
@@ -159,6 +175,13 @@ class ExchangeProtocol(Protocol):
         rest of the frame: `parse` still decides whether it is a valid book. A protocol of incremental books
         always returns None: each of its frames must be applied, in order.
         """
+        ...
+
+    def book_sides(self, frame: bytes, recv_ts: float) -> BookSides | None:
+        """The book of a frame `book_symbol` named, with its sides as stored text, when this protocol can
+        write that text straight from the frame's bytes (cheaper than `parse` and encoding the floats); None:
+        decode it with `parse`, which also decides whether it is malformed. Whatever it returns, `parse` of
+        the same frame gives the same book (tests/unit/test_units_json.py)."""
         ...
 
 
@@ -254,6 +277,9 @@ class WholeBooks:
     def forget(self, symbols: Sequence[str]) -> None:
         return None
 
+    def book_sides(self, frame: bytes, recv_ts: float) -> BookSides | None:
+        return None  # decoded with parse
+
 
 class IncrementalBooks:
     """What the protocols of incremental books (Bybit, OKX) share: their checked configuration, one
@@ -325,6 +351,9 @@ class IncrementalBooks:
 
     def book_symbol(self, frame: bytes) -> str | None:
         return None  # every update must be applied, in order
+
+    def book_sides(self, frame: bytes, recv_ts: float) -> BookSides | None:
+        return None  # never asked: book_symbol names no frame
 
 
 def load_json(frame: bytes | str) -> Any:

@@ -38,6 +38,7 @@ from feeder.exchanges.base import (
     MAX_LEVELS,
     Ack,
     BadFrame,
+    BookSides,
     ErrorReply,
     Event,
     ExchangeDescriptor,
@@ -55,6 +56,7 @@ from feeder.exchanges.base import (
     split_list,
     unique_symbols,
 )
+from feeder.exchanges.units_json import units_to_sides
 
 if TYPE_CHECKING:
     from feeder.settings import FeederSettings
@@ -117,6 +119,7 @@ class FastSpelling:
     shapes: dict[bytes, int]  # shape of the units -> number of units
     not_shape: bytes
     key_letters: bytes
+    unit_keys: tuple[bytes, bytes, bytes, bytes]  # ask price, bid price, ask size, bid size, as spelled
     integers: bool = False
     tms_in_head: bool = True
 
@@ -134,6 +137,12 @@ class FastSpelling:
             shapes={b"[" + b",".join([unit] * n) + b"]": n for n in range(1, _FAST_MAX_UNITS + 1)},
             not_shape=_FAST_NOT_SHAPE + b"." if integers else _FAST_NOT_SHAPE,
             key_letters=bytes(sorted(set("".join(unit_keys).encode()))),
+            unit_keys=(
+                unit_keys[0].encode(),
+                unit_keys[1].encode(),
+                unit_keys[2].encode(),
+                unit_keys[3].encode(),
+            ),
             integers=integers,
             tms_in_head="tms" in head_re.groupindex,
         )
@@ -370,11 +379,29 @@ class UpbitLikeProtocol(WholeBooks):
                 return self._fast_symbols.get(head[1])
         return None
 
-    def _parse_fast(self, frame: bytes | str, recv_ts: float) -> OrderBookSnapshot | None:
-        """The snapshot of an order-book frame of the usual shape, or None to take the general path."""
-        raw = frame if type(frame) is bytes else frame_bytes(frame)
-        if raw is None:
+    def book_sides(self, frame: bytes, recv_ts: float) -> BookSides | None:
+        """The fast path's book with its sides written as text by `feeder.exchanges.units_json` (C), when it
+        was built and takes the units; None: decode with `parse`."""
+        to_sides = units_to_sides
+        if to_sides is None or type(frame) is not bytes:
             return None
+        found = self._fast_parts(frame)
+        if found is None:
+            return None
+        spelling, head, tail, units = found
+        depth = self.depth
+        sides = to_sides(units, spelling.unit_keys, spelling.integers, self.max_levels, depth or 0)
+        if sides is None:
+            return None
+        asks_json, bids_json, best_ask, best_bid, _ = sides
+        symbol = self._fast_symbols.get(head[1])
+        if symbol is None:
+            return None  # a code not seen yet: parse learns it
+        tms = int((head if spelling.tms_in_head else tail)["tms"])
+        return BookSides(symbol, tms / 1000, tms, recv_ts, bids_json, asks_json, best_bid, best_ask)
+
+    def _fast_parts(self, raw: bytes) -> tuple[FastSpelling, re.Match[bytes], re.Match[bytes], bytes] | None:
+        """The spelling, head and tail matches and the units of a frame of a fast shape, or None."""
         for spelling in self.fast_spellings:
             head = spelling.head.match(raw)
             if head is not None:
@@ -388,7 +415,17 @@ class UpbitLikeProtocol(WholeBooks):
         tail = spelling.tail.fullmatch(raw, end)
         if tail is None:
             return None
-        units = raw[start:end]
+        return spelling, head, tail, raw[start:end]
+
+    def _parse_fast(self, frame: bytes | str, recv_ts: float) -> OrderBookSnapshot | None:
+        """The snapshot of an order-book frame of the usual shape, or None to take the general path."""
+        raw = frame if type(frame) is bytes else frame_bytes(frame)
+        if raw is None:
+            return None
+        found = self._fast_parts(raw)
+        if found is None:
+            return None
+        spelling, head, tail, units = found
         count = spelling.shapes.get(units.translate(None, spelling.not_shape))
         if count is None or count > self.max_levels:
             return None

@@ -34,6 +34,7 @@ from client.errors import MarketDataPermissionError
 from client.layout import JOINED, encode_book, mark_down_flow, server_run_id, write_flow
 from client.mirror import BookCache, PendingBook
 from client.transport import run_flow
+from feeder.exchanges.base import BookSides
 from feeder.status import FeederIdInUseError, FeederStatus
 from feeder.writer import SnapshotWriter
 
@@ -414,6 +415,13 @@ class UpbitFrames:
 
         self.protocol = UpbitProtocol()
         self.decoded = 0
+
+    def book_sides(self, frame: bytes, recv_ts: float, symbol: str) -> BookSides | None:
+        sides = self.protocol.book_sides(frame, recv_ts)
+        if sides is not None:
+            self.decoded += 1
+            assert sides.symbol == symbol
+        return sides
 
     def decode_deferred(self, frame: bytes, recv_ts: float, symbol: str) -> OrderBookSnapshot | None:
         self.decoded += 1

@@ -13,6 +13,7 @@ from client import OrderBookSnapshot, RedisMarketDataProvider
 from client.layout import RedisLayout
 from feeder.connection import ConnectionSettings, ExchangeConnection
 from feeder.exchanges import BinanceProtocol
+from feeder.exchanges.base import BookSides
 from feeder.pacing import OpenRateLimiter
 from feeder.writer import SnapshotWriter
 
@@ -158,6 +159,9 @@ class FrameSourceStub:
 
     def __init__(self) -> None:
         self.decoded: list[tuple[bytes, str]] = []
+
+    def book_sides(self, frame: bytes, recv_ts: float, symbol: str) -> BookSides | None:
+        return None  # no text shortcut: every frame is decoded
 
     def decode_deferred(self, frame: bytes, recv_ts: float, symbol: str) -> OrderBookSnapshot | None:
         self.decoded.append((frame, symbol))

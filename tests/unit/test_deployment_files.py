@@ -56,6 +56,10 @@ def test_dockerfile_is_slim_non_root_without_test_extras() -> None:
     assert "python:3.11-slim" in text
     assert "USER md" in text
     assert "[test]" not in text
+    assert (
+        "gcc" in text.split("FROM python:3.11-slim\n", 1)[0]
+    ), "the build stage compiles feeder/exchanges/_units.c"
+    assert "COPY pyproject.toml setup.py" in text
     cmd = text.split("CMD", 1)[1]
     assert any(f'"{ep}"' in cmd for ep in entry_points())
 

@@ -1,0 +1,3 @@
+def units_to_sides(
+    units: bytes, keys: tuple[bytes, bytes, bytes, bytes], integers: bool, max_units: int, depth: int, /
+) -> tuple[bytes, bytes, float, float, int] | None: ...
