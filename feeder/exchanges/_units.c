@@ -1,4 +1,4 @@
-/* The sides of an Upbit-style order-book frame as the JSON text the writer stores, straight from the bytes.
+/* The sides of an order-book frame as the JSON text the writer stores, straight from the frame's bytes.
  *
  * `units_to_sides(units, keys, integers, max_units, depth)` reads the ``[{"<ask price>":N,"<bid price>":N,
  * "<ask size>":N,"<bid size>":N},...]`` part of a frame (`keys`: those four key names, in that order) and
@@ -15,6 +15,10 @@
  * [1e-5, 1e16) orjson writes that shortest text in plain notation with at least one decimal. A number with more
  * digits is converted and written as repr writes it, which is orjson's text in [1e-4, 1e16). Only those and
  * the two best prices are converted, by CPython's own parser.
+ *
+ * `pairs_to_sides(rest, max_levels)` does the same for a Binance partial book: `rest` is what follows
+ * ``"bids":``, exactly ``[["p","q"],...],"asks":[["p","q"],...]}}`` with every number a quoted decimal with a
+ * point; it returns ``(bids_json, asks_json, best_bid, best_ask, bid levels)`` or None.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -277,10 +281,100 @@ done:
     return result;
 }
 
+/* One side of a Binance partial book, ``[["p","q"],...]`` (numbers as quoted decimals with a point), as
+ * ``[[p,q],...]`` in orjson's text; the side's first price in *best. Returns the number of levels, or -1. */
+static Py_ssize_t pairs_side(const char **p, const char *end, char *out, Py_ssize_t *o, Py_ssize_t max_levels,
+                             const char **best) {
+    Py_ssize_t count = 0;
+    char text[2][MAX_NUMBER_TEXT];
+    int len[2];
+    if (!expect(p, end, "[", 1))
+        return -1;
+    out[(*o)++] = '[';
+    for (;;) {
+        if (!expect(p, end, "[", 1))
+            return -1;
+        for (int k = 0; k < 2; k++) {
+            if ((k > 0 && !expect(p, end, ",", 1)) || !expect(p, end, "\"", 1))
+                return -1;
+            if (count == 0 && k == 0)
+                *best = *p;
+            int zero = 0;
+            len[k] = number_text(p, end, 0, text[k], &zero);
+            if (len[k] < 0 || zero || !expect(p, end, "\"", 1))
+                return -1;
+        }
+        if (!expect(p, end, "]", 1))
+            return -1;
+        if (++count > max_levels)
+            return -1;
+        if (count > 1)
+            out[(*o)++] = ',';
+        out[(*o)++] = '[';
+        memcpy(out + *o, text[0], (size_t)len[0]);
+        *o += len[0];
+        out[(*o)++] = ',';
+        memcpy(out + *o, text[1], (size_t)len[1]);
+        *o += len[1];
+        out[(*o)++] = ']';
+        if (expect(p, end, ",", 1))
+            continue;
+        if (!expect(p, end, "]", 1))
+            return -1;
+        out[(*o)++] = ']';
+        return count;
+    }
+}
+
+static PyObject *pairs_to_sides(PyObject *self, PyObject *args) {
+    Py_buffer rest;
+    Py_ssize_t max_levels;
+    if (!PyArg_ParseTuple(args, "y*n", &rest, &max_levels))
+        return NULL;
+    PyObject *result = NULL, *bids = NULL, *asks = NULL;
+    if (max_levels < 1 || max_levels > 1000) {
+        PyErr_SetString(PyExc_ValueError, "max_levels must be in [1, 1000]");
+        goto done;
+    }
+    Py_ssize_t bound = 2 + max_levels * (2 * MAX_NUMBER_TEXT + 4);
+    bids = PyBytes_FromStringAndSize(NULL, bound);
+    asks = PyBytes_FromStringAndSize(NULL, bound);
+    if (bids == NULL || asks == NULL)
+        goto done;
+    const char *p = rest.buf, *end = p + rest.len, *best_bid_text = NULL, *best_ask_text = NULL;
+    Py_ssize_t bo = 0, ao = 0;
+    Py_ssize_t nbids = pairs_side(&p, end, PyBytes_AS_STRING(bids), &bo, max_levels, &best_bid_text);
+    if (nbids < 0 || !expect(&p, end, ",\"asks\":", 8))
+        goto reject;
+    Py_ssize_t nasks = pairs_side(&p, end, PyBytes_AS_STRING(asks), &ao, max_levels, &best_ask_text);
+    if (nasks < 0 || !expect(&p, end, "}}", 2) || p != end)
+        goto reject;
+    char *parsed;
+    double best_bid = PyOS_string_to_double(best_bid_text, &parsed, NULL);
+    if (best_bid == -1.0 && PyErr_Occurred())
+        goto done;
+    double best_ask = PyOS_string_to_double(best_ask_text, &parsed, NULL);
+    if (best_ask == -1.0 && PyErr_Occurred())
+        goto done;
+    if (_PyBytes_Resize(&bids, bo) < 0 || _PyBytes_Resize(&asks, ao) < 0)
+        goto done;
+    result = Py_BuildValue("(OOddn)", bids, asks, best_bid, best_ask, nbids);
+    goto done;
+reject:
+    result = Py_NewRef(Py_None);
+done:
+    Py_XDECREF(bids);
+    Py_XDECREF(asks);
+    PyBuffer_Release(&rest);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"units_to_sides", units_to_sides, METH_VARARGS,
      "units_to_sides(units, keys, integers, max_units, depth) -> (asks_json, bids_json, best_ask, best_bid, "
      "units) | None"},
+    {"pairs_to_sides", pairs_to_sides, METH_VARARGS,
+     "pairs_to_sides(rest, max_levels) -> (bids_json, asks_json, best_bid, best_ask, bid levels) | None"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -39,6 +39,7 @@ from feeder.exchanges.base import (
     MAX_LEVELS,
     Ack,
     BadFrame,
+    BookSides,
     ErrorReply,
     Event,
     ExchangeDescriptor,
@@ -57,6 +58,7 @@ from feeder.exchanges.base import (
     split_list,
     unique_symbols,
 )
+from feeder.exchanges.units_json import pairs_to_sides
 
 if TYPE_CHECKING:
     from feeder.settings import FeederSettings
@@ -344,6 +346,24 @@ class BinanceProtocol(WholeBooks):
         if head is None:
             return None
         return self._fast_streams.get(head[1]) or None  # unknown (first frame) or not a partial book: None
+
+    def book_sides(self, frame: bytes, recv_ts: float) -> BookSides | None:
+        """The fast path's book with its sides written as text by `feeder.exchanges.units_json` (C), when it
+        was built and takes them; None: decode with `parse`."""
+        to_sides = pairs_to_sides
+        if to_sides is None or type(frame) is not bytes:
+            return None
+        head = _FAST_HEAD.match(frame)
+        if head is None:
+            return None
+        symbol = self._fast_streams.get(head[1])
+        if not symbol:  # a stream not seen yet (parse learns it), or one that carries no partial book
+            return None
+        sides = to_sides(frame[head.end() :], self.max_levels)
+        if sides is None:
+            return None
+        bids_json, asks_json, best_bid, best_ask, _ = sides
+        return BookSides(symbol, recv_ts, int(head[2]), recv_ts, bids_json, asks_json, best_bid, best_ask)
 
     def _parse_fast(self, frame: bytes | str, recv_ts: float) -> OrderBookSnapshot | None:
         """The snapshot of a partial-book frame of the usual shape, or None to take the general path."""

@@ -19,11 +19,18 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_protocol_fastpath import INTERESTING, NEAR_MISSES_UPBIT, UPBIT_DEFAULT, UPBIT_SIMPLE
+from test_protocol_fastpath import (
+    BINANCE,
+    INTERESTING,
+    NEAR_MISSES_BINANCE,
+    NEAR_MISSES_UPBIT,
+    UPBIT_DEFAULT,
+    UPBIT_SIMPLE,
+)
 
 from client.layout import RedisLayout, encode_book, encode_book_sides
 from client.models import OrderBookSnapshot
-from feeder.exchanges import BadFrame, UpbitProtocol
+from feeder.exchanges import BadFrame, BinanceProtocol, UpbitProtocol
 from feeder.exchanges.bithumb import BithumbProtocol
 from feeder.exchanges.units_json import AVAILABLE
 
@@ -241,3 +248,69 @@ def test_without_the_extension_every_frame_is_left_to_parse(monkeypatch: pytest.
     protocol = UpbitProtocol()
     assert parsed(protocol, UPBIT_SIMPLE[0]) is not None
     assert protocol.book_sides(UPBIT_SIMPLE[0], RECV) is None
+
+
+# ---- Binance partial books ----------------------------------------------------------------------------------
+def binance_frame(bids: list[tuple[str, str]], asks: list[tuple[str, str]], update_id: int = 7) -> bytes:
+    def side(levels: list[tuple[str, str]]) -> str:
+        return "[" + ",".join(f'["{p}","{q}"]' for p, q in levels) + "]"
+
+    return (
+        f'{{"stream":"btcusdt@depth20@100ms","data":{{"lastUpdateId":{update_id},"bids":{side(bids)},'
+        f'"asks":{side(asks)}}}}}'
+    ).encode()
+
+
+def test_binance_captured_frames_and_near_misses() -> None:
+    frames = [f.encode() if isinstance(f, str) else f for f in BINANCE]
+    taken = sum(check(BinanceProtocol, f) for f in frames)
+    assert taken >= 3, f"only {taken} of {len(frames)} captured Binance frames took the C path"
+    for frame in NEAR_MISSES_BINANCE:
+        check(BinanceProtocol, frame.encode())
+
+
+def binance_number(value: float) -> st.SearchStrategy[str]:
+    """As Binance writes numbers: a fixed number of decimals (``"100.50000000"``), or plain repr."""
+    options = [f"{value:.8f}", f"{value:.2f}", repr(value)]
+    return st.sampled_from([o for o in options if "e" not in o and "inf" not in o])
+
+
+@FUZZ
+@given(st.data())
+def test_binance_generated_books(data: st.DataObject) -> None:
+    def levels() -> list[tuple[str, str]]:
+        count = data.draw(st.integers(1, 20))
+        return [
+            (data.draw(binance_number(data.draw(NUMBERS))), data.draw(binance_number(data.draw(NUMBERS))))
+            for _ in range(count)
+        ]
+
+    check(BinanceProtocol, binance_frame(levels(), levels(), data.draw(st.integers(0, 2**53))))
+
+
+def test_binance_generated_books_mostly_take_the_c_path() -> None:
+    rng = random.Random(5)
+    taken = 0
+    for _ in range(100):
+        side = [(f"{rng.uniform(1, 90000):.2f}", f"{rng.uniform(0.001, 50):.8f}") for _ in range(20)]
+        taken += check(BinanceProtocol, binance_frame(side, side[::-1]))
+    assert taken == 100
+
+
+@FUZZ
+@given(st.data())
+def test_binance_mutated_frames(data: st.DataObject) -> None:
+    frame = bytearray(
+        data.draw(st.sampled_from([f.encode() if isinstance(f, str) else f for f in BINANCE[:5]]))
+    )
+    for _ in range(data.draw(st.integers(min_value=1, max_value=3))):
+        position = data.draw(st.integers(min_value=0, max_value=len(frame) - 1))
+        char = data.draw(st.sampled_from(INTERESTING))
+        kind = data.draw(st.sampled_from(["insert", "delete", "replace"]))
+        if kind == "insert":
+            frame.insert(position, char)
+        elif kind == "delete":
+            del frame[position]
+        else:
+            frame[position] = char
+    check(BinanceProtocol, bytes(frame))
