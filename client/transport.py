@@ -105,6 +105,9 @@ def _packed(commands: list[Command]) -> bytes:
     return b"".join([pack(c) for c in commands])
 
 
+_UNKNOWN = object()
+
+
 def _apply(callbacks: Any, command: Command, reply: Any) -> Any:
     callback = callbacks.get(command[0])
     return callback(reply) if callback is not None else reply
@@ -335,6 +338,15 @@ async def _exchange(connection: Any, callbacks: Any, flows: Iterable[Flow[Any]])
     """
     read = connection.read_response
     direct = _hiredis_reader(connection)
+    # redis-py's callbacks by command name, looked up once per exchange: its dict upper-cases every key it is
+    # asked for, and a batch repeats the same few commands (EVALSHA, SADD, SET) once per book
+    known: dict[Any, Any] = {}
+
+    def callback(name: Any) -> Any:
+        found = known.get(name, _UNKNOWN)
+        if found is _UNKNOWN:
+            found = known[name] = callbacks.get(name)
+        return found
 
     async def send(commands: list[Command]) -> None:
         packed = _packed(commands)
@@ -364,7 +376,8 @@ async def _exchange(connection: Any, callbacks: Any, flows: Iterable[Flow[Any]])
                     elif isinstance(reply, redis.exceptions.ConnectionError):
                         raise reply
                     else:
-                        got.append(_apply(callbacks, command, reply))
+                        apply = callback(command[0])
+                        got.append(apply(reply) if apply is not None else reply)
                 return got
             for command in commands:
                 try:  # no timer of its own (the exchange has one deadline)

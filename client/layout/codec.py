@@ -38,9 +38,11 @@ MAX_SIDE_BYTES = 256 * 1024
 
 
 # --------------------------------------------------------------------------------------------- encoding
-@dataclass(frozen=True, slots=True)
+@dataclass(
+    slots=True
+)  # not frozen: a frozen dataclass sets each field through object.__setattr__ (0.5 µs a book)
 class EncodedBook:
-    """A book encoded once for both the hash and the publish payload."""
+    """A book encoded once for both the hash and the publish payload (treated as immutable)."""
 
     exchange: str
     symbol: str
