@@ -81,6 +81,8 @@ class Feeder:
         self._readers: dict[ExchangeConnection, asyncio.Task[None]] = {}
         self._running = False  # the readers run: a connection added at run time starts at once
         self._wanted_ok = True
+        # per exchange, the (added, removed) run-time changes its connections follow now
+        self._wanted_applied: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
         self.latency = StageLatency()
         self.writer.observers.append(self.latency)
         self.metrics: FeederMetrics | None = None
@@ -295,6 +297,9 @@ class Feeder:
         changes = await arun_flow(self.redis, wanted_flow(self.layout, exchanges))
         for exchange in exchanges:
             added, removed = changes.get(exchange) or ([], [])
+            seen = (frozenset(added), frozenset(removed))  # sets: SMEMBERS has no order
+            if self._wanted_applied.get(exchange) == seen:
+                continue  # what the connections already follow: nothing to work out again (twice a second)
             valid = []
             for symbol in added:
                 try:
@@ -306,6 +311,7 @@ class Feeder:
             dropped = set(removed)
             listed = [x for x in dict.fromkeys([*EXCHANGES[exchange].symbols(s), *valid]) if x not in dropped]
             await self._reconcile(exchange, take_shard(listed, k, n))
+            self._wanted_applied[exchange] = seen  # only once applied: a failure is tried again next time
 
     async def _reconcile(self, exchange: str, desired: list[str]) -> None:
         conns = [c for c in self.connections if c.exchange == exchange]
