@@ -125,6 +125,7 @@ def install_fast_data_frames(ws: ClientConnection) -> FastFrameStats | None:
     limit = max_size if max_size is not None else 1 << 62
     stats = FastFrameStats()
     partial = bytearray()  # a data frame cut by the end of a read: this path's, until it is complete
+    need = 0  # how many bytes that frame has in all, once its header is complete (a big frame is not re-read)
 
     def ready() -> bool:
         return (
@@ -136,8 +137,11 @@ def install_fast_data_frames(ws: ClientConnection) -> FastFrameStats | None:
         )
 
     def data_received(data: bytes) -> None:
+        nonlocal need
         if partial:
             partial.extend(data)
+            if len(partial) < need:
+                return
             data = bytes(partial)
             partial.clear()
         elif not ready():
@@ -153,6 +157,7 @@ def install_fast_data_frames(ws: ClientConnection) -> FastFrameStats | None:
             if pos + 1 >= end:
                 if opcode is not None:  # one header byte of a data frame: wait for the rest
                     partial.extend(data[pos:])
+                    need = 0
                     pos = end
                 break
             length = data[pos + 1]
@@ -185,6 +190,7 @@ def install_fast_data_frames(ws: ClientConnection) -> FastFrameStats | None:
                 break
             if stop > end:  # cut by the end of this read: kept until the rest arrives
                 partial.extend(data[pos:])
+                need = stop - pos if start <= end else 0
                 pos = end
                 break
             put(Frame(opcode, data[start:stop]))
