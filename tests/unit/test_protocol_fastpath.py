@@ -36,16 +36,18 @@ def _recorded(name: str) -> list[bytes]:
 UPBIT_SIMPLE = [f for f in _recorded("upbit-2021-04-17.ws.txt") if b'"ty":"orderbook"' in f]
 
 
+def java(value: float) -> str:
+    """Java's Double.toString, as Upbit's serializer writes numbers (1.16539E8, 1.0E-4)."""
+    if 1e-3 <= value < 1e7:
+        return repr(value)
+    _, digits, exponent = Decimal(repr(value)).normalize().as_tuple()
+    assert isinstance(exponent, int)
+    mantissa = "".join(map(str, digits))
+    return f"{mantissa[0]}.{mantissa[1:] or '0'}E{len(digits) - 1 + exponent}"
+
+
 def _upbit_default(frame: bytes) -> bytes:
     """The same book in the DEFAULT spelling, numbers as Upbit's Java serializer writes them (1.16539E8)."""
-
-    def java(value: float) -> str:
-        if 1e-3 <= value < 1e7:
-            return repr(value)
-        _, digits, exponent = Decimal(repr(value)).normalize().as_tuple()
-        assert isinstance(exponent, int)
-        mantissa = "".join(map(str, digits))
-        return f"{mantissa[0]}.{mantissa[1:] or '0'}E{len(digits) - 1 + exponent}"
 
     obj = json.loads(frame)
     units = ",".join(

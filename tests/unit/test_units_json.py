@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import random
 import time
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -26,6 +25,7 @@ from test_protocol_fastpath import (
     NEAR_MISSES_UPBIT,
     UPBIT_DEFAULT,
     UPBIT_SIMPLE,
+    java,
 )
 
 from client.layout import RedisLayout, encode_book, encode_book_sides
@@ -113,16 +113,6 @@ def test_a_frame_of_an_unknown_code_or_not_bytes_is_left_to_parse() -> None:
 
 
 # ---- generated books: the numbers in every spelling the exchanges use ----------------------------------------
-def java(value: float) -> str:
-    """Java's Double.toString, as Upbit's serializer writes numbers (1.16539E8, 1.0E-4)."""
-    if 1e-3 <= value < 1e7:
-        return repr(value)
-    _, digits, exponent = Decimal(repr(value)).normalize().as_tuple()
-    assert isinstance(exponent, int)
-    mantissa = "".join(map(str, digits))
-    return f"{mantissa[0]}.{mantissa[1:] or '0'}E{len(digits) - 1 + exponent}"
-
-
 def spellings(value: float) -> st.SearchStrategy[str]:
     text = repr(value)
     options = [java(value)]
@@ -195,10 +185,9 @@ def test_generated_books_mostly_take_the_c_path() -> None:
     assert taken == 200, f"{taken} of 200 books took the C path"
 
 
-@FUZZ
-@given(st.data())
-def test_mutated_frames(data: st.DataObject) -> None:
-    frame = bytearray(data.draw(st.sampled_from(UPBIT_SIMPLE[:5] + UPBIT_DEFAULT[:3]), label="frame"))
+def mutated(data: st.DataObject, frames: list[bytes]) -> bytes:
+    """One of `frames` with one to three bytes inserted, deleted or replaced where it matters."""
+    frame = bytearray(data.draw(st.sampled_from(frames), label="frame"))
     for _ in range(data.draw(st.integers(min_value=1, max_value=3), label="mutations")):
         position = data.draw(st.integers(min_value=0, max_value=len(frame) - 1), label="position")
         char = data.draw(st.sampled_from(INTERESTING), label="char")
@@ -209,7 +198,13 @@ def test_mutated_frames(data: st.DataObject) -> None:
             del frame[position]
         else:
             frame[position] = char
-    check(UpbitProtocol, bytes(frame))
+    return bytes(frame)
+
+
+@FUZZ
+@given(st.data())
+def test_mutated_frames(data: st.DataObject) -> None:
+    check(UpbitProtocol, mutated(data, UPBIT_SIMPLE[:5] + UPBIT_DEFAULT[:3]))
 
 
 # ---- the writer's encoding of the sides ---------------------------------------------------------------------
@@ -300,17 +295,4 @@ def test_binance_generated_books_mostly_take_the_c_path() -> None:
 @FUZZ
 @given(st.data())
 def test_binance_mutated_frames(data: st.DataObject) -> None:
-    frame = bytearray(
-        data.draw(st.sampled_from([f.encode() if isinstance(f, str) else f for f in BINANCE[:5]]))
-    )
-    for _ in range(data.draw(st.integers(min_value=1, max_value=3))):
-        position = data.draw(st.integers(min_value=0, max_value=len(frame) - 1))
-        char = data.draw(st.sampled_from(INTERESTING))
-        kind = data.draw(st.sampled_from(["insert", "delete", "replace"]))
-        if kind == "insert":
-            frame.insert(position, char)
-        elif kind == "delete":
-            del frame[position]
-        else:
-            frame[position] = char
-    check(BinanceProtocol, bytes(frame))
+    check(BinanceProtocol, mutated(data, [f.encode() if isinstance(f, str) else f for f in BINANCE[:5]]))
