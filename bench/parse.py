@@ -43,7 +43,7 @@ from exchange_sim.coinone import parse_request as coinone_request
 from exchange_sim.deltas import DeltaServer, DeltaSubscription
 from exchange_sim.okx import OkxServer
 from exchange_sim.upbit import encode_orderbook as upbit_encode
-from feeder.exchanges import BinanceProtocol, Event, UpbitProtocol, books_in
+from feeder.exchanges import BinanceProtocol, Event, UpbitProtocol, books_in, units_json
 from feeder.exchanges.bithumb import BithumbProtocol
 from feeder.exchanges.bybit import BybitProtocol
 from feeder.exchanges.coinone import CoinoneProtocol
@@ -406,6 +406,50 @@ def run(ctx: Context) -> list[Table]:
             name, len(frames), size, rates[0], 1e6 / rates[0], rates[1], 1e6 / rates[1], round(ratio, 2),
             ("pass" if ratio >= TARGET else "FAIL") if not ctx.quick else "n/a (quick)",
         )  # fmt: skip
+    # The writer's path for a frame it took undecoded: the book's sides as stored text, in C (book_sides)
+    for name, protocol, frames in (
+        ("upbit DEFAULT 30 units, book_sides (C)", upbit, default),
+        ("upbit SIMPLE 15 units, book_sides (C)", upbit, simple),
+        ("binance depth20 combined, book_sides (C)", binance_protocol, binance),
+    ):
+        raw = [f if isinstance(f, bytes) else f.encode() for f in frames]
+        if not units_json.AVAILABLE:
+            table.note(f"{name}: skipped, the C extension feeder/exchanges/_units.c is not built")
+            continue
+        differ = taken = 0
+        for frame in raw:
+            (book,) = books_in(protocol.parse(frame, RECV_TS))  # also learns the frame's code or stream
+            sides = protocol.book_sides(frame, RECV_TS)
+            if sides is not None:  # declined (None): decoded by parse, as before
+                taken += 1
+                text = (orjson.dumps(book.bids), orjson.dumps(book.asks))
+                differ += (sides.bids_json, sides.asks_json) != text
+        table.check(
+            differ == 0, f"{name}: {differ} of {taken} frames written differently from parse's levels"
+        )
+        table.check(taken >= 0.9 * len(raw), f"{name}: the C path took only {taken} of {len(raw)} frames")
+        table.note(
+            f"{name}: took {taken} of {len(raw)} frames (the rest: prices below 1e-5, decoded by parse)"
+        )
+
+        def sides_all(frames: Sequence[bytes] = raw, sides: Any = protocol.book_sides) -> None:
+            for frame in frames:
+                sides(frame, RECV_TS)
+
+        def raw_loads_all(frames: Sequence[bytes] = raw, loads: Any = orjson.loads) -> None:
+            for frame in frames:
+                loads(frame)
+
+        rounds, min_time = (1, 0.01) if ctx.quick else (7, 0.3)
+        rates = paired_rates([sides_all, raw_loads_all], len(raw), rounds=rounds, min_time=min_time)
+        table.add(
+            name, len(raw), sum(map(len, raw)) // len(raw), rates[0], 1e6 / rates[0], rates[1], 1e6 / rates[1],
+            round(rates[0] / rates[1], 2), "",
+        )  # fmt: skip
+    table.note(
+        "book_sides (C): what the writer does with a frame it took undecoded: both sides as the stored text, "
+        "straight from the frame (feeder/exchanges/_units.c); checked equal to orjson.dumps of parse's levels"
+    )
     table.note(
         "rates: best of 7 alternating timed runs of every frame of the case; recv_ts passed in, as the feeder does"
     )
