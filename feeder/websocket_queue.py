@@ -206,4 +206,9 @@ def install_fast_data_frames(ws: ClientConnection) -> FastFrameStats | None:
             original(data[pos:] if pos else data)
 
     ws.data_received = data_received  # type: ignore[method-assign]
+    # asyncio's transports look data_received up on every read; uvloop's keep the one they were given when the
+    # protocol was set: setting the same protocol again makes them take this one
+    set_protocol = getattr(ws.transport, "set_protocol", None)
+    if set_protocol is not None:
+        set_protocol(ws)
     return stats

@@ -162,3 +162,36 @@ async def test_the_feeder_takes_the_fast_path_with_the_installed_websockets(
         assert await asyncio.wait_for(ws.recv(), 1) == "1"
     finally:
         await ws.close()
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_frames_from_the_socket_take_the_fast_path_on_either_event_loop(loop: str) -> None:
+    """Through a real socket: asyncio's transport looks data_received up on every read, uvloop's keeps the
+    method it was given (install_fast_data_frames sets the protocol again so that it takes the new one)."""
+    from feeder.event_loop import loop_factory
+
+    async def main() -> tuple[list[bytes], int]:
+        async def handler(ws: ServerConnection) -> None:
+            await ws.recv()  # after the client asked, as an exchange answers a subscription
+            for i in range(20):
+                await ws.send(f'{{"n":{i}}}')
+            await ws.wait_closed()
+
+        async with serve(handler, "127.0.0.1", 0, compression=None) as srv:
+            port = next(iter(srv.sockets)).getsockname()[1]
+            ws = await connect(f"ws://127.0.0.1:{port}", compression=None, max_size=MAX_SIZE, close_timeout=1)
+            stats = install_fast_data_frames(ws)
+            assert stats is not None
+            try:
+                await ws.send("subscribe")
+                got = [await asyncio.wait_for(ws.recv(False), 5) for _ in range(20)]
+            finally:
+                await ws.close()
+            return got, stats.frames
+
+    name, factory = loop_factory(loop)
+    assert name == loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        got, fast = runner.run(main())
+    assert got == [f'{{"n":{i}}}'.encode() for i in range(20)]
+    assert fast >= 19, f"{fast} of 20 frames parsed by the fast path on {loop}"
