@@ -434,7 +434,9 @@ async def test_feeder_and_engines_on_a_3_master_cluster_and_a_node_restart(redis
                 lambda: _all(engines, equal), 15, f"no convergence after the restart\n{feeder.log()[-3000:]}"
             )
             took = time.monotonic() - restarted
-            assert took < 2.0, f"converged {took:.2f}s after the node came back"
+            # the design's worst case: the writer's retry backoff (capped at 1 s) plus the heartbeat (1 s) that finds
+            # the node's data gone and rewrites it; measured 0.15-1.3 s here, 2.2 s once in CI on a busy machine
+            assert took < 3.0, f"converged {took:.2f}s after the node came back"
             # reads stall while the node is away (socket timeouts): let the watch read a few more times
 
             async def watched() -> bool:
