@@ -164,7 +164,24 @@ static int expect(const char **p, const char *end, const char *text, Py_ssize_t 
     return 1;
 }
 
+/* The result of both functions: the two sides' text cut to their length, the best price of each as CPython
+ * parses it (its token ends at the delimiter after it), and a count; NULL with an exception on failure. */
+static PyObject *sides_result(PyObject **first, Py_ssize_t first_len, PyObject **second, Py_ssize_t second_len,
+                              const char *first_best, const char *second_best, Py_ssize_t count) {
+    char *parsed;
+    double one = PyOS_string_to_double(first_best, &parsed, NULL);
+    if (one == -1.0 && PyErr_Occurred())
+        return NULL;
+    double two = PyOS_string_to_double(second_best, &parsed, NULL);
+    if (two == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (_PyBytes_Resize(first, first_len) < 0 || _PyBytes_Resize(second, second_len) < 0)
+        return NULL;
+    return Py_BuildValue("(OOddn)", *first, *second, one, two, count);
+}
+
 static PyObject *units_to_sides(PyObject *self, PyObject *args) {
+    (void)self;
     Py_buffer units;
     PyObject *keys;
     int integers;
@@ -260,17 +277,7 @@ static PyObject *units_to_sides(PyObject *self, PyObject *args) {
     }
     a[ao++] = ']';
     b[bo++] = ']';
-    /* the best prices as CPython parses them (the token ends at the ',' after it) */
-    char *parsed;
-    double best_ask = PyOS_string_to_double(best_ask_text, &parsed, NULL);
-    if (best_ask == -1.0 && PyErr_Occurred())
-        goto done;
-    double best_bid = PyOS_string_to_double(best_bid_text, &parsed, NULL);
-    if (best_bid == -1.0 && PyErr_Occurred())
-        goto done;
-    if (_PyBytes_Resize(&asks, ao) < 0 || _PyBytes_Resize(&bids, bo) < 0)
-        goto done;
-    result = Py_BuildValue("(OOddn)", asks, bids, best_ask, best_bid, count);
+    result = sides_result(&asks, ao, &bids, bo, best_ask_text, best_bid_text, count);
     goto done;
 reject:
     result = Py_NewRef(Py_None);
@@ -327,6 +334,7 @@ static Py_ssize_t pairs_side(const char **p, const char *end, char *out, Py_ssiz
 }
 
 static PyObject *pairs_to_sides(PyObject *self, PyObject *args) {
+    (void)self;
     Py_buffer rest;
     Py_ssize_t max_levels;
     if (!PyArg_ParseTuple(args, "y*n", &rest, &max_levels))
@@ -349,16 +357,7 @@ static PyObject *pairs_to_sides(PyObject *self, PyObject *args) {
     Py_ssize_t nasks = pairs_side(&p, end, PyBytes_AS_STRING(asks), &ao, max_levels, &best_ask_text);
     if (nasks < 0 || !expect(&p, end, "}}", 2) || p != end)
         goto reject;
-    char *parsed;
-    double best_bid = PyOS_string_to_double(best_bid_text, &parsed, NULL);
-    if (best_bid == -1.0 && PyErr_Occurred())
-        goto done;
-    double best_ask = PyOS_string_to_double(best_ask_text, &parsed, NULL);
-    if (best_ask == -1.0 && PyErr_Occurred())
-        goto done;
-    if (_PyBytes_Resize(&bids, bo) < 0 || _PyBytes_Resize(&asks, ao) < 0)
-        goto done;
-    result = Py_BuildValue("(OOddn)", bids, asks, best_bid, best_ask, nbids);
+    result = sides_result(&bids, bo, &asks, ao, best_bid_text, best_ask_text, nbids);
     goto done;
 reject:
     result = Py_NewRef(Py_None);
@@ -378,6 +377,6 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_units", NULL, -1, methods};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_units", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__units(void) { return PyModule_Create(&module); }
