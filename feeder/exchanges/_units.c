@@ -24,6 +24,7 @@
 #include <Python.h>
 #include <string.h>
 
+#define MAX_LEVELS_HERE 1000 /* levels a side this file writes at most (MD_MAX_LEVELS has no upper bound) */
 #define MAX_NUMBER_TEXT 40 /* "0." + 4 zeros + 15 digits, or 16 digits + ".0", with room to spare */
 
 typedef struct {
@@ -204,10 +205,12 @@ static PyObject *units_to_sides(PyObject *self, PyObject *args) {
         shape.key[k] = PyBytes_AS_STRING(key);
         shape.key_len[k] = PyBytes_GET_SIZE(key);
     }
-    if (max_units < 1 || max_units > 1000) {
-        PyErr_SetString(PyExc_ValueError, "max_units must be in [1, 1000]");
+    if (max_units < 1) {
+        PyErr_SetString(PyExc_ValueError, "max_units must be at least 1");
         goto done;
     }
+    if (max_units > MAX_LEVELS_HERE)
+        max_units = MAX_LEVELS_HERE; /* a bigger book is declined: the caller decodes it */
     /* each unit adds at most 2 numbers + "[,]," per side */
     Py_ssize_t bound = 2 + max_units * (2 * MAX_NUMBER_TEXT + 4);
     asks = PyBytes_FromStringAndSize(NULL, bound);
@@ -340,10 +343,12 @@ static PyObject *pairs_to_sides(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*n", &rest, &max_levels))
         return NULL;
     PyObject *result = NULL, *bids = NULL, *asks = NULL;
-    if (max_levels < 1 || max_levels > 1000) {
-        PyErr_SetString(PyExc_ValueError, "max_levels must be in [1, 1000]");
+    if (max_levels < 1) {
+        PyErr_SetString(PyExc_ValueError, "max_levels must be at least 1");
         goto done;
     }
+    if (max_levels > MAX_LEVELS_HERE)
+        max_levels = MAX_LEVELS_HERE; /* a bigger book is declined: the caller decodes it */
     Py_ssize_t bound = 2 + max_levels * (2 * MAX_NUMBER_TEXT + 4);
     bids = PyBytes_FromStringAndSize(NULL, bound);
     asks = PyBytes_FromStringAndSize(NULL, bound);

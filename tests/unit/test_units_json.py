@@ -296,3 +296,19 @@ def test_binance_generated_books_mostly_take_the_c_path() -> None:
 @given(st.data())
 def test_binance_mutated_frames(data: st.DataObject) -> None:
     check(BinanceProtocol, mutated(data, [f.encode() if isinstance(f, str) else f for f in BINANCE[:5]]))
+
+
+def test_a_cap_above_what_the_c_path_writes_declines_bigger_books_instead_of_failing() -> None:
+    """MD_MAX_LEVELS has no upper bound: books over the C path's 1000 levels are left to parse."""
+    from feeder.exchanges.units_json import pairs_to_sides, units_to_sides
+
+    assert units_to_sides is not None and pairs_to_sides is not None
+    unit = b'{"ap":2.0,"bp":1.0,"as":1.0,"bs":1.0}'
+    keys = (b"ap", b"bp", b"as", b"bs")
+    assert units_to_sides(b"[" + b",".join([unit] * 1001) + b"]", keys, False, 5000, 0) is None
+    taken = units_to_sides(b"[" + b",".join([unit] * 1000) + b"]", keys, False, 5000, 0)
+    assert taken is not None and taken[4] == 1000
+    side = b"[" + b",".join([b'["1.0","1.0"]'] * 1001) + b"]"
+    assert pairs_to_sides(side + b',"asks":' + side + b"}}", 5000) is None
+    with pytest.raises(ValueError, match="at least 1"):
+        units_to_sides(b"[" + unit + b"]", keys, False, 0, 0)
