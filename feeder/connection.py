@@ -131,9 +131,7 @@ class _Session:
     retiring: bool = False
     keepalive: asyncio.Task[None] | None = None  # the exchange's own ping messages, when it wants them
     last_frame: float = 0.0  # time.time() of the last frame received (the read loop stamps it)
-    fast_frames: FastFrameStats | None = (
-        None  # data frames parsed by `feeder.websocket_queue`, not websockets
-    )
+    fast_frames: FastFrameStats | None = None  # data frames cut out by feeder.websocket_queue
 
 
 class ExchangeConnection:
