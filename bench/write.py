@@ -165,8 +165,7 @@ class _Source:
         self._parse = protocol.parse
 
     def book_sides(self, frame: bytes, recv_ts: float, symbol: str) -> BookSides | None:
-        sides = self._protocol.book_sides(frame, recv_ts)
-        return sides if sides is not None and sides.symbol == symbol else None
+        return self._protocol.book_sides(frame, recv_ts)
 
     def decode_deferred(self, frame: bytes, recv_ts: float, symbol: str) -> OrderBookSnapshot | None:
         return next((book for book in books_in(self._parse(frame, recv_ts)) if book.symbol == symbol), None)

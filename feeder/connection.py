@@ -671,7 +671,7 @@ class ExchangeConnection:
         except Exception:  # as in decode_deferred: a bug here must cost one frame, not the writer task
             log.exception("%s: writing a frame's sides failed unexpectedly: %r", self.name, frame[:120])
             return None
-        return sides if sides is not None and sides.symbol == symbol else None
+        return sides  # the writer checks it is `symbol`'s book
 
     def decode_deferred(self, frame: bytes, recv_ts: float, symbol: str) -> OrderBookSnapshot | None:
         """Decode a frame handed to the writer undecoded (`FrameSource`); a malformed one is counted here."""

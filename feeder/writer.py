@@ -287,7 +287,9 @@ class SnapshotWriter:
                 else:
                     frame, recv_ts, source = item
                     sides = source.book_sides(frame, recv_ts, book_id[1])
-                    if sides is not None:  # written as text from the frame: no floats made
+                    if (
+                        sides is not None and sides.symbol == book_id[1]
+                    ):  # text from the frame: no floats made
                         book = encode_book_sides(
                             layout, exchange=exchange, symbol=sides.symbol, timestamp=sides.timestamp,
                             xid=sides.xid, recv_ts=recv_ts, bids_json=sides.bids_json, asks_json=sides.asks_json,
